@@ -1,0 +1,88 @@
+"""Results, ratios and machine facts, rendered as markdown for BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Result:
+    key: str
+    label: str
+    status: str = "ok"  # ok | skipped | failed
+    reason: str = ""
+    rps: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    requests: int = 0
+    cpu_us_per_req: float = 0.0
+    peak_rss_mib: float = 0.0
+    errors: int = 0  # non-2xx responses + socket errors during the measured run
+    other_cpu_pct: float = 0.0  # CPU used by processes not in this benchmark, % of one core
+
+
+def machine() -> dict[str, str]:
+    model = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    uname = os.uname()
+    return {"cpu": model, "cores": str(os.cpu_count()), "kernel": f"{uname.sysname} "
+            f"{uname.release} {uname.machine}", "python": platform.python_version()}
+
+
+def _ratio(results: dict[str, Result], num: str, den: str, field: str) -> str:
+    a, b = results.get(num), results.get(den)
+    if a is None or b is None or a.status != "ok" or b.status != "ok":
+        return "n/a"
+    bottom = getattr(b, field)
+    return f"{getattr(a, field) / bottom:.2f}" if bottom else "n/a"
+
+
+def ratios(results: dict[str, Result]) -> dict[str, str]:
+    return {
+        "meshgate / nginx, req/s": _ratio(results, "meshgate", "nginx", "rps"),
+        "meshgate / nginx, p99": _ratio(results, "meshgate", "nginx", "p99_ms"),
+        "meshgate / Express Gateway, req/s": _ratio(results, "meshgate", "eg", "rps"),
+        "meshgate 10k endpoints / meshgate, req/s": _ratio(results, "meshgate-10k", "meshgate",
+                                                          "rps"),
+    }
+
+
+def _row(r: Result) -> str:
+    if r.status != "ok":
+        return f"| {r.label} | {r.status}: {r.reason} | | | | | | |"
+    return (f"| {r.label} | {r.rps:,.0f} | {r.p50_ms:.2f} ms | {r.p99_ms:.2f} ms "
+            f"| {r.cpu_us_per_req:.1f} | {r.peak_rss_mib:.1f} MiB | {r.errors} "
+            f"| {r.other_cpu_pct:.0f}% |")
+
+
+def markdown(results: list[Result], load: str, facts: dict[str, str],
+             tool_versions: dict[str, str]) -> str:
+    by_key = {r.key: r for r in results}
+    lines = [
+        f"Load: `{load}` against each target in turn, 127.0.0.1 only; "
+        "2 s warm-up before each measured run.",
+        "",
+        "| target | req/s | p50 | p99 | CPU µs/req | peak RSS | errors | other load |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *(_row(r) for r in results),
+        "",
+        "CPU µs/req counts all of the target's processes (not the backend's); peak RSS is the "
+        "largest VmHWM among them; errors are non-2xx responses plus socket errors; other "
+        "load is CPU used meanwhile by processes outside the benchmark, in % of one core.",
+        "",
+        "| ratio | value |",
+        "| --- | ---: |",
+        *(f"| {name} | {value} |" for name, value in ratios(by_key).items()),
+        "",
+        "| machine | |",
+        "| --- | --- |",
+        *(f"| {k} | {v} |" for k, v in facts.items()),
+        *(f"| {k} | {v} |" for k, v in tool_versions.items()),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,3 @@
+from meshgate.cli.main import app
+
+app(prog_name="meshgate")

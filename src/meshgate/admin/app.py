@@ -1,0 +1,59 @@
+"""The Admin API application (FastAPI) served by the master on the admin port.
+
+Today: ``GET /ready`` (200 once every worker listens, 503 otherwise) and
+``GET /metrics`` (Prometheus text, summed over all workers at scrape time).
+The Express Gateway Admin API routes mount here too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import uvicorn
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from meshgate.telemetry.metrics import Collector
+
+
+class Supervisor(Protocol):
+    """What the admin API needs from the master process."""
+
+    def is_ready(self) -> bool: ...
+
+    async def collect_metrics(self) -> dict[str, Any]: ...
+
+
+def create_admin_app(master: Supervisor) -> FastAPI:
+    app = FastAPI(title="meshgate Admin API", version="1")
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        ok = master.is_ready()
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        data = await master.collect_metrics()
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(Collector(lambda: data))
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+class AdminServer(uvicorn.Server):
+    """uvicorn inside the master's loop; the master owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def admin_server(app: FastAPI, host: str, port: int) -> AdminServer:
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning",
+                            lifespan="off", access_log=False)
+    return AdminServer(config)

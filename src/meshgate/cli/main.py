@@ -1,0 +1,84 @@
+"""The ``meshgate`` command line: run, validate, schema.
+
+Config problems print one line naming file, line and field and exit with
+status 2; nothing here prints a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Annotated
+
+import typer
+import uvloop
+
+from meshgate import __version__
+from meshgate.config.loader import ConfigError, find_config_dir, json_schema, load_config
+
+app = typer.Typer(help="meshgate: API gateway, service-mesh sidecar and service registry.",
+                  no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
+
+ConfigDirArg = Annotated[
+    str | None,
+    typer.Argument(help="Config folder with gateway.config.yml "
+                        "(default: $MESHGATE_CONFIG_DIR, then $EG_CONFIG_DIR)",
+                   show_default=False),
+]
+
+
+def _config_error(exc: ConfigError) -> typer.Exit:
+    typer.echo(f"meshgate: invalid config: {exc}", err=True)
+    return typer.Exit(2)
+
+
+@app.command()
+def run(
+    config_dir: ConfigDirArg = None,
+    workers: Annotated[int | None, typer.Option("--workers", "-w", min=1,
+                       help="Worker processes (default: server.workers, 1)")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+) -> None:
+    """Serve the gateway described by CONFIG_DIR."""
+    from meshgate.server.master import serve
+
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s master %(levelname)s %(name)s: %(message)s")
+    try:
+        directory = find_config_dir(config_dir)
+        load_config(directory)
+    except ConfigError as exc:
+        raise _config_error(exc) from None
+    code = uvloop.run(serve(directory, workers, log_level))
+    raise typer.Exit(code)
+
+
+@app.command()
+def validate(config_dir: ConfigDirArg = None) -> None:
+    """Check CONFIG_DIR without serving it."""
+    try:
+        cfg = load_config(find_config_dir(config_dir))
+    except ConfigError as exc:
+        raise _config_error(exc) from None
+    gw = cfg.gateway
+    typer.echo(f"{cfg.gateway_path}: ok ({len(gw.apiEndpoints)} apiEndpoints, "
+               f"{len(gw.serviceEndpoints)} serviceEndpoints, {len(gw.pipelines)} pipelines)")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of gateway.config.yml (for editors)."""
+    json.dump(json_schema(), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,320 @@
+"""The models of gateway.config.yml (and, re-exported, system.config.yml).
+
+Theory of operation
+-------------------
+``GatewayConfig.model_validate(data)`` takes the parsed YAML of an Express
+Gateway ``gateway.config.yml`` unchanged and returns it normalised:
+
+* ``apiEndpoints``: name -> list of ``ApiEndpoint`` (EG accepts one object);
+  ``paths``/``methods``/``scopes`` always lists (``methods`` None = all),
+  ``paths`` ``['*']`` when neither paths nor pathRegex is given (EG mounts
+  ``*``), regexes rewritten to Python syntax and checked;
+* ``serviceEndpoints``: name -> ``ServiceEndpoint`` (exactly one of url/urls,
+  each an http(s) URL with a host) plus meshgate's timeouts and pool limits;
+* ``pipelines``: name -> ``Pipeline`` whose ``policies`` are ``PolicyUse``
+  objects with actions already validated by each policy's params model;
+* ``server``: meshgate's listener settings (not an EG section).
+
+After the sections validate on their own, ``_check_references`` checks what
+ties them together -- each policy used is in the ``policies`` whitelist, each
+pipeline apiEndpoint and each ``serviceEndpoint`` action parameter names one
+that exists -- and reports every failure with its location, so the loader
+can name the file line of each.
+
+Sections EG defined keep unknown keys (EG never rejected them); meshgate's
+own sections reject them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
+
+from meshgate.config.base import (
+    EGModel,
+    MeshModel,
+    Millis,
+    Port,
+    StrList,
+    as_list,
+    custom_error,
+    empty_if_none,
+    raise_errors,
+)
+from meshgate.config.jsregex import to_python_regex
+from meshgate.config.pipeline import ConditionUse, Pipeline, PolicyUse, StepUse
+from meshgate.config.system import SystemConfig
+
+__all__ = [
+    "AdminConfig", "ApiEndpoint", "ConditionUse", "GatewayConfig", "HttpConfig",
+    "HttpsConfig", "Pipeline", "PolicyUse", "PoolConfig", "ProxyOptions", "ServerSettings",
+    "ServiceEndpoint", "StepUse", "SystemConfig", "TlsCertificate",
+]
+
+Regex = Annotated[str, AfterValidator(to_python_regex)]
+
+
+# -- listeners ---------------------------------------------------------------
+class HttpConfig(EGModel):
+    port: Port
+    hostname: str | None = None
+
+
+class TlsCertificate(EGModel):
+    """Paths of one domain's PEM files (the domain key may be ``*.x.com`` or ``default``)."""
+
+    key: str
+    cert: str
+    ca: StrList = Field(default_factory=list)
+
+
+class HttpsConfig(EGModel):
+    port: Port
+    hostname: str | None = None
+    tls: Annotated[dict[str, TlsCertificate], BeforeValidator(empty_if_none)] = Field(
+        default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)   # extra TLS server options
+
+
+class AdminConfig(EGModel):
+    port: Port = 9876
+    host: str = "localhost"
+    backlog: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hostname(cls, data: Any) -> Any:
+        # EG's deprecated ``hostname`` wins over ``host`` when both are given.
+        if isinstance(data, dict) and data.get("hostname") is not None:
+            data = {**data, "host": data["hostname"]}
+            del data["hostname"]
+        return data
+
+
+class ServerSettings(MeshModel):
+    """meshgate's listener limits (a ``server:`` section EG does not have)."""
+
+    headersTimeout: Annotated[int, Field(ge=1)] = 10000    # ms; late head -> 408
+    keepAliveTimeout: Millis = 75000
+    maxHeaderBytes: Annotated[int, Field(ge=1024)] = 65536
+    drainTimeout: Millis = 30000
+    workers: Annotated[int, Field(ge=1)] = 1
+
+
+# -- apiEndpoints ------------------------------------------------------------
+def _host(value: Any) -> Any:
+    return "*" if value is None else value
+
+
+def _methods(value: Any) -> Any:
+    """'GET, post' / ['get'] -> ['GET', 'POST'] / ['GET']; '*' or nothing -> None (all)."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list):
+        return value
+    out: list[Any] = []
+    for item in items:
+        if not isinstance(item, str):
+            out.append(item)
+        elif item.strip() == "*":
+            return None
+        elif item.strip():
+            out.append(item.strip().upper())
+    return out or None
+
+
+class ApiEndpoint(EGModel):
+    host: Annotated[str, BeforeValidator(_host)] = "*"
+    paths: StrList = Field(default_factory=list,
+                           validation_alias=AliasChoices("paths", "path"))
+    methods: Annotated[
+        list[str] | None, BeforeValidator(_methods, json_schema_input_type=str | list[str]),
+    ] = None
+    scopes: StrList = Field(default_factory=list)
+    pathRegex: Regex | None = None
+    hostRegex: Regex | None = None
+
+    @model_validator(mode="after")
+    def _default_paths(self) -> ApiEndpoint:
+        if not self.paths and self.pathRegex is None:
+            self.paths = ["*"]      # EG mounts '*': every path
+        return self
+
+
+# -- serviceEndpoints --------------------------------------------------------
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http(s) URL with a host, got {value!r}")
+    try:
+        parts.port  # noqa: B018 -- raises on a bad port
+    except ValueError:
+        raise ValueError(f"invalid port in URL {value!r}") from None
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+class ProxyOptions(EGModel):
+    """http-proxy options EG passed through; known keys are typed, others kept."""
+
+    target: str | dict[str, Any] | None = None
+    changeOrigin: bool | None = None
+    secure: bool | None = None
+    xfwd: bool | None = None
+    ws: bool | None = None
+    prependPath: bool | None = None
+    ignorePath: bool | None = None
+    toProxy: bool | None = None
+    followRedirects: bool | None = None
+    autoRewrite: bool | None = None
+    preserveHeaderKeyCase: bool | None = None
+    hostRewrite: str | None = None
+    protocolRewrite: str | None = None
+    localAddress: str | None = None
+    auth: str | None = None
+    headers: dict[str, str] | None = None
+    proxyTimeout: Millis | None = None
+    timeout: Millis | None = None
+
+
+class PoolConfig(MeshModel):
+    maxConnections: Annotated[int, Field(ge=1)] = 1024    # per endpoint
+    maxIdle: Annotated[int, Field(ge=0)] = 64             # per endpoint
+    idleTimeout: Millis = 60000
+
+
+class ServiceEndpoint(EGModel):
+    url: HttpUrl | None = None
+    urls: list[HttpUrl] | None = None
+    proxyOptions: Annotated[ProxyOptions, BeforeValidator(empty_if_none)] = Field(
+        default_factory=ProxyOptions)
+    connectTimeout: Millis = 5000       # 0 = none
+    timeout: Millis = 60000             # response timeout; 0 = none
+    pool: Annotated[PoolConfig, BeforeValidator(empty_if_none)] = Field(
+        default_factory=PoolConfig)
+
+    @field_validator("urls")
+    @classmethod
+    def _some_urls(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("expected at least one URL")
+        return value
+
+    @model_validator(mode="after")
+    def _one_of_url_urls(self) -> ServiceEndpoint:
+        if (self.url is None) == (self.urls is None):
+            raise ValueError("expected exactly one of 'url' or 'urls'")
+        return self
+
+    @property
+    def targets(self) -> list[str]:
+        """The endpoint URLs, whichever key gave them."""
+        return [self.url] if self.url is not None else list(self.urls or [])
+
+
+# -- the whole file ----------------------------------------------------------
+def _pipelines(value: Any) -> Any:
+    if value is None:
+        return {}
+    if isinstance(value, list):     # EG also accepted a list; names are indices
+        return {str(i): p for i, p in enumerate(value)}
+    return value
+
+
+ApiEndpointList = Annotated[
+    list[ApiEndpoint], BeforeValidator(as_list, json_schema_input_type=ApiEndpoint
+                                       | list[ApiEndpoint]),
+]
+
+
+class GatewayConfig(EGModel):
+    http: HttpConfig | None = None
+    https: HttpsConfig | None = None
+    admin: AdminConfig | None = None        # absent: no Admin API (as EG)
+    apiEndpoints: Annotated[dict[str, ApiEndpointList], BeforeValidator(empty_if_none)] = Field(
+        default_factory=dict)
+    serviceEndpoints: Annotated[
+        dict[str, ServiceEndpoint], BeforeValidator(empty_if_none)] = Field(default_factory=dict)
+    policies: StrList = Field(default_factory=list)
+    pipelines: Annotated[dict[str, Pipeline], BeforeValidator(_pipelines)] = Field(
+        default_factory=dict)
+    server: Annotated[ServerSettings, BeforeValidator(empty_if_none)] = Field(
+        default_factory=ServerSettings)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> GatewayConfig:
+        errors: list[InitErrorDetails] = []
+        for name, pipeline in self.pipelines.items():
+            errors.extend(self._pipeline_errors(name, pipeline))
+        raise_errors("GatewayConfig", errors)
+        return self
+
+    def _pipeline_errors(self, name: str, pipeline: Pipeline) -> list[InitErrorDetails]:
+        errors: list[InitErrorDetails] = []
+        here = ("pipelines", name)
+        for i, endpoint in enumerate(pipeline.apiEndpoints):
+            if endpoint not in self.apiEndpoints:
+                errors.append(custom_error(
+                    "unknown_api_endpoint",
+                    f"unknown apiEndpoint {endpoint!r}; known: {_known(self.apiEndpoints)}",
+                    (*here, "apiEndpoints", i), endpoint))
+        for i, use in enumerate(pipeline.policies):
+            at = (*here, "policies", i, use.name)
+            if use.name not in self.policies:
+                errors.append(custom_error(
+                    "policy_not_whitelisted",
+                    f"policy {use.name!r} is not in the policies whitelist", at, use.name))
+            for j, step in enumerate(use.steps):
+                errors.extend(self._service_endpoint_errors(step.action, (*at, j, "action")))
+        return errors
+
+    def _service_endpoint_errors(self, action: BaseModel,
+                                 at: tuple[str | int, ...]) -> list[InitErrorDetails]:
+        out: list[InitErrorDetails] = []
+        for field_name, key in _service_endpoint_fields(type(action)):
+            value = getattr(action, field_name, None)
+            if isinstance(value, str) and value not in self.serviceEndpoints:
+                out.append(custom_error(
+                    "unknown_service_endpoint",
+                    f"unknown serviceEndpoint {value!r}; known: {_known(self.serviceEndpoints)}",
+                    (*at, key), value))
+        return out
+
+
+def _known(names: dict[str, Any]) -> str:
+    return ", ".join(names) or "(none defined)"
+
+
+_SE_FIELDS: dict[type[BaseModel], list[tuple[str, str]]] = {}
+
+
+def _service_endpoint_fields(model: type[BaseModel]) -> list[tuple[str, str]]:
+    """(attribute, key as written) of every param named ``serviceEndpoint``."""
+    found = _SE_FIELDS.get(model)
+    if found is None:
+        found = []
+        for attr, info in model.model_fields.items():
+            names = {attr, info.alias}
+            choices = info.validation_alias
+            if isinstance(choices, str):
+                names.add(choices)
+            elif isinstance(choices, AliasChoices):
+                names.update(c for c in choices.choices if isinstance(c, str))
+            if "serviceEndpoint" in names:
+                found.append((attr, "serviceEndpoint"))
+        _SE_FIELDS[model] = found
+    return found

@@ -1,0 +1,148 @@
+"""Compile a validated config into the immutable Snapshot a worker serves from.
+
+Everything that does not depend on the request is decided here: routes and
+their order, pipelines flattened to (predicate, action) steps, clusters with
+their pools. A reload compiles a new Snapshot next to the old one; clusters
+whose definition did not change are carried over with their warm pools.
+
+Route order follows Express Gateway: apiEndpoint entries are grouped by host
+(groups in order of first appearance), and within a group keep config order.
+An apiEndpoint served by several pipelines belongs to the last one, as in EG.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from meshgate.conditions import CONDITIONS, Predicate
+from meshgate.gateway.pipeline import CompiledPipeline, Step
+from meshgate.gateway.router import Route, Router
+from meshgate.policies import POLICIES, BuildContext
+from meshgate.upstream.cluster import Cluster, build_cluster
+
+if TYPE_CHECKING:
+    from meshgate.config.loader import LoadedConfig
+    from meshgate.server.context import WorkerContext
+
+
+@dataclass
+class Snapshot:
+    config: LoadedConfig
+    router: Router
+    pipelines: dict[str, CompiledPipeline]
+    clusters: dict[str, Cluster]
+    cluster_keys: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def server(self) -> Any:
+        return self.config.gateway.server
+
+    def retire(self, successor: Snapshot) -> None:
+        """Close the pools of clusters the successor did not carry over."""
+        kept = {id(c) for c in successor.clusters.values()}
+        for cluster in self.clusters.values():
+            if id(cluster) not in kept:
+                cluster.close()
+
+    def sweep(self, now: float) -> None:
+        for cluster in self.clusters.values():
+            cluster.sweep(now)
+
+
+def compile_condition(use: Any) -> Predicate:
+    spec = CONDITIONS.get(use.name)
+    if spec is None:
+        raise ValueError(f"unknown condition {use.name!r}")
+    return spec.build(use.params, compile_condition)
+
+
+def _cluster_key(svc: Any) -> str:
+    return json.dumps(svc.model_dump(mode="json"), sort_keys=True, default=str)
+
+
+def _build_clusters(cfg: LoadedConfig, ctx: WorkerContext,
+                    previous: Snapshot | None) -> tuple[dict[str, Cluster], dict[str, str]]:
+    clusters: dict[str, Cluster] = {}
+    keys: dict[str, str] = {}
+    for name, svc in cfg.gateway.serviceEndpoints.items():
+        key = keys[name] = _cluster_key(svc)
+        if previous is not None and previous.cluster_keys.get(name) == key:
+            clusters[name] = previous.clusters[name]
+            continue
+        urls = [svc.url] if svc.url else list(svc.urls or [])
+        pool = svc.pool
+        clusters[name] = build_cluster(
+            ctx, name, urls,
+            connect_timeout_ms=svc.connectTimeout, timeout_ms=svc.timeout,
+            max_connections=pool.maxConnections, max_idle=pool.maxIdle,
+            idle_timeout_ms=pool.idleTimeout, proxy_options=_options(svc.proxyOptions))
+    return clusters, keys
+
+
+def _options(options: Any) -> dict[str, Any]:
+    if options is None:
+        return {}
+    if hasattr(options, "model_dump"):
+        dumped: dict[str, Any] = options.model_dump(exclude_none=True)
+        return dumped
+    return dict(options)
+
+
+def _build_pipeline(name: str, pipeline: Any, cfg: LoadedConfig,
+                    clusters: dict[str, Cluster]) -> CompiledPipeline:
+    ctx = BuildContext(clusters, cfg.system, name, list(pipeline.apiEndpoints))
+    steps: list[Step] = []
+    for use in pipeline.policies:
+        spec = POLICIES.get(use.name)
+        if spec is None:
+            raise ValueError(f"unknown policy {use.name!r}")
+        for step in use.steps:
+            cond = compile_condition(step.condition) if step.condition is not None else None
+            steps.append(Step(use.name, cond, spec.build(step.action, ctx)))
+    return CompiledPipeline(name, tuple(steps))
+
+
+def _compile_regex(pattern: str | None) -> re.Pattern[bytes] | None:
+    return re.compile(pattern.encode()) if pattern else None
+
+
+def _routes(cfg: LoadedConfig, pipelines: dict[str, CompiledPipeline]) -> list[Route]:
+    served: dict[str, CompiledPipeline] = {}
+    for name, pipeline in cfg.gateway.pipelines.items():
+        for endpoint in pipeline.apiEndpoints:
+            served[endpoint] = pipelines[name]
+    groups: dict[str, list[tuple[str, Any]]] = {}
+    for endpoint, entries in cfg.gateway.apiEndpoints.items():
+        for entry in entries:
+            host_key = entry.hostRegex or entry.host or "*"
+            groups.setdefault(host_key, []).append((endpoint, entry))
+    routes: list[Route] = []
+    for group in groups.values():
+        for endpoint, entry in group:
+            pipeline = served.get(endpoint)
+            if pipeline is None:
+                continue
+            methods = (frozenset(m.upper().encode() for m in entry.methods)
+                       if entry.methods else None)
+            paths: list[str | None] = [None] if entry.pathRegex else list(entry.paths or ["*"])
+            for path in paths:
+                routes.append(Route(
+                    order=len(routes), endpoint=endpoint, pipeline=pipeline,
+                    host=entry.host or "*", path=path, methods=methods,
+                    scopes=tuple(entry.scopes or ()),
+                    path_regex=_compile_regex(entry.pathRegex),
+                    host_regex=_compile_regex(entry.hostRegex),
+                    metric_key=(endpoint, pipeline.name)))
+    return routes
+
+
+def compile_snapshot(cfg: LoadedConfig, ctx: WorkerContext,
+                     previous: Snapshot | None = None) -> Snapshot:
+    clusters, keys = _build_clusters(cfg, ctx, previous)
+    pipelines = {name: _build_pipeline(name, p, cfg, clusters)
+                 for name, p in cfg.gateway.pipelines.items()}
+    router = Router(_routes(cfg, pipelines))
+    return Snapshot(cfg, router, pipelines, clusters, keys)

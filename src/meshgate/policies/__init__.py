@@ -1,0 +1,50 @@
+"""Policies: the actions of a pipeline, one module each, registered by name.
+
+A policy spec names its parameter model (pydantic, validated at config load)
+and a ``build(params, ctx)`` factory returning the action. An action is called
+with the Exchange and returns:
+
+* ``None`` -- carry on with the next step of the pipeline;
+* ``True`` -- the action took the exchange over (responded, or proxied);
+* an awaitable resolving to one of those, for actions that do I/O.
+
+Actions that do not do I/O must not create coroutines (hot-path rule).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Union
+
+from pydantic import BaseModel
+
+from meshgate.plugins import Registry
+
+if TYPE_CHECKING:
+    from meshgate.protocol.exchange import Exchange
+
+Outcome = Union[None, bool, Awaitable[Union[None, bool]]]
+Action = Callable[["Exchange"], Outcome]
+
+
+class BuildContext:
+    """What a policy factory may look up while the Snapshot is compiled."""
+
+    def __init__(self, clusters: dict[str, Any], system: Any, pipeline: str,
+                 endpoint_names: list[str]) -> None:
+        self.clusters = clusters            # serviceEndpoint name -> Cluster
+        self.system = system                # the SystemConfig
+        self.pipeline = pipeline            # name of the pipeline being built
+        self.endpoint_names = endpoint_names
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    name: str
+    params: type[BaseModel]
+    build: Callable[[Any, BuildContext], Action]
+    description: str = ""
+
+
+POLICIES: Registry[PolicySpec] = Registry("policy", "meshgate.policies")

@@ -1,0 +1,163 @@
+"""proxy: forward the exchange to a serviceEndpoint (Express Gateway's proxy policy).
+
+Parameters follow Express Gateway (which passed them to node-http-proxy):
+``serviceEndpoint``, ``changeOrigin`` (Host becomes the target's), ``stripPath``
+(drop the apiEndpoint path up to its first ``:`` or ``*``), ``prependPath``
+(put the target url's path in front, default on), ``ignorePath`` (send only the
+target url's path), ``xfwd`` (add X-Forwarded-For/-Proto/-Host; meshgate
+defaults it on, as gateways are expected to), ``strategy`` (round-robin),
+``timeout`` / ``proxyTimeout`` (response timeout in ms, overriding the
+serviceEndpoint's), ``headers`` (constant headers to add). As in Express
+Gateway, the serviceEndpoint's ``proxyOptions`` override the action's values,
+and the action's own (deprecated) ``proxyOptions`` override both.
+
+The request head for the upstream is built in one pass over the client's
+headers: hop-by-hop headers and those named in ``Connection`` are dropped,
+``Expect`` is answered by us, an ``eg-request-id`` is added.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from meshgate.policies import POLICIES, BuildContext, PolicySpec
+from meshgate.protocol.hop import HOP_BY_HOP
+
+if TYPE_CHECKING:
+    from meshgate.protocol.exchange import Exchange
+
+
+class ProxyParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    serviceEndpoint: str = Field(description="Name of the serviceEndpoint to forward to")
+    changeOrigin: bool | None = Field(None, description="Rewrite Host to the target's")
+    stripPath: bool | None = Field(None, description="Strip the apiEndpoint path prefix")
+    prependPath: bool | None = Field(None, description="Prepend the target url's path")
+    ignorePath: bool | None = Field(None, description="Send only the target url's path")
+    xfwd: bool | None = Field(None, description="Add X-Forwarded-For/-Proto/-Host")
+    secure: bool | None = Field(None, description="Verify upstream TLS certificates")
+    strategy: str = Field("round-robin", description="How to choose among `urls`")
+    timeout: int | None = Field(None, ge=0, description="Response timeout in ms")
+    proxyTimeout: int | None = Field(None, ge=0, description="Alias of timeout")
+    headers: dict[str, str] = Field(default_factory=dict, description="Headers to add")
+    proxyOptions: dict[str, Any] = Field(default_factory=dict,
+                                         description="Deprecated in EG: overrides the above")
+
+
+# Client headers we never copy verbatim: hop-by-hop, and the ones we rewrite.
+_SPECIAL = HOP_BY_HOP | {b"host", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
+                         b"x-forwarded-host", b"eg-request-id"}
+_ids = itertools.count(1)
+_ID_PREFIX = b"%x" % (os.getpid() ^ int.from_bytes(os.urandom(4), "big"))
+
+
+def _merged_options(action: ProxyParams, endpoint_options: dict[str, Any]) -> dict[str, Any]:
+    """Express Gateway's precedence: action < serviceEndpoint < action.proxyOptions."""
+    merged = {k: v for k, v in action.model_dump().items() if v is not None}
+    merged.update(endpoint_options)
+    merged.update(action.proxyOptions)
+    return merged
+
+
+class Proxy:
+    def __init__(self, params: ProxyParams, ctx: BuildContext) -> None:
+        cluster = ctx.clusters[params.serviceEndpoint]
+        options = _merged_options(params, cluster.proxy_options)
+        self.cluster = cluster
+        self.name = params.serviceEndpoint
+        self.change_origin = bool(options.get("changeOrigin", False))
+        self.strip_path = bool(options.get("stripPath", False))
+        self.prepend_path = bool(options.get("prependPath", True))
+        self.ignore_path = bool(options.get("ignorePath", False))
+        self.xfwd = bool(options.get("xfwd", True))
+        timeout = options.get("timeout", options.get("proxyTimeout"))
+        self.timeout = float(timeout) / 1000.0 if timeout is not None else None
+        extra = options.get("headers") or {}
+        self.extra_headers = b"".join(b"%s: %s\r\n" % (str(k).lower().encode(),
+                                                          str(v).encode("latin-1"))
+                                      for k, v in extra.items())
+
+    def __call__(self, ex: Exchange) -> bool:
+        ep = self.cluster.pick()
+        ex.cluster_name = self.name
+        path = ex.path
+        if self.strip_path:
+            path = _strip(ex.route.strip_pos, path)
+        if self.ignore_path:
+            path = ep.base_path or b"/"
+        elif self.prepend_path and ep.base_path:
+            path = ep.base_path + (b"" if path == b"/" else path)
+        lines = [b"%s %s HTTP/1.1\r\n" % (ex.method, path)]
+        host = None
+        xff = None
+        chunked = False
+        tokens = None
+        special = _SPECIAL
+        for name, value in ex.headers:
+            if name in special:
+                if name == b"host":
+                    host = value
+                elif name == b"transfer-encoding":
+                    chunked = True
+                elif name == b"connection":
+                    tokens = value
+                elif name == b"x-forwarded-for":
+                    xff = value if xff is None else xff + b", " + value
+                elif not self.xfwd and name.startswith(b"x-forwarded-"):
+                    lines.append(b"%s: %s\r\n" % (name, value))
+                continue
+            lines.append(b"%s: %s\r\n" % (name, value))
+        if tokens is not None:
+            lines = _drop_connection_listed(lines, tokens)
+        lines.append(b"host: %s\r\n" % (ep.authority if self.change_origin or host is None
+                                         else host))
+        if self.xfwd:
+            client = ex.client_addr.encode()
+            lines.append(b"x-forwarded-for: %s\r\n" % (client if xff is None
+                                                        else xff + b", " + client))
+            lines.append(b"x-forwarded-proto: %s\r\n" % ex.scheme)
+            if host is not None:
+                lines.append(b"x-forwarded-host: %s\r\n" % host)
+        elif xff is not None:
+            lines.append(b"x-forwarded-for: %s\r\n" % xff)
+        if chunked:
+            lines.append(b"transfer-encoding: chunked\r\n")
+        if self.extra_headers:
+            lines.append(self.extra_headers)
+        lines.append(b"eg-request-id: %s-%x\r\n\r\n" % (_ID_PREFIX, next(_ids)))
+        timeout = self.timeout
+        pool = ep.pool
+        pool.send(ex, b"".join(lines), chunked,
+                  pool.response_timeout if timeout is None else timeout)
+        return True
+
+
+def _strip(pos: int | None, path: bytes) -> bytes:
+    """EG's stripPath: cut the url at the route path's first ':' or '*'."""
+    if pos is None or pos == 0:
+        return path
+    if pos < 0:
+        q = path.find(b"?")
+        return b"/" if q < 0 else b"/" + path[q:]
+    rest = path[pos:]
+    return rest if rest[:1] == b"/" else b"/" + rest
+
+
+def _drop_connection_listed(lines: list[bytes], value: bytes) -> list[bytes]:
+    names = {t.strip().lower() for t in value.split(b",")} - {b"close", b"keep-alive", b""}
+    if not names:
+        return lines
+    return [lines[0]] + [ln for ln in lines[1:] if ln.split(b":", 1)[0] not in names]
+
+
+POLICIES.add(PolicySpec(
+    name="proxy",
+    params=ProxyParams,
+    build=Proxy,
+    description="Forward the request to a serviceEndpoint",
+))

@@ -1,0 +1,147 @@
+"""The protocol-neutral request/response exchange.
+
+Theory of operation
+-------------------
+A downstream codec (HTTP/1.1 today, HTTP/2 later) turns bytes into one
+``Exchange`` per request and hands it to the router. Everything after that --
+conditions, policies, the proxy -- sees only the Exchange, never the codec:
+
+* the request head: ``method``, ``authority`` (host), ``path`` (with query),
+  ``headers`` as a list of ``(lower-case name, value)`` byte pairs;
+* the request body as a push stream: the codec calls ``sink.body_data()`` /
+  ``sink.body_end()`` on whatever consumer attached itself with
+  ``attach_body_sink()``; the consumer applies backpressure with
+  ``pause_body()`` / ``resume_body()``, which reach the codec's transport;
+* the response through ``responder`` (the codec): ``start_response()``,
+  ``send_data()``, ``end_response()``, or ``respond()`` for a whole small
+  response. The responder applies backpressure on whoever feeds it through
+  the ``ResponseSource`` registered with ``set_response_source()``.
+
+Nothing here allocates per request beyond the Exchange itself; headers stay
+bytes, as the wire carries them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class BodySink(Protocol):
+    """Consumer of a request body (the upstream connection, a buffering policy)."""
+
+    def body_data(self, data: bytes) -> None: ...
+
+    def body_end(self, trailers: Headers | None) -> None: ...
+
+    def body_abort(self) -> None: ...
+
+
+class ResponseSource(Protocol):
+    """Producer of a response body; paused when the client reads slowly."""
+
+    def pause_producing(self) -> None: ...
+
+    def resume_producing(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class Responder(Protocol):
+    """What a codec offers to send the response of one exchange."""
+
+    def start_response(self, ex: Exchange, status: int, headers: Headers,
+                       has_body: bool, length: int | None) -> None: ...
+
+    def send_data(self, ex: Exchange, data: bytes) -> None: ...
+
+    def end_response(self, ex: Exchange, trailers: Headers | None) -> None: ...
+
+    def respond(self, ex: Exchange, status: int, body: bytes,
+                headers: Headers | None = None) -> None: ...
+
+    def flush(self, ex: Exchange) -> None: ...
+
+    def abort(self, ex: Exchange) -> None: ...
+
+    def pause_body(self, ex: Exchange) -> None: ...
+
+    def resume_body(self, ex: Exchange) -> None: ...
+
+    def set_response_source(self, ex: Exchange, source: ResponseSource | None) -> None: ...
+
+
+class Exchange:
+    """One request and, in time, its response."""
+
+    __slots__ = (
+        "method", "authority", "path", "headers", "http_version", "scheme",
+        "client_addr", "responder", "body_expected", "expect_continue",
+        "body_sink", "body_buffer", "body_done", "trailers",
+        "route", "pipeline", "cluster_name", "status", "started", "vars",
+        "done", "on_done", "keep_alive",
+    )
+
+    def __init__(self, responder: Responder, method: bytes, path: bytes,
+                 headers: Headers, authority: bytes, scheme: bytes,
+                 client_addr: str, http_version: bytes, body_expected: bool,
+                 started: float) -> None:
+        self.responder = responder
+        self.method = method
+        self.path = path                    # raw target: path and query, as sent
+        self.headers = headers              # [(lower-case name, value)]
+        self.authority = authority          # Host without port, lower-case
+        self.scheme = scheme                # b"http" | b"https"
+        self.client_addr = client_addr
+        self.http_version = http_version    # b"1.1", b"1.0", b"2"
+        self.body_expected = body_expected  # a body follows the head
+        self.expect_continue = False
+        self.body_sink: BodySink | None = None
+        self.body_buffer: list[bytes] | None = None   # data seen before a sink attached
+        self.body_done = not body_expected
+        self.trailers: Headers | None = None
+        self.route: Any = None              # the matched CompiledEndpoint
+        self.pipeline: Any = None           # the CompiledPipeline
+        self.cluster_name = ""              # serviceEndpoint name once proxied
+        self.status = 0                     # response status once started
+        self.started = started              # loop.time() when the head arrived
+        self.vars: dict[str, Any] | None = None  # policy scratch space, made on demand
+        self.done = False
+        self.on_done: Any = None            # callback(ex) once the response ended
+        self.keep_alive = True
+
+    # -- request head helpers (not on the proxy fast path) -----------------
+    def header(self, name: bytes) -> bytes | None:
+        """First value of a header; ``name`` must be lower-case."""
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+    @property
+    def path_only(self) -> bytes:
+        q = self.path.find(b"?")
+        return self.path if q < 0 else self.path[:q]
+
+    def scratch(self) -> dict[str, Any]:
+        if self.vars is None:
+            self.vars = {}
+        return self.vars
+
+    # -- request body ------------------------------------------------------
+    def attach_body_sink(self, sink: BodySink) -> None:
+        """Route the request body (buffered part first) to ``sink``."""
+        self.body_sink = sink
+        buffered = self.body_buffer
+        if buffered is not None:
+            self.body_buffer = None
+            for chunk in buffered:
+                sink.body_data(chunk)
+        self.responder.resume_body(self)     # also sends 100 Continue when asked
+        if self.body_done and self.body_expected:
+            sink.body_end(self.trailers)
+
+    # -- response shortcuts ------------------------------------------------
+    def respond(self, status: int, body: bytes, headers: Headers | None = None) -> None:
+        self.responder.respond(self, status, body, headers)

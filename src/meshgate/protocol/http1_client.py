@@ -1,0 +1,263 @@
+"""HTTP/1.1 upstream codec: one pooled connection to one endpoint.
+
+Theory of operation
+-------------------
+``start(ex, head)`` writes a request head and, if a body follows, attaches
+itself as the Exchange's body sink: request body bytes are written as they
+arrive (re-chunked when the client sent them chunked). The response is parsed
+with httptools and handed to the Exchange's responder as it comes; after each
+read the responder is flushed once, so head and body of a small response
+leave together.
+
+The connection goes back to its pool only when both messages ended cleanly
+and the upstream allows keep-alive; any error, timeout, unfinished body or
+abort closes it. A reused connection that the upstream closed before any byte
+of the response arrived is retried once on a fresh one when nothing of the
+request body was sent yet (the keep-alive race every proxy meets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import httptools
+
+from meshgate.protocol.exchange import Exchange, Headers
+from meshgate.protocol.hop import HOP_BY_HOP, connection_tokens
+
+if TYPE_CHECKING:
+    from meshgate.upstream.pool import Pool
+
+log = logging.getLogger("meshgate.upstream")
+
+
+class _HeadResponseDone(Exception):
+    """Raised from a callback to stop parsing after a HEAD response's head."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "pool", "transport", "parser", "ex", "head", "reused", "deadline",
+        "_headers", "_trailers", "_req_chunked", "_req_done", "_resp_started",
+        "_resp_chunked", "_resp_length", "_interim", "_got_bytes", "_closed", "idle_since",
+        "forgotten", "timeout",
+    )
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.ex: Exchange | None = None
+        self.head = b""
+        self.reused = False
+        self.deadline = 0.0
+        self.idle_since = 0.0
+        self._headers: Headers = []
+        self._trailers: Headers | None = None
+        self._req_chunked = False
+        self._req_done = True
+        self._resp_started = False
+        self._resp_chunked = False
+        self._resp_length: int | None = None
+        self._interim = False
+        self._got_bytes = False
+        self._closed = False
+        self.forgotten = False          # the pool no longer counts it
+        self.timeout = 0.0
+
+    # -- driving a request ---------------------------------------------------
+    def start(self, ex: Exchange, head: bytes, chunked_body: bool, timeout: float) -> None:
+        assert self.transport is not None
+        self.ex = ex
+        self.head = head
+        self._headers = []
+        self._trailers = None
+        self._resp_started = False
+        self._got_bytes = False
+        self._req_chunked = chunked_body
+        self._req_done = not ex.body_expected
+        self.timeout = timeout
+        self.deadline = ex.started + timeout if timeout else 0.0
+        self.pool.ctx.upstream_active.add(self)
+        ex.responder.set_response_source(ex, self)
+        self.transport.write(head)
+        if ex.body_expected:
+            ex.attach_body_sink(self)
+
+    # -- BodySink: the request body ----------------------------------------
+    def body_data(self, data: bytes) -> None:
+        if self.transport is None or self._closed:
+            return
+        if self._req_chunked:
+            self.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            self.transport.write(data)
+
+    def body_end(self, trailers: Headers | None) -> None:
+        self._req_done = True
+        if self._req_chunked and self.transport is not None and not self._closed:
+            tail = b"".join(b"%s: %s\r\n" % kv for kv in trailers) if trailers else b""
+            self.transport.write(b"0\r\n" + tail + b"\r\n")
+
+    def body_abort(self) -> None:
+        self.abort()
+
+    # -- ResponseSource ------------------------------------------------------
+    def pause_producing(self) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.pause_reading()
+
+    def resume_producing(self) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        """The client is gone or the request failed: never reuse this connection."""
+        self.ex = None
+        self._close()
+
+    # -- asyncio.Protocol ----------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def pause_writing(self) -> None:
+        ex = self.ex
+        if ex is not None:
+            ex.responder.pause_body(ex)
+
+    def resume_writing(self) -> None:
+        ex = self.ex
+        if ex is not None and not ex.done:
+            ex.responder.resume_body(ex)
+
+    def data_received(self, data: bytes) -> None:
+        ex = self.ex
+        if ex is None:               # bytes while idle: the upstream is confused
+            self._close()
+            return
+        self._got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if not isinstance(exc.__context__, _HeadResponseDone):
+                log.error("upstream response handling failed", exc_info=exc.__context__)
+                self._fail(502, b"Bad Gateway\n")
+                return
+            self.parser = httptools.HttpResponseParser(self)
+            self._complete()
+            return
+        except httptools.HttpParserError:
+            self._fail(502, b"Bad Gateway: invalid response from upstream\n")
+            return
+        ex = self.ex
+        if ex is not None:
+            ex.responder.flush(ex)
+            if self.deadline:
+                self.deadline = self.pool.ctx.now + self.timeout
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.pool.forget(self)
+        ex = self.ex
+        self.ex = None
+        if ex is None or ex.done:
+            return
+        if self._resp_started:
+            if self._resp_length is None and not self._resp_chunked:
+                ex.responder.end_response(ex, None)   # close-delimited body ended
+            else:
+                ex.responder.abort(ex)
+            return
+        if self.reused and not self._got_bytes and not (ex.body_expected and ex.body_sink):
+            self.pool.retry(ex, self.head, self._req_chunked, self.timeout)
+            return
+        ex.responder.respond(ex, 502, b"Bad Gateway: upstream connection closed\n")
+
+    # -- httptools callbacks -------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._resp_started:
+            if self._trailers is None:
+                self._trailers = []
+            self._trailers.append((name.lower(), value))
+        else:
+            self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        ex = self.ex
+        if ex is None:
+            return
+        status = self.parser.get_status_code()
+        if status < 200:
+            self._headers = []
+            self._interim = True     # 100 Continue and friends: we answer those ourselves
+            return
+        self._resp_started = True
+        length: int | None = None
+        chunked = False
+        hop = HOP_BY_HOP
+        drop = connection_tokens(self._headers)
+        headers: Headers = []
+        for name, value in self._headers:
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name not in hop and (drop is None or name not in drop):
+                headers.append((name, value))
+        if chunked:
+            length = None
+        self._resp_chunked = chunked
+        self._resp_length = length
+        head_only = ex.method == b"HEAD"
+        has_body = not head_only and status != 204 and status != 304
+        if not has_body and status != 304 and not head_only:
+            length = None            # 204: no framing at all
+        ex.responder.start_response(ex, status, headers, has_body, length)
+        if head_only:
+            raise _HeadResponseDone
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.ex
+        if ex is not None:
+            ex.responder.send_data(ex, body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        self._complete()
+
+    # -- endings ---------------------------------------------------------------
+    def _complete(self) -> None:
+        ex = self.ex
+        if ex is None:
+            return
+        reusable = self._req_done and self.parser.should_keep_alive()
+        self.ex = None
+        self.pool.ctx.upstream_active.discard(self)
+        ex.responder.end_response(ex, self._trailers)
+        if reusable and not self._closed:
+            self.pool.release(self)
+        else:
+            self._close()
+
+    def _fail(self, status: int, body: bytes) -> None:
+        ex = self.ex
+        self.ex = None
+        self._close()
+        if ex is not None and not ex.done:
+            ex.responder.respond(ex, status, body)
+
+    def expire(self) -> None:
+        """Called by the worker's sweep once ``deadline`` has passed."""
+        self._fail(504, b"Gateway Timeout\n")
+
+    def _close(self) -> None:
+        self.pool.ctx.upstream_active.discard(self)
+        if not self._closed:
+            self._closed = True
+            self.pool.forget(self)
+            if self.transport is not None:
+                self.transport.close()

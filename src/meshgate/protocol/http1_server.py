@@ -1,0 +1,426 @@
+"""HTTP/1.1 downstream codec: bytes from a client in, Exchanges out.
+
+Theory of operation
+-------------------
+One ``H1Server`` protocol per client connection. httptools parses; its
+callbacks build the request head, and on headers-complete the Exchange is
+routed and its pipeline run -- synchronously, no task per request. The codec
+is then the Exchange's ``Responder``: the proxy (or any policy) calls
+``start_response`` / ``send_data`` / ``end_response`` and ``flush`` once per
+batch of upstream bytes, so a small response leaves in one ``write``.
+
+Flow control is symmetric: a slow client (``pause_writing``) pauses the
+response source; a slow consumer of the request body pauses our reading.
+
+Connection phases, for the timeout sweep run by the worker once per tick:
+IDLE (between requests), HEAD (a request has begun, its head is incomplete),
+BUSY (an exchange is in flight). The sweep sees progress by comparing a
+request counter, so requests pay nothing for timeouts.
+
+Pipelined requests are queued and answered in order; reading pauses while a
+request waits. Malformed input answers 400 (431 for an oversized head) and
+closes; nothing a client sends reaches other connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from meshgate.protocol.exchange import Exchange, Headers, ResponseSource
+from meshgate.protocol.status import reason
+
+if TYPE_CHECKING:
+    from meshgate.server.context import WorkerContext
+
+log = logging.getLogger("meshgate.http1")
+
+IDLE, HEAD, BUSY = 0, 1, 2
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class H1Server(asyncio.Protocol):
+    __slots__ = (
+        "ctx", "transport", "parser", "peer", "scheme", "_url", "_headers", "_host",
+        "_head_bytes", "_body_expected", "_parsing", "_current", "_queue", "_source",
+        "_chunked", "_out", "phase", "nreq", "_tick_mark", "_tick_since",
+        "_paused_reading", "_write_paused", "_closing", "_expect",
+    )
+
+    def __init__(self, ctx: WorkerContext, scheme: bytes = b"http") -> None:
+        self.ctx = ctx
+        self.scheme = scheme
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = ""
+        self._url = b""
+        self._headers: Headers = []
+        self._host = b""
+        self._head_bytes = 0
+        self._body_expected = False
+        self._expect = False
+        self._parsing: Exchange | None = None    # exchange whose request is being read
+        self._current: Exchange | None = None    # exchange whose response is being written
+        self._queue: deque[Exchange] | None = None
+        self._source: ResponseSource | None = None
+        self._chunked = False                    # response to the client is chunked
+        self._out: list[bytes] = []
+        self.phase = IDLE
+        self.nreq = 0
+        self._tick_mark = (-1, -1)
+        self._tick_since = 0.0
+        self._paused_reading = False
+        self._write_paused = False
+        self._closing = False
+
+    # -- asyncio.Protocol --------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else ""
+        self.ctx.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ctx.connections.discard(self)
+        self._closing = True
+        ex = self._current
+        if ex is not None and not ex.done:
+            ex.done = True
+            ex.keep_alive = False
+            if self._source is not None:
+                self._source.abort()
+                self._source = None
+            sink = ex.body_sink
+            if sink is not None and not ex.body_done:
+                sink.body_abort()
+        self._current = None
+        self._queue = None
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reject(400, b"Upgrade is not supported on this listener\n")
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _HeadTooLarge):
+                self._reject(431, b"Request Header Fields Too Large\n")
+            else:
+                log.error("request handling failed", exc_info=exc.__context__ or exc)
+                self._reject(500, b"Internal Server Error\n")
+        except httptools.HttpParserError:
+            self._reject(400, b"Bad Request\n")
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._source is not None:
+            self._source.pause_producing()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._source is not None:
+            self._source.resume_producing()
+
+    # -- httptools callbacks -----------------------------------------------
+    def on_message_begin(self) -> None:
+        self.phase = HEAD
+        self._url = b""
+        self._headers = []
+        self._host = b""
+        self._head_bytes = 0
+        self._body_expected = False
+        self._expect = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > self.ctx.max_header_bytes:
+            raise _HeadTooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.phase != HEAD:           # trailers of a chunked body
+            ex = self._parsing
+            if ex is not None:
+                if ex.trailers is None:
+                    ex.trailers = []
+                ex.trailers.append((name.lower(), value))
+            return
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self.ctx.max_header_bytes:
+            raise _HeadTooLarge
+        name = name.lower()
+        self._headers.append((name, value))
+        n = len(name)
+        if n == 4 and name == b"host":
+            self._host = value
+        elif n == 14 and name == b"content-length":
+            self._body_expected = value.strip() not in (b"0", b"")
+        elif n == 17 and name == b"transfer-encoding":
+            self._body_expected = True
+        elif n == 6 and name == b"expect":
+            self._expect = value.lower() == b"100-continue"
+
+    def on_headers_complete(self) -> None:
+        self.phase = BUSY
+        self.nreq += 1
+        parser = self.parser
+        url = self._url
+        host = self._host
+        if url[:1] != b"/":
+            url, host = self._absolute_form(url, host)
+        version = parser.get_http_version().encode()
+        ex = Exchange(self, parser.get_method(), url, self._headers, _host_only(host),
+                      self.scheme, self.peer, version, self._body_expected,
+                      self.ctx.loop.time())
+        ex.keep_alive = parser.should_keep_alive() and not self.ctx.draining
+        ex.expect_continue = self._expect and ex.body_expected
+        self._parsing = ex
+        if self._current is None:
+            self._current = ex
+            self._dispatch(ex)
+        else:
+            if self._queue is None:
+                self._queue = deque()
+            self._queue.append(ex)
+            self._pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        ex = self._parsing
+        if ex is None:
+            return
+        sink = ex.body_sink
+        if sink is not None:
+            sink.body_data(body)
+        elif not ex.done:
+            if ex.body_buffer is None:
+                ex.body_buffer = []
+            ex.body_buffer.append(body)
+            self._pause_reading()        # nobody consumes yet: stop at one read
+
+    def on_message_complete(self) -> None:
+        ex = self._parsing
+        self._parsing = None
+        if ex is None:
+            return
+        ex.body_done = True
+        if ex.body_expected and ex.body_sink is not None:
+            ex.body_sink.body_end(ex.trailers)
+        if ex is not self._current and self._current is not None:
+            self._pause_reading()
+
+    # -- dispatch ----------------------------------------------------------
+    def _dispatch(self, ex: Exchange) -> None:
+        snapshot = self.ctx.snapshot
+        route = snapshot.router.match(ex.authority, ex.path_only, ex.method)
+        if route is None:
+            self.respond(ex, 404, b"Not Found\n")
+            return
+        ex.route = route
+        ex.pipeline = route.pipeline
+        route.pipeline.run(ex)
+
+    def _absolute_form(self, url: bytes, host: bytes) -> tuple[bytes, bytes]:
+        if url == b"*":
+            return url, host
+        parsed = httptools.parse_url(url)
+        path = parsed.path or b"/"
+        if parsed.query:
+            path += b"?" + parsed.query
+        if parsed.host:
+            host = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+        return path, host
+
+    # -- Responder ---------------------------------------------------------
+    def start_response(self, ex: Exchange, status: int, headers: Headers,
+                       has_body: bool, length: int | None) -> None:
+        ex.status = status
+        if self.ctx.draining:
+            ex.keep_alive = False
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason(status))]
+        for name, value in headers:
+            parts.append(b"%s: %s\r\n" % (name, value))
+        chunked = False
+        if length is not None:
+            parts.append(b"content-length: %d\r\n" % length)
+        elif has_body:
+            if ex.http_version == b"1.1":
+                chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+            else:
+                ex.keep_alive = False
+        if not ex.keep_alive or (ex.body_expected and not ex.body_done and ex.body_sink is None):
+            ex.keep_alive = False
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        self._chunked = chunked
+        self._out.append(b"".join(parts))
+
+    def send_data(self, ex: Exchange, data: bytes) -> None:
+        if self._chunked:
+            self._out.append(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            self._out.append(data)
+
+    def end_response(self, ex: Exchange, trailers: Headers | None) -> None:
+        if self._chunked:
+            if trailers:
+                tail = b"".join(b"%s: %s\r\n" % kv for kv in trailers)
+                self._out.append(b"0\r\n" + tail + b"\r\n")
+            else:
+                self._out.append(b"0\r\n\r\n")
+        self.flush(ex)
+        self._finish(ex)
+
+    def flush(self, ex: Exchange) -> None:
+        out = self._out
+        if out and self.transport is not None:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def respond(self, ex: Exchange, status: int, body: bytes,
+                headers: Headers | None = None) -> None:
+        if ex.done:
+            return
+        if ex.status:                 # a response already started: only closing is left
+            self._abort_connection()
+            return
+        base: Headers = [(b"date", self.ctx.date), (b"content-type", b"text/plain; charset=utf-8")]
+        if headers:
+            base = [h for h in base if not any(h[0] == k for k, _ in headers)] + headers
+        has_body = ex.method != b"HEAD" and status not in (204, 304) and status >= 200
+        self.start_response(ex, status, base, False, len(body) if status not in (204, 304) else None)
+        if has_body:
+            self._out.append(body)
+        self.flush(ex)
+        self._finish(ex)
+
+    def abort(self, ex: Exchange) -> None:
+        """The response cannot be completed: the client learns by the close."""
+        if ex is self._current:
+            self.flush(ex)
+            ex.done = True
+            self._abort_connection()
+
+    def pause_body(self, ex: Exchange) -> None:
+        if ex is self._parsing:
+            self._pause_reading()
+
+    def resume_body(self, ex: Exchange) -> None:
+        if ex.expect_continue:
+            ex.expect_continue = False
+            if self.transport is not None and not ex.status:
+                self.transport.write(_CONTINUE)
+        if ex is self._parsing and (self._queue is None or not self._queue):
+            self._resume_reading()
+
+    def set_response_source(self, ex: Exchange, source: ResponseSource | None) -> None:
+        if ex is self._current:
+            self._source = source
+            if source is not None and self._write_paused:
+                source.pause_producing()
+
+    # -- exchange end, errors ----------------------------------------------
+    def _finish(self, ex: Exchange) -> None:
+        ex.done = True
+        self._source = None
+        self.ctx.metrics.observe(ex, self.ctx.loop.time())
+        if ex.on_done is not None:
+            ex.on_done(ex)
+        if not ex.body_done:
+            ex.keep_alive = False        # unread request body: the connection is unusable
+            self._parsing = None
+        if not ex.keep_alive:
+            self._close()
+            return
+        self._current = None
+        queue = self._queue
+        if queue:
+            nxt = queue.popleft()
+            self._current = nxt
+            self._dispatch(nxt)
+            return
+        if self._parsing is None and self.phase == BUSY:
+            self.phase = IDLE
+        self._resume_reading()
+
+    def _reject(self, status: int, body: bytes) -> None:
+        """A protocol error: answer if the client is owed nothing else, then close."""
+        ex = self._current
+        self._queue = None
+        if ex is None or (not ex.done and not ex.status and ex is self._parsing):
+            if ex is None:
+                ex = Exchange(self, b"GET", b"/", [], b"", self.scheme, self.peer, b"1.1",
+                              False, self.ctx.loop.time())
+                self._current = ex
+            ex.keep_alive = False
+            if ex.body_sink is not None:
+                ex.body_sink.body_abort()
+            if self._source is not None:
+                self._source.abort()
+            self.respond(ex, status, body, [(b"connection", b"close")])
+        self._abort_connection()
+
+    def timeout_head(self) -> None:
+        """The head did not arrive within headersTimeout."""
+        if self._current is None:
+            self._reject(408, b"Request Timeout\n")
+        else:
+            self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _abort_connection(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def drain(self) -> None:
+        """Graceful stop: close if idle, otherwise after the current response."""
+        if self.phase == IDLE and self._current is None:
+            self._close()
+        elif self._current is not None:
+            self._current.keep_alive = False
+
+    def _pause_reading(self) -> None:
+        if not self._paused_reading and self.transport is not None:
+            self._paused_reading = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._paused_reading and not self._closing and self.transport is not None:
+            self._paused_reading = False
+            self.transport.resume_reading()
+
+    # -- timeout sweep -----------------------------------------------------
+    def tick(self, now: float, head_timeout: float, idle_timeout: float) -> None:
+        phase = self.phase
+        if phase == BUSY:
+            return
+        mark = (self.nreq, phase)
+        if mark != self._tick_mark:
+            self._tick_mark = mark
+            self._tick_since = now
+            return
+        waited = now - self._tick_since
+        if phase == HEAD and waited >= head_timeout:
+            self.timeout_head()
+        elif phase == IDLE and waited >= (idle_timeout if self.nreq else head_timeout):
+            self._close()
+
+
+def _host_only(host: bytes) -> bytes:
+    if host[:1] == b"[":
+        end = host.find(b"]")
+        return host[: end + 1].lower() if end > 0 else host.lower()
+    colon = host.find(b":")
+    return (host if colon < 0 else host[:colon]).lower()

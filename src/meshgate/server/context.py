@@ -1,0 +1,53 @@
+"""Per-worker state shared by every connection: the live Snapshot and limits.
+
+The Snapshot is swapped by assignment (atomic for the event loop): an
+exchange keeps the route and pipeline it matched, so requests in flight finish
+on the config they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from meshgate.config.snapshot import Snapshot
+    from meshgate.telemetry.metrics import Metrics
+
+
+class WorkerContext:
+    snapshot: Snapshot
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, metrics: Metrics) -> None:
+        self.loop = loop
+        self.metrics = metrics
+        self.connections: set[Any] = set()       # H1Server protocols
+        self.upstream_active: set[Any] = set()   # upstream connections awaiting a response
+        self.draining = False
+        self.now = loop.time()                   # coarse clock, updated every tick
+        self.date = b""
+        self.max_header_bytes = 65536
+        self.head_timeout = 10.0
+        self.idle_timeout = 75.0
+        self.refresh_date()
+
+    def install(self, snapshot: Snapshot) -> None:
+        """The first Snapshot; later ones come through ``swap``."""
+        self.snapshot = snapshot
+        self.apply_limits(snapshot)
+
+    def apply_limits(self, snapshot: Snapshot) -> None:
+        server = snapshot.server
+        self.max_header_bytes = server.maxHeaderBytes
+        self.head_timeout = server.headersTimeout / 1000.0
+        self.idle_timeout = server.keepAliveTimeout / 1000.0
+
+    def swap(self, snapshot: Snapshot) -> None:
+        old = self.snapshot
+        self.snapshot = snapshot
+        self.apply_limits(snapshot)
+        old.retire(snapshot)
+
+    def refresh_date(self) -> None:
+        self.date = email.utils.formatdate(usegmt=True).encode()

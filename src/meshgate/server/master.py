@@ -1,0 +1,269 @@
+"""The master process: validates config, supervises workers, serves the Admin API.
+
+Theory of operation
+-------------------
+The master never touches client traffic. It starts N worker processes, each
+with a control socket (see ``control``), restarts any that die, and serves the
+Admin API (``/ready``, ``/metrics`` summed over workers) on the admin port.
+
+It watches the config files; a change is validated here first: if invalid the
+error (file, line, field) is logged and the workers keep their Snapshot; if
+valid every worker is told to reload, which it does without closing a
+connection. SIGTERM or SIGINT drains: workers get SIGTERM, finish what is in
+flight up to ``drainTimeout``, and the master exits 0 when they are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meshgate.admin.app import admin_server, create_admin_app
+from meshgate.config.loader import ConfigError, LoadedConfig, load_config
+from meshgate.server.control import Channel
+from meshgate.telemetry.metrics import merge
+
+log = logging.getLogger("meshgate.master")
+WATCH_INTERVAL = float(os.environ.get("MESHGATE_WATCH_INTERVAL", "1.0"))
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    index: int
+    process: asyncio.subprocess.Process
+    channel: Channel
+    ready: bool = False
+    failed: str | None = None
+    pending: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+
+
+class Master:
+    def __init__(self, config: LoadedConfig, workers: int, log_level: str) -> None:
+        self.config = config
+        self.count = workers
+        self.log_level = log_level
+        self.workers: dict[int, WorkerHandle] = {}
+        self.stopping = False
+        self.stopped = asyncio.Event()          # every worker has exited
+        self.stop_requested = asyncio.Event()
+        self.ids = itertools.count(1)
+        self.started = asyncio.get_running_loop().create_future()
+        self.reloads = 0
+
+    # -- Supervisor protocol for the admin app -----------------------------
+    def is_ready(self) -> bool:
+        return (not self.stopping and len(self.workers) == self.count
+                and all(w.ready for w in self.workers.values()))
+
+    async def collect_metrics(self) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        futures = []
+        for handle in self.workers.values():
+            if not handle.ready:
+                continue
+            n = next(self.ids)
+            fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+            handle.pending[n] = fut
+            handle.channel.send({"op": "metrics", "id": n})
+            futures.append(fut)
+        done = await asyncio.gather(*(asyncio.wait_for(f, 2.0) for f in futures),
+                                    return_exceptions=True)
+        merged = merge(d for d in done if isinstance(d, dict))
+        merged["gauges"]["meshgate_config_reloads"] = self.reloads
+        return merged
+
+    # -- workers -------------------------------------------------------------
+    async def _spawn(self, index: int) -> WorkerHandle:
+        ours, theirs = socket.socketpair()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "meshgate.server.worker",
+            "--config", str(self.config.directory), "--control-fd", str(theirs.fileno()),
+            "--log-level", self.log_level, pass_fds=[theirs.fileno()])
+        theirs.close()
+        handle = WorkerHandle(index, process, await Channel.open(ours))
+        self.workers[index] = handle
+        asyncio.get_running_loop().create_task(self._listen(handle))
+        asyncio.get_running_loop().create_task(self._watch_exit(handle))
+        return handle
+
+    async def _listen(self, handle: WorkerHandle) -> None:
+        while True:
+            try:
+                message = await handle.channel.receive()
+            except (ConnectionError, ValueError):
+                message = None
+            if message is None:
+                return
+            op = message.get("op")
+            if op == "ready":
+                handle.ready = True
+                self._check_started()
+            elif op == "failed":
+                handle.failed = str(message.get("error"))
+                if not self.started.done():
+                    self.started.set_exception(RuntimeError(handle.failed))
+            elif op == "metrics":
+                fut = handle.pending.pop(message.get("id", -1), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(message.get("data") or {})
+            elif op == "reloaded" and not message.get("ok"):
+                log.error("worker %d kept its config: %s", handle.index, message.get("error"))
+
+    def _check_started(self) -> None:
+        if not self.started.done() and self.is_ready():
+            self.started.set_result(None)
+
+    async def _watch_exit(self, handle: WorkerHandle) -> None:
+        code = await handle.process.wait()
+        handle.channel.close()
+        if self.workers.get(handle.index) is handle:
+            del self.workers[handle.index]
+        if self.stopping:
+            if not self.workers:
+                self.stopped.set()
+            return
+        if handle.failed is not None or not self.started.done():
+            if not self.started.done():
+                self.started.set_exception(RuntimeError(handle.failed or f"exit code {code}"))
+            return
+        log.warning("worker %d exited with %s; starting a new one", handle.index, code)
+        await asyncio.sleep(0.5)
+        if not self.stopping:
+            await self._spawn(handle.index)
+
+    # -- config reload ---------------------------------------------------------
+    def _stamp(self) -> tuple[float, ...]:
+        stamps = []
+        for path in (self.config.gateway_path, self.config.system_path):
+            try:
+                stamps.append(path.stat().st_mtime_ns if path else 0)
+            except OSError:
+                stamps.append(-1)
+        return tuple(stamps)
+
+    async def _watch_config(self) -> None:
+        stamp = self._stamp()
+        while not self.stopping:
+            await asyncio.sleep(WATCH_INTERVAL)
+            now = self._stamp()
+            if now != stamp:
+                stamp = now
+                self.reload()
+
+    def reload(self) -> bool:
+        try:
+            config = load_config(self.config.directory)
+        except ConfigError as exc:
+            log.error("config change rejected, the running config keeps serving: %s", exc)
+            return False
+        self.config = config
+        self.reloads += 1
+        for handle in self.workers.values():
+            handle.channel.send({"op": "reload"})
+        log.info("config reloaded")
+        return True
+
+    # -- lifecycle -------------------------------------------------------------
+    def stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.stop_requested.set()
+        log.info("draining")
+        for handle in self.workers.values():
+            if handle.process.returncode is None:
+                handle.process.send_signal(signal.SIGTERM)
+        if not self.workers:
+            self.stopped.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        admin_cfg = self.config.gateway.admin
+        admin = None
+        admin_task: asyncio.Future[None] = loop.create_future()
+        if admin_cfg is not None:
+            try:
+                sock = _bind(admin_cfg.host, admin_cfg.port)
+            except OSError as exc:
+                log.error("admin API cannot listen on %s:%s: %s",
+                          admin_cfg.host, admin_cfg.port, exc.strerror or exc)
+                return 1
+            admin = admin_server(create_admin_app(self), admin_cfg.host, admin_cfg.port)
+            admin_task = loop.create_task(admin.serve(sockets=[sock]))
+        for i in range(self.count):
+            await self._spawn(i)
+        try:
+            await self.started
+        except RuntimeError as exc:
+            log.error("could not start: %s", exc)
+            self.stop()
+            await self._wait_workers()
+            await _stop_admin(admin, admin_task)
+            return 1
+        if admin is not None and admin_task.done():
+            log.error("admin API could not listen on %s:%s", admin_cfg.host, admin_cfg.port)
+            self.stop()
+            await self._wait_workers()
+            return 1
+        self._announce()
+        watcher = loop.create_task(self._watch_config())
+        await self.stop_requested.wait()
+        watcher.cancel()
+        await self._wait_workers()
+        await _stop_admin(admin, admin_task)
+        log.info("stopped")
+        return 0
+
+    async def _wait_workers(self) -> None:
+        deadline = self.config.gateway.server.drainTimeout / 1000.0 + 5
+        try:
+            await asyncio.wait_for(self.stopped.wait(), deadline)
+        except TimeoutError:
+            for handle in list(self.workers.values()):
+                handle.process.kill()
+
+    def _announce(self) -> None:
+        gw = self.config.gateway
+        where = []
+        if gw.http is not None:
+            where.append(f"http://{gw.http.hostname or '0.0.0.0'}:{gw.http.port}")
+        if gw.https is not None:
+            where.append(f"https://{gw.https.hostname or '0.0.0.0'}:{gw.https.port}")
+        admin = f"http://{gw.admin.host}:{gw.admin.port}" if gw.admin else "off"
+        log.info("meshgate serving %s with %d worker(s); admin API %s",
+                 ", ".join(where) or "no listener", self.count, admin)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(info[0], socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(info[4])
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def _stop_admin(admin: Any, task: asyncio.Future[None]) -> None:
+    if admin is not None:
+        admin.should_exit = True
+        await task
+
+
+async def serve(config_dir: Path, workers: int | None, log_level: str) -> int:
+    config = load_config(config_dir)
+    count = workers if workers is not None else config.gateway.server.workers
+    master = Master(config, max(1, count), log_level)
+    return await master.run()

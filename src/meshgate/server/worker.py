@@ -1,0 +1,170 @@
+"""A worker process: listeners on shared ports, the data plane, a control channel.
+
+Started by the master as ``python -m meshgate.server.worker``. Each worker
+binds the configured ports itself with SO_REUSEPORT, so the kernel spreads
+connections over workers. Once a tick (a quarter second) it advances the
+coarse clock, expires upstream requests past their deadline, and sweeps
+client connections for head and keep-alive timeouts and pools for stale idle
+connections.
+
+SIGTERM drains: listeners close, idle connections close, busy ones close after
+their response; the worker exits when none are left or at ``drainTimeout``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+import uvloop
+
+from meshgate.config.loader import load_config
+from meshgate.config.snapshot import compile_snapshot
+from meshgate.protocol.http1_server import H1Server
+from meshgate.server.context import WorkerContext
+from meshgate.server.control import Channel
+from meshgate.server.tls import SniSelector
+from meshgate.telemetry.metrics import Metrics
+
+log = logging.getLogger("meshgate.worker")
+TICK = 0.25
+
+
+class Worker:
+    def __init__(self, config_dir: str, channel: Channel) -> None:
+        self.config_dir = config_dir
+        self.channel = channel
+        self.loop = asyncio.get_running_loop()
+        self.metrics = Metrics()
+        self.ctx = WorkerContext(self.loop, self.metrics)
+        self.servers: list[asyncio.Server] = []
+        self.stopped = asyncio.Event()
+        self.reloads = 0
+
+    async def start(self) -> None:
+        cfg = load_config(self.config_dir)
+        self.ctx.install(compile_snapshot(cfg, self.ctx))
+        gw = cfg.gateway
+        if gw.http is not None:
+            self.servers.append(await self.loop.create_server(
+                lambda: H1Server(self.ctx, b"http"), gw.http.hostname or None, gw.http.port,
+                reuse_port=True, backlog=2048))
+        if gw.https is not None:
+            ssl_ctx = SniSelector(gw.https.tls).server_context()
+            self.servers.append(await self.loop.create_server(
+                lambda: H1Server(self.ctx, b"https"), gw.https.hostname or None,
+                gw.https.port, ssl=ssl_ctx, reuse_port=True, backlog=2048,
+                ssl_handshake_timeout=self.ctx.head_timeout))
+        self.loop.create_task(self._ticker())
+        self.loop.create_task(self._control())
+        self.channel.send({"op": "ready", "pid": os.getpid()})
+
+    async def _ticker(self) -> None:
+        ctx = self.ctx
+        n = 0
+        while True:
+            await asyncio.sleep(TICK)
+            now = ctx.now = self.loop.time()
+            n += 1
+            if n % 4 == 0:
+                ctx.refresh_date()
+                ctx.snapshot.sweep(now)
+            for conn in [c for c in ctx.upstream_active if c.deadline and c.deadline <= now]:
+                conn.expire()
+            for client in list(ctx.connections):
+                client.tick(now, ctx.head_timeout, ctx.idle_timeout)
+
+    async def _control(self) -> None:
+        while True:
+            message = await self.channel.receive()
+            if message is None:          # the master is gone: stop serving
+                self.drain()
+                return
+            op = message.get("op")
+            if op == "metrics":
+                self.channel.send({"op": "metrics", "id": message.get("id"),
+                                   "data": self._export()})
+            elif op == "reload":
+                self.channel.send(self._reload())
+
+    def _export(self) -> dict[str, Any]:
+        self.metrics.gauges = {
+            "meshgate_downstream_connections": len(self.ctx.connections),
+            "meshgate_upstream_connections": sum(
+                ep.pool.open for c in self.ctx.snapshot.clusters.values() for ep in c.endpoints),
+            "meshgate_workers": 1,
+            "meshgate_config_reloads": self.reloads,
+        }
+        return self.metrics.export()
+
+    def _reload(self) -> dict[str, Any]:
+        try:
+            cfg = load_config(self.config_dir)
+            snapshot = compile_snapshot(cfg, self.ctx, self.ctx.snapshot)
+        except Exception as exc:       # the old config keeps serving
+            log.error("reload failed, keeping the running config: %s", exc)
+            return {"op": "reloaded", "ok": False, "error": str(exc)}
+        self.ctx.swap(snapshot)
+        self.reloads += 1
+        return {"op": "reloaded", "ok": True}
+
+    def drain(self) -> None:
+        if self.ctx.draining:
+            return
+        self.ctx.draining = True
+        for server in self.servers:
+            server.close()
+        for conn in list(self.ctx.connections):
+            conn.drain()
+        self.stopped.set()
+
+
+async def _main(config_dir: str, control_fd: int) -> int:
+    sock = socket.socket(fileno=control_fd)
+    channel = await Channel.open(sock)
+    worker = Worker(config_dir, channel)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, worker.drain)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)   # the master decides
+    try:
+        await worker.start()
+    except Exception as exc:
+        log.error("worker failed to start: %s", exc)
+        channel.send({"op": "failed", "error": str(exc)})
+        await asyncio.sleep(0)
+        return 1
+    await worker.stopped.wait()
+    drain_timeout = worker.ctx.snapshot.server.drainTimeout / 1000.0
+    try:
+        await asyncio.wait_for(_until_idle(worker.ctx), drain_timeout)
+    except TimeoutError:
+        log.warning("drain deadline reached with %d connections open",
+                    len(worker.ctx.connections))
+    return 0
+
+
+async def _until_idle(ctx: WorkerContext) -> None:
+    while ctx.connections:
+        await asyncio.sleep(0.05)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="meshgate-worker")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(name)s: "
+                               "%(message)s")
+    sys.exit(uvloop.run(_main(args.config, args.control_fd)))
+
+
+if __name__ == "__main__":
+    main()

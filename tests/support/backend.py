@@ -1,0 +1,133 @@
+"""A scriptable HTTP/1.1 backend for tests, run as its own process.
+
+``python -m tests.support.backend`` prints ``listening on PORT`` and serves:
+
+* ``/echo``         JSON of method, path, headers and body length (reads the body);
+* ``/status/N``     status N with a short body (204/304 without one);
+* ``/slow/MS``      answers after MS milliseconds;
+* ``/chunked``      a chunked response of 3 chunks;
+* ``/bytes/N``      N bytes (Content-Length), streamed in 64 KiB writes;
+* ``/upload``       reads the body, answers its length and a running checksum;
+* ``/reset``        closes the connection without answering;
+* ``/close``        answers with Connection: close;
+* ``/name``         the server's --name (for round-robin tests);
+* anything else     200 "ok <name>".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import zlib
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], list[tuple[str, str]]] | None:
+    try:
+        raw = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    lines = raw.decode("latin-1").split("\r\n")
+    method, target, _ = lines[0].split(" ", 2)
+    pairs = [tuple(x.strip() for x in ln.split(":", 1)) for ln in lines[1:] if ln]
+    headers = {k.lower(): v for k, v in pairs}
+    return method, target, headers, pairs  # type: ignore[return-value]
+
+
+async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> tuple[int, int]:
+    """Read the request body; returns (length, crc32)."""
+    total, crc = 0, 0
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            size = int((await reader.readline()).split(b";")[0], 16)
+            if size == 0:
+                while (await reader.readline()) not in (b"\r\n", b""):
+                    pass
+                return total, crc
+            data = await reader.readexactly(size)
+            await reader.readexactly(2)
+            total += size
+            crc = zlib.crc32(data, crc)
+    remaining = int(headers.get("content-length", "0"))
+    while remaining:
+        data = await reader.read(min(remaining, 1 << 20))
+        if not data:
+            break
+        remaining -= len(data)
+        total += len(data)
+        crc = zlib.crc32(data, crc)
+    return total, crc
+
+
+def _response(status: int, body: bytes, extra: str = "", ctype: str = "text/plain") -> bytes:
+    head = f"HTTP/1.1 {status} X\r\ncontent-type: {ctype}\r\n{extra}"
+    if status not in (204, 304):
+        head += f"content-length: {len(body)}\r\n"
+    return (head + "\r\n").encode() + (b"" if status in (204, 304) else body)
+
+
+async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name: str) -> None:
+    try:
+        while True:
+            head = await _read_head(reader)
+            if head is None:
+                return
+            method, target, headers, pairs = head
+            path = target.split("?", 1)[0]
+            if headers.get("expect", "").lower() == "100-continue":
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if path == "/reset":
+                writer.transport.abort()
+                return
+            length, crc = await _read_body(reader, headers)
+            if path.startswith("/slow/"):
+                await asyncio.sleep(int(path.rsplit("/", 1)[1]) / 1000)
+            if path == "/echo" or path.startswith("/slow/"):
+                body = json.dumps({"method": method, "path": target, "headers": pairs,
+                                   "length": length, "crc": crc, "name": name}).encode()
+                writer.write(_response(200, body, ctype="application/json"))
+            elif path.startswith("/status/"):
+                writer.write(_response(int(path.rsplit("/", 1)[1]), b"status\n"))
+            elif path == "/chunked":
+                writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                             b"5\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\n\r\n")
+            elif path.startswith("/bytes/"):
+                n = int(path.rsplit("/", 1)[1])
+                writer.write(f"HTTP/1.1 200 OK\r\ncontent-length: {n}\r\n\r\n".encode())
+                if method != "HEAD":
+                    block = b"x" * 65536
+                    while n > 0:
+                        writer.write(block[: min(n, len(block))])
+                        n -= len(block)
+                        await writer.drain()
+            elif path == "/upload":
+                writer.write(_response(200, json.dumps({"length": length, "crc": crc}).encode()))
+            elif path == "/close":
+                writer.write(_response(200, b"bye\n", extra="connection: close\r\n"))
+                await writer.drain()
+                writer.close()
+                return
+            elif path == "/name":
+                writer.write(_response(200, name.encode()))
+            else:
+                writer.write(_response(200, f"ok {name}\n".encode()))
+            await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+
+
+async def main(port: int, name: str) -> None:
+    server = await asyncio.start_server(lambda r, w: handle(r, w, name), "127.0.0.1", port)
+    print(f"listening on {server.sockets[0].getsockname()[1]}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--name", default="backend")
+    args = parser.parse_args()
+    asyncio.run(main(args.port, args.name))
