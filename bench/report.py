@@ -7,6 +7,8 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
+NOISY_PCT = 20.0  # "other load" above this makes a row's numbers suspect
+
 
 @dataclass
 class Result:
@@ -64,6 +66,9 @@ def _row(r: Result) -> str:
 def markdown(results: list[Result], load: str, facts: dict[str, str],
              tool_versions: dict[str, str]) -> str:
     by_key = {r.key: r for r in results}
+    noisy = [r.label for r in results if r.status == "ok" and r.other_cpu_pct > NOISY_PCT]
+    warning = [f"**Warning:** other processes used over {NOISY_PCT:.0f}% of a core during: "
+               f"{', '.join(noisy)}; rerun on an idle machine before quoting these rows.", ""]
     lines = [
         f"Load: `{load}` against each target in turn, 127.0.0.1 only; "
         "2 s warm-up before each measured run.",
@@ -72,6 +77,7 @@ def markdown(results: list[Result], load: str, facts: dict[str, str],
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *(_row(r) for r in results),
         "",
+        *(warning if noisy else []),
         "CPU µs/req counts all of the target's processes (not the backend's); peak RSS is the "
         "largest VmHWM among them; errors are non-2xx responses plus socket errors; other "
         "load is CPU used meanwhile by processes outside the benchmark, in % of one core.",

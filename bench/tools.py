@@ -17,10 +17,13 @@ def _apt_install(packages: list[str]) -> None:
         return
     argv = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    if subprocess.run(argv, env=env, check=False, **quiet).returncode != 0:
-        subprocess.run(["apt-get", "update"], env=env, check=False, **quiet)
-        subprocess.run(argv, env=env, check=False, **quiet)
+    def quiet(cmd: list[str]) -> int:
+        return subprocess.run(cmd, env=env, check=False, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL).returncode
+
+    if quiet(argv) != 0:
+        quiet(["apt-get", "update"])
+        quiet(argv)
 
 
 def ensure_system_tools() -> dict[str, bool]:

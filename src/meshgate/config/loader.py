@@ -191,7 +191,8 @@ def _policy_use_schema(defs: dict[str, Any]) -> dict[str, Any]:
             "condition": {SCHEMA_MARKER: "Condition"},
             "action": {"$ref": f"#/$defs/policy.{name}"}}}
         properties[name] = {"description": spec.description, "anyOf": [
-            {"type": "null"}, step, {"type": "array", "items": step}]}
+            {"type": "null"}, step,
+            {"type": "array", "items": {"anyOf": [step, {"type": "null"}]}}]}
     return {"type": "object", "minProperties": 1, "maxProperties": 1,
             "properties": properties, "additionalProperties": False}
 

@@ -111,8 +111,8 @@ def _compile_regex(pattern: str | None) -> re.Pattern[bytes] | None:
 
 def _routes(cfg: LoadedConfig, pipelines: dict[str, CompiledPipeline]) -> list[Route]:
     served: dict[str, CompiledPipeline] = {}
-    for name, pipeline in cfg.gateway.pipelines.items():
-        for endpoint in pipeline.apiEndpoints:
+    for name, spec in cfg.gateway.pipelines.items():
+        for endpoint in spec.apiEndpoints:
             served[endpoint] = pipelines[name]
     groups: dict[str, list[tuple[str, Any]]] = {}
     for endpoint, entries in cfg.gateway.apiEndpoints.items():
@@ -122,20 +122,20 @@ def _routes(cfg: LoadedConfig, pipelines: dict[str, CompiledPipeline]) -> list[R
     routes: list[Route] = []
     for group in groups.values():
         for endpoint, entry in group:
-            pipeline = served.get(endpoint)
-            if pipeline is None:
+            compiled = served.get(endpoint)
+            if compiled is None:
                 continue
             methods = (frozenset(m.upper().encode() for m in entry.methods)
                        if entry.methods else None)
             paths: list[str | None] = [None] if entry.pathRegex else list(entry.paths or ["*"])
             for path in paths:
                 routes.append(Route(
-                    order=len(routes), endpoint=endpoint, pipeline=pipeline,
+                    order=len(routes), endpoint=endpoint, pipeline=compiled,
                     host=entry.host or "*", path=path, methods=methods,
                     scopes=tuple(entry.scopes or ()),
                     path_regex=_compile_regex(entry.pathRegex),
                     host_regex=_compile_regex(entry.hostRegex),
-                    metric_key=(endpoint, pipeline.name)))
+                    metric_key=(endpoint, compiled.name)))
     return routes
 
 

@@ -64,7 +64,7 @@ _SIMPLE_SEGMENT = re.compile(r"^(?::[A-Za-z0-9_]+|[^:*?()+]*)$")
 
 def _express_regex(path: str) -> re.Pattern[bytes]:
     """Translate an Express 4 route path (path-to-regexp 0.1) to a regex."""
-    out = []
+    out: list[str] = []
     i = 0
     while i < len(path):
         c = path[i]

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 Getter = Callable[["Exchange"], str]
 _EXPR = re.compile(r"\$\{\s*([^}]*?)\s*\}")
-_HEADER = re.compile(r"""^(?:req|egContext\.req)\.headers(?:\.([A-Za-z0-9_-]+)|\[['"]([^'"]+)['"]\])$""")
+_HEADER = re.compile(
+    r"""^(?:req|egContext\.req)\.headers(?:\.([A-Za-z0-9_-]+)|\[['"]([^'"]+)['"]\])$""")
 _QUERY = re.compile(r"""^req\.query(?:\.([A-Za-z0-9_-]+)|\[['"]([^'"]+)['"]\])$""")
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -24,7 +24,7 @@ from meshgate.plugins import Registry
 if TYPE_CHECKING:
     from meshgate.protocol.exchange import Exchange
 
-Outcome = Union[None, bool, Awaitable[Union[None, bool]]]
+Outcome = bool | Awaitable[bool | None] | None
 Action = Callable[["Exchange"], Outcome]
 
 

@@ -54,6 +54,9 @@ class Responder(Protocol):
     def start_response(self, ex: Exchange, status: int, headers: Headers,
                        has_body: bool, length: int | None) -> None: ...
 
+    def start_response_raw(self, ex: Exchange, status: int, block: bytes,
+                           has_body: bool, length: int | None) -> None: ...
+
     def send_data(self, ex: Exchange, data: bytes) -> None: ...
 
     def end_response(self, ex: Exchange, trailers: Headers | None) -> None: ...
@@ -76,11 +79,29 @@ class Exchange:
     """One request and, in time, its response."""
 
     __slots__ = (
-        "method", "authority", "path", "headers", "http_version", "scheme",
-        "client_addr", "responder", "body_expected", "expect_continue",
-        "body_sink", "body_buffer", "body_done", "trailers",
-        "route", "pipeline", "cluster_name", "status", "started", "vars",
-        "done", "on_done", "keep_alive",
+        "authority",
+        "body_buffer",
+        "body_done",
+        "body_expected",
+        "body_sink",
+        "client_addr",
+        "cluster_name",
+        "done",
+        "expect_continue",
+        "headers",
+        "http_version",
+        "keep_alive",
+        "method",
+        "on_done",
+        "path",
+        "pipeline",
+        "responder",
+        "route",
+        "scheme",
+        "started",
+        "status",
+        "trailers",
+        "vars",
     )
 
     def __init__(self, responder: Responder, method: bytes, path: bytes,

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from meshgate.protocol.exchange import Exchange, Headers
-from meshgate.protocol.hop import HOP_BY_HOP, connection_tokens
+from meshgate.protocol.hop import filter_block
 
 if TYPE_CHECKING:
     from meshgate.upstream.pool import Pool
@@ -39,10 +39,26 @@ class _HeadResponseDone(Exception):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
-        "pool", "transport", "parser", "ex", "head", "reused", "deadline",
-        "_headers", "_trailers", "_req_chunked", "_req_done", "_resp_started",
-        "_resp_chunked", "_resp_length", "_interim", "_got_bytes", "_closed", "idle_since",
-        "forgotten", "timeout",
+        "_closed",
+        "_got_bytes",
+        "_interim",
+        "_req_chunked",
+        "_req_done",
+        "_resp_chunked",
+        "_resp_length",
+        "_resp_started",
+        "_rx",
+        "_rx_pos",
+        "deadline",
+        "ex",
+        "forgotten",
+        "head",
+        "idle_since",
+        "parser",
+        "pool",
+        "reused",
+        "timeout",
+        "transport",
     )
 
     def __init__(self, pool: Pool) -> None:
@@ -54,8 +70,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         self.deadline = 0.0
         self.idle_since = 0.0
-        self._headers: Headers = []
-        self._trailers: Headers | None = None
+        self._rx: list[bytes] = []      # bytes of the response head, until it is complete
+        self._rx_pos = 0                # where the current head starts in them
         self._req_chunked = False
         self._req_done = True
         self._resp_started = False
@@ -72,8 +88,8 @@ class UpstreamConnection(asyncio.Protocol):
         assert self.transport is not None
         self.ex = ex
         self.head = head
-        self._headers = []
-        self._trailers = None
+        self._rx = []
+        self._rx_pos = 0
         self._resp_started = False
         self._got_bytes = False
         self._req_chunked = chunked_body
@@ -138,6 +154,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._close()
             return
         self._got_bytes = True
+        if not self._resp_started:
+            self._rx.append(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -176,45 +194,31 @@ class UpstreamConnection(asyncio.Protocol):
         ex.responder.respond(ex, 502, b"Bad Gateway: upstream connection closed\n")
 
     # -- httptools callbacks -------------------------------------------------
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._resp_started:
-            if self._trailers is None:
-                self._trailers = []
-            self._trailers.append((name.lower(), value))
-        else:
-            self._headers.append((name.lower(), value))
-
     def on_headers_complete(self) -> None:
         ex = self.ex
         if ex is None:
             return
+        rx = self._rx
+        raw = rx[0] if len(rx) == 1 else b"".join(rx)
+        start = self._rx_pos
+        end = raw.find(b"\r\n\r\n", start)
         status = self.parser.get_status_code()
         if status < 200:
-            self._headers = []
+            self._rx = [raw]
+            self._rx_pos = end + 4
             self._interim = True     # 100 Continue and friends: we answer those ourselves
             return
+        self._rx = []
+        self._rx_pos = 0
         self._resp_started = True
-        length: int | None = None
-        chunked = False
-        hop = HOP_BY_HOP
-        drop = connection_tokens(self._headers)
-        headers: Headers = []
-        for name, value in self._headers:
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = True
-            elif name not in hop and (drop is None or name not in drop):
-                headers.append((name, value))
-        if chunked:
-            length = None
+        block, length, chunked = filter_block(raw[raw.find(b"\r\n", start) + 2:end + 2])
         self._resp_chunked = chunked
         self._resp_length = length
         head_only = ex.method == b"HEAD"
         has_body = not head_only and status != 204 and status != 304
-        if not has_body and status != 304 and not head_only:
-            length = None            # 204: no framing at all
-        ex.responder.start_response(ex, status, headers, has_body, length)
+        if status == 204:
+            length = None            # no framing at all
+        ex.responder.start_response_raw(ex, status, block, has_body, length)
         if head_only:
             raise _HeadResponseDone
 
@@ -237,7 +241,7 @@ class UpstreamConnection(asyncio.Protocol):
         reusable = self._req_done and self.parser.should_keep_alive()
         self.ex = None
         self.pool.ctx.upstream_active.discard(self)
-        ex.responder.end_response(ex, self._trailers)
+        ex.responder.end_response(ex, None)   # HTTP/1.1 upstream trailers are not relayed
         if reusable and not self._closed:
             self.pool.release(self)
         else:

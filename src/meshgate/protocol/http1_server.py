@@ -41,6 +41,7 @@ log = logging.getLogger("meshgate.http1")
 
 IDLE, HEAD, BUSY = 0, 1, 2
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_STATUS_LINES = {s: b"HTTP/1.1 %d %s\r\n" % (s, reason(s)) for s in range(100, 600)}
 
 
 class _HeadTooLarge(Exception):
@@ -49,10 +50,30 @@ class _HeadTooLarge(Exception):
 
 class H1Server(asyncio.Protocol):
     __slots__ = (
-        "ctx", "transport", "parser", "peer", "scheme", "_url", "_headers", "_host",
-        "_head_bytes", "_body_expected", "_parsing", "_current", "_queue", "_source",
-        "_chunked", "_out", "phase", "nreq", "_tick_mark", "_tick_since",
-        "_paused_reading", "_write_paused", "_closing", "_expect",
+        "_body_expected",
+        "_chunked",
+        "_closing",
+        "_current",
+        "_expect",
+        "_head_bytes",
+        "_headers",
+        "_host",
+        "_out",
+        "_parsing",
+        "_paused_reading",
+        "_queue",
+        "_source",
+        "_tick_mark",
+        "_tick_since",
+        "_url",
+        "_write_paused",
+        "ctx",
+        "nreq",
+        "parser",
+        "peer",
+        "phase",
+        "scheme",
+        "transport",
     )
 
     def __init__(self, ctx: WorkerContext, scheme: bytes = b"http") -> None:
@@ -240,27 +261,32 @@ class H1Server(asyncio.Protocol):
     # -- Responder ---------------------------------------------------------
     def start_response(self, ex: Exchange, status: int, headers: Headers,
                        has_body: bool, length: int | None) -> None:
-        ex.status = status
-        if self.ctx.draining:
-            ex.keep_alive = False
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason(status))]
-        for name, value in headers:
-            parts.append(b"%s: %s\r\n" % (name, value))
-        chunked = False
+        block = b"".join([b"%s: %s\r\n" % kv for kv in headers])
         if length is not None:
-            parts.append(b"content-length: %d\r\n" % length)
-        elif has_body:
+            block += b"content-length: %d\r\n" % length
+        self.start_response_raw(ex, status, block, has_body, length)
+
+    def start_response_raw(self, ex: Exchange, status: int, block: bytes,
+                           has_body: bool, length: int | None) -> None:
+        """``block``: header lines as sent (Content-Length included when known)."""
+        ex.status = status
+        head = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, reason(status)),
+                block]
+        chunked = False
+        if length is None and has_body:
             if ex.http_version == b"1.1":
                 chunked = True
-                parts.append(b"transfer-encoding: chunked\r\n")
+                head.append(b"transfer-encoding: chunked\r\n")
             else:
                 ex.keep_alive = False
-        if not ex.keep_alive or (ex.body_expected and not ex.body_done and ex.body_sink is None):
+        if (not ex.keep_alive or self.ctx.draining
+                or (ex.body_expected and not ex.body_done and ex.body_sink is None)):
             ex.keep_alive = False
-            parts.append(b"connection: close\r\n")
-        parts.append(b"\r\n")
+            head.append(b"connection: close\r\n\r\n")
+        else:
+            head.append(b"\r\n")
         self._chunked = chunked
-        self._out.append(b"".join(parts))
+        self._out.append(b"".join(head))
 
     def send_data(self, ex: Exchange, data: bytes) -> None:
         if self._chunked:
@@ -295,7 +321,8 @@ class H1Server(asyncio.Protocol):
         if headers:
             base = [h for h in base if not any(h[0] == k for k, _ in headers)] + headers
         has_body = ex.method != b"HEAD" and status not in (204, 304) and status >= 200
-        self.start_response(ex, status, base, False, len(body) if status not in (204, 304) else None)
+        length = len(body) if status not in (204, 304) else None
+        self.start_response(ex, status, base, False, length)
         if has_body:
             self._out.append(body)
         self.flush(ex)
@@ -364,7 +391,7 @@ class H1Server(asyncio.Protocol):
                 ex.body_sink.body_abort()
             if self._source is not None:
                 self._source.abort()
-            self.respond(ex, status, body, [(b"connection", b"close")])
+            self.respond(ex, status, body)
         self._abort_connection()
 
     def timeout_head(self) -> None:

@@ -211,7 +211,7 @@ class Master:
             await _stop_admin(admin, admin_task)
             return 1
         if admin is not None and admin_task.done():
-            log.error("admin API could not listen on %s:%s", admin_cfg.host, admin_cfg.port)
+            log.error("admin API stopped at start")
             self.stop()
             await self._wait_workers()
             return 1

@@ -40,7 +40,7 @@ class SniSelector:
             else:
                 self.exact[name] = ctx
         if self.default is None:
-            first = next(iter(self.exact.values()), None) or next(iter(self.wildcard.values()), None)
+            first = next(iter([*self.exact.values(), *self.wildcard.values()]), None)
             if first is None:
                 raise ValueError("https.tls names no certificate")
             self.default = first
