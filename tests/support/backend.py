@@ -11,6 +11,12 @@
 * ``/reset``        closes the connection without answering;
 * ``/close``        answers with Connection: close;
 * ``/name``         the server's --name (for round-robin tests);
+* ``/conn``         JSON of the client's port: one value per upstream connection;
+* ``/hop``          a response carrying hop-by-hop headers (and ``x-kept``);
+* ``/mirror[/...]`` like ``/echo``, for any path under ``/mirror``;
+* ``/eof``          a close-delimited response (no length, no chunking);
+* ``/hold/KEY``     reads the body, then waits up to 30 s for the client to go
+                    away; ``/held/KEY`` tells ``waiting``, ``gone`` or ``answered``;
 * anything else     200 "ok <name>".
 """
 
@@ -21,8 +27,10 @@ import asyncio
 import json
 import zlib
 
+Head = tuple[str, str, dict[str, str], list[tuple[str, str]]]
 
-async def _read_head(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], list[tuple[str, str]]] | None:
+
+async def _read_head(reader: asyncio.StreamReader) -> Head | None:
     try:
         raw = await reader.readuntil(b"\r\n\r\n")
     except (asyncio.IncompleteReadError, ConnectionError):
@@ -79,6 +87,10 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, nam
             if path == "/reset":
                 writer.transport.abort()
                 return
+            if path.startswith("/hold/"):
+                if not await _hold(reader, writer, path, headers):
+                    return
+                continue
             length, crc = await _read_body(reader, headers)
             if path.startswith("/slow/"):
                 await asyncio.sleep(int(path.rsplit("/", 1)[1]) / 1000)
@@ -109,6 +121,27 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, nam
                 return
             elif path == "/name":
                 writer.write(_response(200, name.encode()))
+            elif path == "/conn":
+                port = writer.get_extra_info("peername")[1]
+                writer.write(_response(200, json.dumps({"port": port}).encode(),
+                                       ctype="application/json"))
+            elif path == "/hop":
+                writer.write(_response(200, b"hop\n", extra=(
+                    "connection: keep-alive, x-secret\r\nkeep-alive: timeout=5\r\n"
+                    "x-secret: 1\r\nproxy-connection: keep-alive\r\nupgrade: foo/1\r\n"
+                    "te: trailers\r\nx-kept: yes\r\n")))
+            elif path == "/mirror" or path.startswith("/mirror/"):
+                body = json.dumps({"method": method, "path": target, "headers": pairs,
+                                   "length": length, "crc": crc, "name": name}).encode()
+                writer.write(_response(200, body, ctype="application/json"))
+            elif path == "/eof":
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n"
+                             b"until the end")
+                await writer.drain()
+                writer.close()
+                return
+            elif path.startswith("/held/"):
+                writer.write(_response(200, _HELD.get(path[6:], "none").encode()))
             else:
                 writer.write(_response(200, f"ok {name}\n".encode()))
             await writer.drain()
@@ -116,6 +149,37 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, nam
         pass
     finally:
         writer.close()
+
+
+_HELD: dict[str, str] = {}
+
+
+async def _hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str,
+                headers: dict[str, str]) -> bool:
+    """``/hold/KEY``: record whether the client goes away. True if it answered."""
+    key = path[6:]
+    _HELD[key] = "waiting"
+    try:
+        length, _ = await _read_body(reader, headers)
+    except (ValueError, asyncio.IncompleteReadError, ConnectionError):
+        _HELD[key] = "gone"
+        return False
+    if length < int(headers.get("content-length", "0")):
+        _HELD[key] = "gone"           # the body ended early: the client went away
+        return False
+    try:
+        data = await asyncio.wait_for(reader.read(1), 30)
+    except TimeoutError:
+        data = None
+    except ConnectionError:
+        data = b""
+    if data == b"":
+        _HELD[key] = "gone"
+        return False
+    _HELD[key] = "answered"
+    writer.write(_response(200, b"held\n"))
+    await writer.drain()
+    return True
 
 
 async def main(port: int, name: str) -> None:

@@ -98,6 +98,9 @@ class _PathIndex:
         self.everything: list[Route] = []   # "*" / "/*": matches any path
         for route in routes:
             self._add(route)
+        root = self.root
+        self.only_everything = not (self.linear or root.literal or root.param
+                                    or root.ends or root.rest)
 
     def _add(self, route: Route) -> None:
         if route.path_regex is not None or route.path is None:
@@ -131,6 +134,9 @@ class _PathIndex:
         (node.rest if star else node.ends).append(route)
 
     def match(self, path: bytes) -> list[Route]:
+        """Every route whose path matches, in config order."""
+        if self.only_everything:
+            return self.everything
         found: list[Route] = list(self.everything)
         segments = path[1:].lower().split(b"/") if path.startswith(b"/") else [path.lower()]
         self._walk(self.root, segments, 0, found)
@@ -138,6 +144,8 @@ class _PathIndex:
             assert route.path_regex is not None
             if route.path_regex.search(path):
                 found.append(route)
+        if len(found) > 1:
+            found.sort(key=_order)
         return found
 
     def _walk(self, node: _Node, segs: list[bytes], i: int, found: list[Route]) -> None:
@@ -225,10 +233,7 @@ class Router:
 
     def match(self, host: bytes, path: bytes, method: bytes) -> Route | None:
         index = self._by_host.get(host) or self._index_for(host)
-        found = index.match(path)
-        if len(found) > 1:
-            found.sort(key=_order)
-        for route in found:
+        for route in index.match(path):
             if route.methods is None or method in route.methods:
                 return route
         return None

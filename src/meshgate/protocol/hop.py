@@ -26,29 +26,42 @@ def connection_tokens(headers: Headers) -> frozenset[bytes] | None:
 # The same rules over a raw HTTP/1.x header block (``Name: value\r\n`` lines),
 # so a proxied response head is filtered with a few C-level regex calls
 # instead of a Python loop over its headers.
-_HOP_LINE = re.compile(
-    rb"(?im)^(?:connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade)"
-    rb"[ \t]*:[^\r\n]*\r\n")
-_CONNECTION = re.compile(rb"(?im)^connection[ \t]*:([^\r\n]*)\r\n")
-_CONTENT_LENGTH = re.compile(rb"(?im)^content-length[ \t]*:[ \t]*(\d+)")
-_CHUNKED = re.compile(rb"(?im)^transfer-encoding[ \t]*:")
+_HOP_NAMES = (rb"connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade")
+_HOP_LINE = re.compile(rb"(?im)^(?:" + _HOP_NAMES + rb")[ \t]*:[^\r\n]*\r\n")
+# One scan finds every line that matters for framing or hop-by-hop removal.
+_INTERESTING = re.compile(
+    rb"(?im)^(content-length|" + _HOP_NAMES + rb")[ \t]*:[ \t]*([^\r\n]*)\r\n")
 _ORDINARY_TOKENS = frozenset({b"close", b"keep-alive", b""})
 
 
 def filter_block(block: bytes) -> tuple[bytes, int | None, bool]:
     """Drop hop-by-hop lines; return (block, content length, chunked)."""
-    chunked = _CHUNKED.search(block) is not None
-    m = _CONTENT_LENGTH.search(block)
-    length = int(m.group(1)) if m is not None and not chunked else None
-    if chunked and m is not None:
+    found = _INTERESTING.findall(block)
+    if not found:
+        return block, None, False
+    length: int | None = None
+    chunked = False
+    hop = False
+    extra: set[bytes] | None = None
+    for name, value in found:
+        name = name.lower()
+        if name == b"content-length":
+            length = int(value.strip())
+        else:
+            hop = True
+            if name == b"transfer-encoding":
+                chunked = True
+            elif name == b"connection" and value.lower() not in _ORDINARY_TOKENS:
+                tokens = {t.strip().lower() for t in value.split(b",")} - _ORDINARY_TOKENS
+                if tokens:
+                    extra = tokens if extra is None else extra | tokens
+    if chunked and length is not None:
+        length = None
         block = _line_named(b"content-length").sub(b"", block)
-    conn = _CONNECTION.search(block)
-    if conn is not None:
-        tokens = {t.strip().lower() for t in conn.group(1).split(b",")} - _ORDINARY_TOKENS
-        for token in tokens:
+    if extra:
+        for token in extra:
             block = _line_named(token).sub(b"", block)
-        return _HOP_LINE.sub(b"", block), length, chunked
-    if b"eep-alive" in block or b"pgrade" in block or b"railer" in block or chunked:
+    if hop:
         block = _HOP_LINE.sub(b"", block)
     return block, length, chunked
 

@@ -150,16 +150,10 @@ class H1Server(asyncio.Protocol):
             self._source.resume_producing()
 
     # -- httptools callbacks -----------------------------------------------
-    def on_message_begin(self) -> None:
-        self.phase = HEAD
-        self._url = b""
-        self._headers = []
-        self._host = b""
-        self._head_bytes = 0
-        self._body_expected = False
-        self._expect = False
-
+    # The per-message state is reset in on_headers_complete, not in an
+    # on_message_begin callback: one Python call less per request.
     def on_url(self, url: bytes) -> None:
+        self.phase = HEAD
         self._url += url
         self._head_bytes += len(url)
         if self._head_bytes > self.ctx.max_header_bytes:
@@ -194,14 +188,22 @@ class H1Server(asyncio.Protocol):
         parser = self.parser
         url = self._url
         host = self._host
+        headers = self._headers
+        body_expected = self._body_expected
+        expect = self._expect
+        self._url = b""
+        self._headers = []
+        self._host = b""
+        self._head_bytes = 0
+        self._body_expected = False
+        self._expect = False
         if url[:1] != b"/":
             url, host = self._absolute_form(url, host)
         version = parser.get_http_version().encode()
-        ex = Exchange(self, parser.get_method(), url, self._headers, _host_only(host),
-                      self.scheme, self.peer, version, self._body_expected,
-                      self.ctx.loop.time())
+        ex = Exchange(self, parser.get_method(), url, headers, _host_only(host),
+                      self.scheme, self.peer, version, body_expected, self.ctx.loop.time())
         ex.keep_alive = parser.should_keep_alive() and not self.ctx.draining
-        ex.expect_continue = self._expect and ex.body_expected
+        ex.expect_continue = expect and body_expected
         self._parsing = ex
         if self._current is None:
             self._current = ex
