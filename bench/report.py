@@ -63,7 +63,7 @@ def _row(r: Result) -> str:
             f"| {r.other_cpu_pct:.0f}% |")
 
 
-def markdown(results: list[Result], load: str, facts: dict[str, str],
+def markdown(results: list[Result], load: str, warmup: float, facts: dict[str, str],
              tool_versions: dict[str, str]) -> str:
     by_key = {r.key: r for r in results}
     noisy = [r.label for r in results if r.status == "ok" and r.other_cpu_pct > NOISY_PCT]
@@ -71,7 +71,7 @@ def markdown(results: list[Result], load: str, facts: dict[str, str],
                f"{', '.join(noisy)}; rerun on an idle machine before quoting these rows.", ""]
     lines = [
         f"Load: `{load}` against each target in turn, 127.0.0.1 only; "
-        "2 s warm-up before each measured run.",
+        f"{warmup:g} s warm-up before each measured run.",
         "",
         "| target | req/s | p50 | p99 | CPU µs/req | peak RSS | errors | other load |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

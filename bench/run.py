@@ -1,28 +1,28 @@
 """Benchmark meshgate against nginx, HAProxy and Express Gateway on loopback.
 
 Usage: .venv/bin/python bench/run.py [--duration 10] [--connections 64] [--threads 2]
-                                     [--targets backend,meshgate,...] [--json PATH]
+                                     [--targets backend,meshgate,...] [--retries 2]
+                                     [--json PATH]
 
 Every target proxies to the same nginx backend and gets the same wrk load; CPU
-time per request covers all of a target's processes. Everything started here
-is stopped on exit, Ctrl-C included.
+time per request covers all of a target's processes. A run during which other
+processes load the machine is repeated (--retries), keeping the quietest one.
+Everything started here is stopped on exit, Ctrl-C included.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import secrets
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 
-import loadgen
+import measure
 import procs
 import report
 import targets
@@ -30,83 +30,6 @@ import tools
 
 WORK = targets.HERE / ".work"
 ORDER = ["backend", "meshgate", "nginx", "haproxy", "eg", "meshgate-10k"]
-
-
-class TargetError(Exception):
-    pass
-
-
-def _get(url: str) -> tuple[int, str]:
-    host_port, _, path = url.removeprefix("http://").partition("/")
-    host, _, port = host_port.partition(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=2)
-    try:
-        conn.request("GET", "/" + path)
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode(errors="replace")
-    finally:
-        conn.close()
-
-
-def _tail(log: Path, lines: int = 15) -> str:
-    text = log.read_text(errors="replace") if log.exists() else ""
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
-def wait_ready(proc: subprocess.Popen[bytes], target: targets.Target, token: str,
-               log: Path) -> None:
-    """Poll until the target proxies a request to the backend (body carries ``token``)."""
-    deadline = time.monotonic() + target.ready_timeout
-    admin_ok, last = target.admin_url is None, "no answer"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise TargetError(f"exited with status {proc.returncode}:\n{_tail(log)}")
-        try:
-            if not admin_ok and target.admin_url:
-                status, body = _get(target.admin_url)
-                admin_ok, last = status == 200, f"admin /ready: {status} {body[:100]!r}"
-            if admin_ok:
-                status, body = _get(target.url)
-                if status == 200 and token in body:
-                    return
-                last = f"GET {targets.PATH}: {status} {body[:100]!r}"
-        except (OSError, http.client.HTTPException) as exc:
-            last = f"{type(exc).__name__}: {exc}"
-        time.sleep(0.1)
-    raise TargetError(f"not ready after {target.ready_timeout:.0f} s ({last});"
-                      f" log:\n{_tail(log)}")
-
-
-def launch(group: procs.ProcGroup, target: targets.Target,
-           token: str) -> subprocess.Popen[bytes]:
-    log = WORK / "logs" / f"{target.key}.log"
-    proc = group.start(target.argv, log, env=target.env, cwd=target.cwd)
-    wait_ready(proc, target, token, log)
-    return proc
-
-
-def measure(group: procs.ProcGroup, proc: subprocess.Popen[bytes], target: targets.Target,
-            backend: subprocess.Popen[bytes], args: argparse.Namespace) -> report.Result:
-    """One warm-up and one measured wrk run; CPU of the target's tree, and of strangers."""
-    log = WORK / "logs" / f"{target.key}.log"
-    loadgen.run_wrk(target.url, args.threads, args.connections, args.warmup)
-    pids = group.tree(proc)
-    ours = pids + group.tree(backend)
-    before, ours_before = procs.cpu_ticks(pids), procs.cpu_ticks(ours)
-    busy, own = procs.system_busy_seconds(), procs.own_cpu_seconds()
-    res = loadgen.run_wrk(target.url, args.threads, args.connections, args.duration)
-    busy, own = procs.system_busy_seconds() - busy, procs.own_cpu_seconds() - own
-    pids = sorted(set(pids) | set(group.tree(proc)))
-    cpu = procs.cpu_seconds_between(before, procs.cpu_ticks(pids))
-    ours = sorted(set(ours) | set(pids) | set(group.tree(backend)))
-    other = busy - own - procs.cpu_seconds_between(ours_before, procs.cpu_ticks(ours))
-    if proc.poll() is not None:
-        raise TargetError(f"died during the run:\n{_tail(log)}")
-    return report.Result(
-        target.key, target.label, rps=res.rps, p50_ms=res.p50_ms, p99_ms=res.p99_ms,
-        requests=res.requests, cpu_us_per_req=cpu * 1e6 / max(res.requests, 1),
-        peak_rss_mib=procs.peak_rss_kib(pids) / 1024, errors=res.non_2xx + res.socket_errors,
-        other_cpu_pct=max(0.0, other) * 100 / max(res.seconds, 1e-9))
 
 
 def _meshgate_missing() -> str:
@@ -141,7 +64,13 @@ def run(args: argparse.Namespace, group: procs.ProcGroup) -> int:
     eg_ok = "eg" in args.targets and tools.ensure_express_gateway(WORK / "eg")
     token = secrets.token_hex(8)
     backend = targets.backend(WORK, f"hello world {token}\n")
-    backend_proc = launch(group, backend, token)
+    try:
+        backend_proc = measure.launch(group, backend, token)
+    except measure.TargetError as exc:
+        print(f"the nginx backend did not start: {exc}")
+        return 1
+    load = measure.Load(args.threads, args.connections, args.duration, args.warmup,
+                        args.retries)
     results: list[report.Result] = []
     labels = {"backend": backend.label, "meshgate": "meshgate", "nginx": "nginx proxy",
               "haproxy": "HAProxy", "eg": "Express Gateway",
@@ -154,9 +83,9 @@ def run(args: argparse.Namespace, group: procs.ProcGroup) -> int:
             results.append(report.Result(key, labels[key], "skipped", plan))
         else:
             try:
-                proc = backend_proc if key == "backend" else launch(group, plan, token)
-                results.append(measure(group, proc, plan, backend_proc, args))
-            except (TargetError, RuntimeError, ValueError) as exc:
+                proc = backend_proc if key == "backend" else measure.launch(group, plan, token)
+                results.append(measure.measure(group, proc, plan, backend_proc, load))
+            except (measure.TargetError, RuntimeError, ValueError) as exc:
                 results.append(report.Result(key, labels[key], "failed", str(exc)))
             if key != "backend":
                 for proc in group.started_after(backend_proc):
@@ -167,11 +96,11 @@ def run(args: argparse.Namespace, group: procs.ProcGroup) -> int:
               if r.status == "ok" else f"   {r.status}: {r.reason}", flush=True)
     for r in results:  # keep the markdown table one line per target
         r.reason = r.reason.splitlines()[0] if r.reason else ""
-    load = f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency"
+    wrk = f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency"
     facts, versions = report.machine(), tools.versions(WORK / "eg")
-    print("\n" + report.markdown(results, load, facts, versions))
+    print("\n" + report.markdown(results, wrk, args.warmup, facts, versions))
     if args.json:
-        doc = {"load": load, "machine": facts, "versions": versions,
+        doc = {"load": wrk, "machine": facts, "versions": versions,
                "results": [asdict(r) for r in results],
                "ratios": report.ratios({r.key: r for r in results})}
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
@@ -184,6 +113,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--retries", type=int, default=2,
+                        help="extra measured runs when other processes load the machine")
     parser.add_argument("--endpoints", type=int, default=10_000,
                         help="apiEndpoints in the meshgate-10k target")
     parser.add_argument("--targets", default=",".join(ORDER),

@@ -150,7 +150,8 @@ def banner(users: Child, invoices: Child, http_port: int, admin_port: int) -> st
     ]
     for url, _, note in routes("localhost", http_port, admin_port):
         flag = "" if url.endswith("/metrics") else "-i "
-        lines.append(f"  curl {flag}{url:<36} # {note}")
+        command = f"curl {flag}{url}"
+        lines.append(f"  {command:<44} # {note}")
     lines += ["", "Ctrl-C stops everything.", ""]
     return "\n".join(lines)
 
@@ -192,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="try the routes, then exit 0/1")
     args = parser.parse_args(argv)
 
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM: stop like Ctrl-C
+    for signum in (signal.SIGINT, signal.SIGTERM):  # both stop the demo like Ctrl-C does
+        signal.signal(signum, signal.default_int_handler)
     children: list[Child] = []
     try:
         return run(args, children)
