@@ -235,7 +235,12 @@ def test_only_worker_killed_is_replaced(backend, gateway_factory) -> None:
     master, worker = gw.pids()
     os.kill(worker, signal.SIGKILL)
     wait_until(lambda: worker not in gw.pids(), timeout=5)
-    pids = wait_until(lambda: (p := gw.pids()) if len(p) == 2 and gw.ready() else None, 10)
+
+    def replaced() -> list[int] | None:
+        pids = gw.pids()
+        return pids if len(pids) == 2 and gw.ready() else None
+
+    pids = wait_until(replaced, timeout=10)
     assert pids[0] == master and pids[1] != worker
     assert fresh_get(gw, "/x") == (200, b"ok backend\n")
 
@@ -331,7 +336,10 @@ def test_worker_restarted_while_config_file_is_invalid_keeps_serving(
     master, worker = gw.pids()
     os.kill(worker, signal.SIGKILL)
     wait_until(lambda: worker not in gw.pids(), timeout=5)
-    wait_until(lambda: len(gw.pids()) == 2 and gw.ready(), timeout=10)
+    try:
+        wait_until(lambda: len(gw.pids()) == 2 and gw.ready(), timeout=10)
+    except TimeoutError:
+        raise AssertionError(f"no worker serves after the restart:\n{gw.log()}") from None
     assert fresh_get(gw, "/name") == (200, b"backend")
 
 

@@ -133,10 +133,12 @@ class _PathIndex:
                 node = node.literal.setdefault(seg.lower().encode(), _Node())
         (node.rest if star else node.ends).append(route)
 
-    def match(self, path: bytes) -> list[Route]:
-        """Every route whose path matches, in config order."""
+    def match(self, target: bytes) -> list[Route]:
+        """Every route whose path matches ``target`` (query ignored), in config order."""
         if self.only_everything:
             return self.everything
+        q = target.find(b"?")
+        path = target if q < 0 else target[:q]
         found: list[Route] = list(self.everything)
         segments = path[1:].lower().split(b"/") if path.startswith(b"/") else [path.lower()]
         self._walk(self.root, segments, 0, found)
@@ -231,9 +233,10 @@ class Router:
         self._by_host[host] = index
         return index
 
-    def match(self, host: bytes, path: bytes, method: bytes) -> Route | None:
+    def match(self, host: bytes, target: bytes, method: bytes) -> Route | None:
+        """First route for a request; ``target`` is the path with its query."""
         index = self._by_host.get(host) or self._index_for(host)
-        for route in index.match(path):
+        for route in index.everything if index.only_everything else index.match(target):
             if route.methods is None or method in route.methods:
                 return route
         return None

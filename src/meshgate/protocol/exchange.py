@@ -15,7 +15,8 @@ conditions, policies, the proxy -- sees only the Exchange, never the codec:
 * the response through ``responder`` (the codec): ``start_response()``,
   ``send_data()``, ``end_response()``, or ``respond()`` for a whole small
   response. The responder applies backpressure on whoever feeds it through
-  the ``ResponseSource`` registered with ``set_response_source()``.
+  the ``ResponseSource`` in ``ex.source`` (set directly, or through
+  ``set_response_source()`` when the client may already be slow).
 
 Nothing here allocates per request beyond the Exchange itself; headers stay
 bytes, as the wire carries them.
@@ -90,7 +91,7 @@ class Exchange:
         "expect_continue",
         "headers",
         "http_version",
-        "keep_alive",
+        "keep_alive", "source",
         "method",
         "on_done",
         "path",
@@ -131,6 +132,7 @@ class Exchange:
         self.done = False
         self.on_done: Any = None            # callback(ex) once the response ended
         self.keep_alive = True
+        self.source: ResponseSource | None = None   # who produces the response body
 
     # -- request head helpers (not on the proxy fast path) -----------------
     def header(self, name: bytes) -> bytes | None:

@@ -96,8 +96,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._req_done = not ex.body_expected
         self.timeout = timeout
         self.deadline = ex.started + timeout if timeout else 0.0
-        self.pool.ctx.upstream_active.add(self)
-        ex.responder.set_response_source(ex, self)
+        ex.source = self
         self.transport.write(head)
         if ex.body_expected:
             ex.attach_body_sink(self)
@@ -137,6 +136,7 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.pool.ctx.upstream_conns.add(self)
 
     def pause_writing(self) -> None:
         ex = self.ex
@@ -177,6 +177,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self.pool.ctx.upstream_conns.discard(self)
         self.pool.forget(self)
         ex = self.ex
         self.ex = None
@@ -240,7 +241,6 @@ class UpstreamConnection(asyncio.Protocol):
             return
         reusable = self._req_done and self.parser.should_keep_alive()
         self.ex = None
-        self.pool.ctx.upstream_active.discard(self)
         ex.responder.end_response(ex, None)   # HTTP/1.1 upstream trailers are not relayed
         if reusable and not self._closed:
             self.pool.release(self)
@@ -259,7 +259,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._fail(504, b"Gateway Timeout\n")
 
     def _close(self) -> None:
-        self.pool.ctx.upstream_active.discard(self)
         if not self._closed:
             self._closed = True
             self.pool.forget(self)

@@ -41,6 +41,7 @@ log = logging.getLogger("meshgate.http1")
 
 IDLE, HEAD, BUSY = 0, 1, 2
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"0.9"}
 _STATUS_LINES = {s: b"HTTP/1.1 %d %s\r\n" % (s, reason(s)) for s in range(100, 600)}
 
 
@@ -62,7 +63,6 @@ class H1Server(asyncio.Protocol):
         "_parsing",
         "_paused_reading",
         "_queue",
-        "_source",
         "_tick_mark",
         "_tick_since",
         "_url",
@@ -91,7 +91,6 @@ class H1Server(asyncio.Protocol):
         self._parsing: Exchange | None = None    # exchange whose request is being read
         self._current: Exchange | None = None    # exchange whose response is being written
         self._queue: deque[Exchange] | None = None
-        self._source: ResponseSource | None = None
         self._chunked = False                    # response to the client is chunked
         self._out: list[bytes] = []
         self.phase = IDLE
@@ -116,9 +115,9 @@ class H1Server(asyncio.Protocol):
         if ex is not None and not ex.done:
             ex.done = True
             ex.keep_alive = False
-            if self._source is not None:
-                self._source.abort()
-                self._source = None
+            if ex.source is not None:
+                ex.source.abort()
+                ex.source = None
             sink = ex.body_sink
             if sink is not None and not ex.body_done:
                 sink.body_abort()
@@ -141,13 +140,15 @@ class H1Server(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
-        if self._source is not None:
-            self._source.pause_producing()
+        ex = self._current
+        if ex is not None and ex.source is not None:
+            ex.source.pause_producing()
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._source is not None:
-            self._source.resume_producing()
+        ex = self._current
+        if ex is not None and ex.source is not None:
+            ex.source.resume_producing()
 
     # -- httptools callbacks -----------------------------------------------
     # The per-message state is reset in on_headers_complete, not in an
@@ -199,7 +200,7 @@ class H1Server(asyncio.Protocol):
         self._expect = False
         if url[:1] != b"/":
             url, host = self._absolute_form(url, host)
-        version = parser.get_http_version().encode()
+        version = _VERSIONS.get(parser.get_http_version()) or b"1.0"
         ex = Exchange(self, parser.get_method(), url, headers, _host_only(host),
                       self.scheme, self.peer, version, body_expected, self.ctx.loop.time())
         ex.keep_alive = parser.should_keep_alive() and not self.ctx.draining
@@ -241,7 +242,7 @@ class H1Server(asyncio.Protocol):
     # -- dispatch ----------------------------------------------------------
     def _dispatch(self, ex: Exchange) -> None:
         snapshot = self.ctx.snapshot
-        route = snapshot.router.match(ex.authority, ex.path_only, ex.method)
+        route = snapshot.router.match(ex.authority, ex.path, ex.method)
         if route is None:
             self.respond(ex, 404, b"Not Found\n")
             return
@@ -303,7 +304,10 @@ class H1Server(asyncio.Protocol):
                 self._out.append(b"0\r\n" + tail + b"\r\n")
             else:
                 self._out.append(b"0\r\n\r\n")
-        self.flush(ex)
+        out = self._out
+        if out and self.transport is not None:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
         self._finish(ex)
 
     def flush(self, ex: Exchange) -> None:
@@ -311,6 +315,8 @@ class H1Server(asyncio.Protocol):
         if out and self.transport is not None:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
+            if self._write_paused and ex.source is not None:
+                ex.source.pause_producing()
 
     def respond(self, ex: Exchange, status: int, body: bytes,
                 headers: Headers | None = None) -> None:
@@ -351,14 +357,14 @@ class H1Server(asyncio.Protocol):
 
     def set_response_source(self, ex: Exchange, source: ResponseSource | None) -> None:
         if ex is self._current:
-            self._source = source
+            ex.source = source
             if source is not None and self._write_paused:
                 source.pause_producing()
 
     # -- exchange end, errors ----------------------------------------------
     def _finish(self, ex: Exchange) -> None:
         ex.done = True
-        self._source = None
+        ex.source = None
         self.ctx.metrics.observe(ex, self.ctx.loop.time())
         if ex.on_done is not None:
             ex.on_done(ex)
@@ -391,8 +397,8 @@ class H1Server(asyncio.Protocol):
             ex.keep_alive = False
             if ex.body_sink is not None:
                 ex.body_sink.body_abort()
-            if self._source is not None:
-                self._source.abort()
+            if ex.source is not None:
+                ex.source.abort()
             self.respond(ex, status, body)
         self._abort_connection()
 

@@ -23,7 +23,7 @@ class WorkerContext:
         self.loop = loop
         self.metrics = metrics
         self.connections: set[Any] = set()       # H1Server protocols
-        self.upstream_active: set[Any] = set()   # upstream connections awaiting a response
+        self.upstream_conns: set[Any] = set()    # every open upstream connection
         self.draining = False
         self.now = loop.time()                   # coarse clock, updated every tick
         self.date = b""

@@ -75,7 +75,9 @@ class Worker:
             if n % 4 == 0:
                 ctx.refresh_date()
                 ctx.snapshot.sweep(now)
-            for conn in [c for c in ctx.upstream_active if c.deadline and c.deadline <= now]:
+            late = [c for c in ctx.upstream_conns
+                    if c.ex is not None and c.deadline and c.deadline <= now]
+            for conn in late:
                 conn.expire()
             for client in list(ctx.connections):
                 client.tick(now, ctx.head_timeout, ctx.idle_timeout)
