@@ -23,51 +23,54 @@ def connection_tokens(headers: Headers) -> frozenset[bytes] | None:
     return frozenset(tokens) if tokens else None
 
 
-# The same rules over a raw HTTP/1.x header block (``Name: value\r\n`` lines),
-# so a proxied response head is filtered with a few C-level regex calls
-# instead of a Python loop over its headers.
-_HOP_NAMES = (rb"connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade")
-_HOP_LINE = re.compile(rb"(?im)^(?:" + _HOP_NAMES + rb")[ \t]*:[^\r\n]*\r\n")
-# One scan finds every line that matters for framing or hop-by-hop removal.
+# The same rules over a raw HTTP/1.x header block (``Name: value\r\n`` lines):
+# one regex scan over a lower-cased copy finds every line that matters (the
+# pattern starts with a literal newline, so the scan jumps from line to line),
+# and the hop-by-hop ones are cut out by position. llhttp has already
+# rejected blanks before the colon and bare line feeds.
 _INTERESTING = re.compile(
-    rb"(?im)^(content-length|" + _HOP_NAMES + rb")[ \t]*:[ \t]*([^\r\n]*)\r\n")
+    rb"\n(content-length|connection|keep-alive|proxy-connection|te|trailer|"
+    rb"transfer-encoding|upgrade):[ \t]*([^\r]*)")
 _ORDINARY_TOKENS = frozenset({b"close", b"keep-alive", b""})
 
 
 def filter_block(block: bytes) -> tuple[bytes, int | None, bool]:
     """Drop hop-by-hop lines; return (block, content length, chunked)."""
-    found = _INTERESTING.findall(block)
+    low = b"\n" + block.lower()      # index i in ``low`` is index i - 1 in ``block``
+    found = _INTERESTING.findall(low)
     if not found:
         return block, None, False
     length: int | None = None
     chunked = False
-    hop = False
-    extra: set[bytes] | None = None
+    drop: set[bytes] = set()
     for name, value in found:
-        name = name.lower()
         if name == b"content-length":
-            length = int(value.strip())
-        else:
-            hop = True
-            if name == b"transfer-encoding":
-                chunked = True
-            elif name == b"connection" and value.lower() not in _ORDINARY_TOKENS:
-                tokens = {t.strip().lower() for t in value.split(b",")} - _ORDINARY_TOKENS
-                if tokens:
-                    extra = tokens if extra is None else extra | tokens
+            length = int(value)
+            continue
+        drop.add(name)
+        if name == b"transfer-encoding":
+            chunked = True
+        elif name == b"connection" and value not in _ORDINARY_TOKENS:
+            drop.update({t.strip() for t in value.split(b",")} - _ORDINARY_TOKENS)
     if chunked and length is not None:
         length = None
-        block = _line_named(b"content-length").sub(b"", block)
-    if extra:
-        for token in extra:
-            block = _line_named(token).sub(b"", block)
-    if hop:
-        block = _HOP_LINE.sub(b"", block)
-    return block, length, chunked
-
-
-def _line_named(name: bytes) -> re.Pattern[bytes]:
-    return re.compile(rb"(?im)^" + re.escape(name) + rb"[ \t]*:[^\r\n]*\r\n")
+        drop.add(b"content-length")          # framing is ours to redo
+    spans = []
+    for name in drop:
+        key = b"\n" + name + b":"
+        pos = low.find(key)
+        while pos >= 0:
+            end = low.find(b"\n", pos + 1)
+            spans.append((pos, end))
+            pos = low.find(key, end)
+    spans.sort()
+    kept = []
+    at = 0
+    for start, end in spans:
+        kept.append(block[at:start])
+        at = end
+    kept.append(block[at:])
+    return b"".join(kept), length, chunked
 
 
 def parse_block(block: bytes) -> Headers:
