@@ -324,10 +324,11 @@ def test_invalid_edit_is_logged_and_the_old_config_keeps_serving(
 
 
 def test_worker_restarted_while_config_file_is_invalid_keeps_serving(
-        backend, gateway_factory) -> None:
+        backend_factory, gateway_factory) -> None:
     # The running config is the last valid one; a worker that replaces a dead
     # one must serve it too, not fail on the broken file on disk.
-    config = two_route_config(backend.url)
+    a, b = backend_factory("a"), backend_factory("b")
+    config = two_route_config(a.url)
     gw = gateway_factory(config)
     broken = json.loads(json.dumps(config))
     broken["serviceEndpoints"]["backend"]["url"] = "not a url"
@@ -340,7 +341,11 @@ def test_worker_restarted_while_config_file_is_invalid_keeps_serving(
         wait_until(lambda: len(gw.pids()) == 2 and gw.ready(), timeout=10)
     except TimeoutError:
         raise AssertionError(f"no worker serves after the restart:\n{gw.log()}") from None
-    assert fresh_get(gw, "/name") == (200, b"backend")
+    assert gw.pids()[0] == master
+    assert fresh_get(gw, "/name") == (200, b"a")
+    # and the replacement takes the next valid edit like any worker
+    gw.write(with_new_route(config, b.url))
+    wait_until(lambda: fresh_get(gw, "/name") == (200, b"b"), timeout=5)
 
 
 def test_request_in_flight_during_reload_completes(backend_factory, gateway_factory) -> None:

@@ -61,7 +61,7 @@ _SIMPLE: dict[str, Getter] = {
     "req.url": lambda ex: ex.path.decode("latin-1"),
     "req.originalUrl": lambda ex: ex.path.decode("latin-1"),
     "req.path": lambda ex: ex.path_only.decode("latin-1"),
-    "req.ip": lambda ex: ex.client_addr,
+    "req.ip": lambda ex: ex.client_addr.decode(),
     "req.hostname": lambda ex: ex.authority.decode("latin-1"),
     "req.host": lambda ex: ex.authority.decode("latin-1"),
     "req.protocol": lambda ex: ex.scheme.decode(),

@@ -29,6 +29,7 @@ from meshgate.protocol.hop import HOP_BY_HOP
 
 if TYPE_CHECKING:
     from meshgate.protocol.exchange import Exchange
+    from meshgate.upstream.cluster import Endpoint
 
 
 class ProxyParams(BaseModel):
@@ -81,60 +82,74 @@ class Proxy:
         self.extra_headers = b"".join(b"%s: %s\r\n" % (str(k).lower().encode(),
                                                           str(v).encode("latin-1"))
                                       for k, v in extra.items())
+        # The request id line ends every head; its counter is the only variable part.
+        self.extra_headers += b"eg-request-id: " + _ID_PREFIX + b"-"
+        self.rewrites_path = self.strip_path or self.ignore_path or (
+            self.prepend_path and any(ep.base_path for ep in cluster.endpoints))
 
     def __call__(self, ex: Exchange) -> bool:
-        ep = self.cluster.pick()
+        cluster = self.cluster
+        ep = cluster.single or cluster.pick()
         ex.cluster_name = self.name
         path = ex.path
-        if self.strip_path:
-            path = _strip(ex.route.strip_pos, path)
-        if self.ignore_path:
-            path = ep.base_path or b"/"
-        elif self.prepend_path and ep.base_path:
-            path = ep.base_path + (b"" if path == b"/" else path)
+        if self.rewrites_path:
+            path = self._rewrite(ex, ep, path)
         lines = [b"%s %s HTTP/1.1\r\n" % (ex.method, path)]
-        host = None
-        xff = None
+        append = lines.append
+        host = xff = tokens = None
         chunked = False
-        tokens = None
         special = _SPECIAL
-        for name, value in ex.headers:
-            if name in special:
-                if name == b"host":
-                    host = value
-                elif name == b"transfer-encoding":
-                    chunked = True
-                elif name == b"connection":
-                    tokens = value
-                elif name == b"x-forwarded-for":
-                    xff = value if xff is None else xff + b", " + value
-                elif not self.xfwd and name.startswith(b"x-forwarded-"):
-                    lines.append(b"%s: %s\r\n" % (name, value))
-                continue
-            lines.append(b"%s: %s\r\n" % (name, value))
+        for item in ex.headers:
+            name = item[0]
+            if name not in special:
+                append(b"%s: %s\r\n" % item)
+            elif name == b"host":
+                host = item[1]
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"connection":
+                tokens = item[1]
+            elif name == b"x-forwarded-for":
+                xff = item[1] if xff is None else xff + b", " + item[1]
+            elif not self.xfwd and name.startswith(b"x-forwarded-"):
+                append(b"%s: %s\r\n" % item)
         if tokens is not None:
             lines = _drop_connection_listed(lines, tokens)
-        lines.append(b"host: %s\r\n" % (ep.authority if self.change_origin or host is None
-                                         else host))
+            append = lines.append
+        if self.change_origin or host is None:
+            host_line = ep.authority
+        else:
+            host_line = host
         if self.xfwd:
-            client = ex.client_addr.encode()
-            lines.append(b"x-forwarded-for: %s\r\n" % (client if xff is None
-                                                        else xff + b", " + client))
-            lines.append(b"x-forwarded-proto: %s\r\n" % ex.scheme)
-            if host is not None:
-                lines.append(b"x-forwarded-host: %s\r\n" % host)
-        elif xff is not None:
-            lines.append(b"x-forwarded-for: %s\r\n" % xff)
+            client = ex.client_addr
+            append(_XFWD % (host_line, client if xff is None else xff + b", " + client,
+                            ex.scheme, host or ep.authority))
+        else:
+            append(b"host: %s\r\n" % host_line)
+            if xff is not None:
+                append(b"x-forwarded-for: %s\r\n" % xff)
         if chunked:
-            lines.append(b"transfer-encoding: chunked\r\n")
-        if self.extra_headers:
-            lines.append(self.extra_headers)
-        lines.append(b"eg-request-id: %s-%x\r\n\r\n" % (_ID_PREFIX, next(_ids)))
-        timeout = self.timeout
+            append(b"transfer-encoding: chunked\r\n")
+        append(self.extra_headers)          # ... and "eg-request-id: <prefix>-"
+        append(b"%x\r\n\r\n" % next(_ids))
         pool = ep.pool
+        timeout = self.timeout
         pool.send(ex, b"".join(lines), chunked,
                   pool.response_timeout if timeout is None else timeout)
         return True
+
+    def _rewrite(self, ex: Exchange, ep: Endpoint, path: bytes) -> bytes:
+        if self.strip_path:
+            path = _strip(ex.route.strip_pos, path)
+        if self.ignore_path:
+            return ep.base_path or b"/"
+        if self.prepend_path and ep.base_path:
+            return ep.base_path + (b"" if path == b"/" else path)
+        return path
+
+
+_XFWD = (b"host: %s\r\nx-forwarded-for: %s\r\nx-forwarded-proto: %s\r\n"
+         b"x-forwarded-host: %s\r\n")
 
 
 def _strip(pos: int | None, path: bytes) -> bytes:

@@ -107,7 +107,7 @@ class Exchange:
 
     def __init__(self, responder: Responder, method: bytes, path: bytes,
                  headers: Headers, authority: bytes, scheme: bytes,
-                 client_addr: str, http_version: bytes, body_expected: bool,
+                 client_addr: bytes, http_version: bytes, body_expected: bool,
                  started: float) -> None:
         self.responder = responder
         self.method = method

@@ -81,7 +81,7 @@ class H1Server(asyncio.Protocol):
         self.scheme = scheme
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
-        self.peer = ""
+        self.peer = b""
         self._url = b""
         self._headers: Headers = []
         self._host = b""
@@ -105,7 +105,7 @@ class H1Server(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        self.peer = peer[0] if peer else ""
+        self.peer = peer[0].encode() if peer else b""
         self.ctx.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 
 from meshgate.admin.app import admin_server, create_admin_app
 from meshgate.config.loader import ConfigError, LoadedConfig, load_config
-from meshgate.server.control import Channel
+from meshgate.server.control import Channel, encode_config
 from meshgate.telemetry.metrics import merge
 
 log = logging.getLogger("meshgate.master")
@@ -89,6 +89,8 @@ class Master:
             "--log-level", self.log_level, pass_fds=[theirs.fileno()])
         theirs.close()
         handle = WorkerHandle(index, process, await Channel.open(ours))
+        # the running config, not the file: it may have been broken since
+        handle.channel.send({"op": "config", "config": encode_config(self.config)})
         self.workers[index] = handle
         asyncio.get_running_loop().create_task(self._listen(handle))
         asyncio.get_running_loop().create_task(self._watch_exit(handle))
@@ -166,8 +168,9 @@ class Master:
             return False
         self.config = config
         self.reloads += 1
+        message = {"op": "reload", "config": encode_config(config)}
         for handle in self.workers.values():
-            handle.channel.send({"op": "reload"})
+            handle.channel.send(message)
         log.info("config reloaded")
         return True
 

@@ -24,11 +24,10 @@ from typing import Any
 
 import uvloop
 
-from meshgate.config.loader import load_config
 from meshgate.config.snapshot import compile_snapshot
 from meshgate.protocol.http1_server import H1Server
 from meshgate.server.context import WorkerContext
-from meshgate.server.control import Channel
+from meshgate.server.control import Channel, decode_config
 from meshgate.server.tls import SniSelector
 from meshgate.telemetry.metrics import Metrics
 
@@ -48,7 +47,10 @@ class Worker:
         self.reloads = 0
 
     async def start(self) -> None:
-        cfg = load_config(self.config_dir)
+        first = await self.channel.receive()       # the master's validated config
+        if first is None or first.get("op") != "config":
+            raise RuntimeError("the master sent no config")
+        cfg = decode_config(first["config"])
         self.ctx.install(compile_snapshot(cfg, self.ctx))
         gw = cfg.gateway
         if gw.http is not None:
@@ -93,7 +95,7 @@ class Worker:
                 self.channel.send({"op": "metrics", "id": message.get("id"),
                                    "data": self._export()})
             elif op == "reload":
-                self.channel.send(self._reload())
+                self.channel.send(self._reload(message))
 
     def _export(self) -> dict[str, Any]:
         self.metrics.gauges = {
@@ -105,9 +107,9 @@ class Worker:
         }
         return self.metrics.export()
 
-    def _reload(self) -> dict[str, Any]:
+    def _reload(self, message: dict[str, Any]) -> dict[str, Any]:
         try:
-            cfg = load_config(self.config_dir)
+            cfg = decode_config(message["config"])
             snapshot = compile_snapshot(cfg, self.ctx, self.ctx.snapshot)
         except Exception as exc:       # the old config keeps serving
             log.error("reload failed, keeping the running config: %s", exc)

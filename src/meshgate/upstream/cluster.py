@@ -37,6 +37,8 @@ class Cluster:
         self.endpoints = endpoints
         self.proxy_options = proxy_options or {}
         self._next = 0
+        # With one endpoint there is nothing to choose: the proxy skips pick().
+        self.single: Endpoint | None = endpoints[0] if len(endpoints) == 1 else None
 
     def pick(self) -> Endpoint:
         endpoints = self.endpoints
