@@ -252,6 +252,17 @@ def test_hop_by_hop_request_headers_are_not_forwarded(gw: Gateway) -> None:
     assert values(got, "x-visible") == ["yes"]
 
 
+def test_headers_named_in_every_connection_header_are_not_forwarded(gw: Gateway) -> None:
+    with RawClient(gw.port) as c:
+        c.send(request("GET", "/echo", "plain.test",
+                       "Connection: X-One\r\nConnection: X-Two, keep-alive\r\n"
+                       "X-One: 1\r\nX-Two: 2\r\nX-Three: 3\r\n"))
+        got = echoed_headers(c.read_response())
+    names = {k for k, _ in got}
+    assert not names & {"x-one", "x-two"}, got
+    assert values(got, "x-three") == ["3"]
+
+
 def test_hop_by_hop_response_headers_are_not_returned(gw: Gateway) -> None:
     r = get(gw, "plain.test", "/hop")
     assert r.status_code == 200
@@ -272,6 +283,14 @@ def test_x_forwarded_headers_are_added(gw: Gateway) -> None:
 def test_x_forwarded_for_is_appended_to(gw: Gateway) -> None:
     got = echoed_headers(get(gw, "plain.test", "/echo",
                              headers={"X-Forwarded-For": "203.0.113.7, 10.0.0.1"}))
+    assert values(got, "x-forwarded-for") == ["203.0.113.7, 10.0.0.1, 127.0.0.1"]
+
+
+def test_every_x_forwarded_for_header_is_kept_in_order(gw: Gateway) -> None:
+    with RawClient(gw.port) as c:
+        c.send(request("GET", "/echo", "plain.test",
+                       "X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-For: 10.0.0.1\r\n"))
+        got = echoed_headers(c.read_response())
     assert values(got, "x-forwarded-for") == ["203.0.113.7, 10.0.0.1, 127.0.0.1"]
 
 
@@ -340,6 +359,17 @@ def test_terminate_with_expect_continue_does_not_invite_the_body(gw: Gateway) ->
         assert c.peer_closed()
 
 
+def test_client_connection_close_does_not_close_the_upstream_connection(gw: Gateway) -> None:
+    before = get(gw, "plain.test", "/conn").json()["port"]
+    with RawClient(gw.port) as c:
+        c.send(request("GET", "/echo", "plain.test", "Connection: close\r\n"))
+        resp = c.read_response()
+        assert resp.header("connection") == "close"
+        assert "close" not in [v.lower() for v in values(echoed_headers(resp), "connection")]
+        assert c.peer_closed()
+    assert get(gw, "plain.test", "/conn").json()["port"] == before
+
+
 # -- paths --------------------------------------------------------------------
 @pytest.mark.parametrize(("sent", "received"), [
     ("/api/x?q=1", "/mirror/x?q=1"),
@@ -353,6 +383,13 @@ def test_strip_path(gw: Gateway, sent: str, received: str) -> None:
     r = get(gw, "strip.test", sent)
     assert r.status_code == 200, r.text
     assert r.json()["path"] == received
+
+
+def test_request_target_is_passed_byte_for_byte(gw: Gateway) -> None:
+    target = "/mirror/a%20b/%2F/c;p=1?x=%2F&y=1&y=2&empty="
+    with RawClient(gw.port) as c:
+        c.send(request("GET", target, "plain.test"))
+        assert c.read_response().json()["path"] == target
 
 
 def test_prepend_path_is_the_default(gw: Gateway) -> None:
@@ -413,10 +450,38 @@ def test_slow_upstream_is_504(gw: Gateway) -> None:
     assert 0 < len(r.content) < 200
 
 
+def test_client_connection_stays_usable_after_a_504(gw: Gateway) -> None:
+    with RawClient(gw.port) as c:
+        c.send(request("GET", "/slow/2000", "timeout.test"))
+        assert c.read_response().status == 504
+        c.send(request("GET", "/name", "timeout.test"))
+        assert c.read_response().body == b"alpha"
+
+
 def test_timed_out_upstream_connection_is_closed(gw: Gateway, alpha: Backend) -> None:
     key = uuid.uuid4().hex
     assert get(gw, "timeout.test", f"/hold/{key}").status_code == 504
     wait_until(lambda: held(alpha, key) == "gone", timeout=5)
+
+
+@pytest.mark.parametrize("path", ["/truncate", "/truncate-chunked"])
+def test_truncated_upstream_response_is_not_passed_off_as_complete(
+        gw: Gateway, path: str) -> None:
+    with RawClient(gw.port) as c:
+        c.send(request("GET", path, "plain.test"))
+        head = c.read_head()
+        assert head.status == 200
+        # The client must see the response break off: a close before the end of the
+        # declared length, or before the last chunk -- never a clean end.
+        with pytest.raises(EOFError):
+            if head.header("content-length") is not None:
+                assert head.header("content-length") == "1000"
+                c.read_exact(1000)
+            else:
+                assert head.header("transfer-encoding") == "chunked"
+                while c.read_until(b"\r\n") != b"0\r\n":
+                    pass
+    assert get(gw, "plain.test", "/name").text == "alpha"
 
 
 def test_client_disconnect_cancels_the_upstream_request(gw: Gateway, alpha: Backend) -> None:

@@ -15,6 +15,8 @@
 * ``/hop``          a response carrying hop-by-hop headers (and ``x-kept``);
 * ``/mirror[/...]`` like ``/echo``, for any path under ``/mirror``;
 * ``/eof``          a close-delimited response (no length, no chunking);
+* ``/truncate``     a response that ends early: content-length 1000, 10 bytes, close;
+* ``/truncate-chunked``  the same with one chunk and no last chunk;
 * ``/hold/KEY``     reads the body, then waits up to 30 s for the client to go
                     away; ``/held/KEY`` tells ``waiting``, ``gone`` or ``answered``;
 * anything else     200 "ok <name>".
@@ -142,6 +144,15 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, nam
                 return
             elif path.startswith("/held/"):
                 writer.write(_response(200, _HELD.get(path[6:], "none").encode()))
+            elif path in ("/truncate", "/truncate-chunked"):
+                if path == "/truncate":
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n" + b"x" * 10)
+                else:
+                    writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                                 b"a\r\nxxxxxxxxxx\r\n")
+                await writer.drain()
+                writer.close()
+                return
             else:
                 writer.write(_response(200, f"ok {name}\n".encode()))
             await writer.drain()

@@ -29,7 +29,7 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 _MAX_DEPTH = 200    # guards against recursive aliases
 
 
-class PositionLoader(yaml.SafeLoader):
+class PositionLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """A SafeLoader whose documents come with a ``path -> line`` map."""
 
     def load_with_lines(self, file: str) -> tuple[Any, dict[Path, int]]:
@@ -65,6 +65,14 @@ def _walk(node: Node, path: Path, lines: dict[Path, int], file: str, depth: int)
             _walk(item, here, lines, file, depth + 1)
 
 
+def _tab_at(text: str, mark: Any) -> bool:
+    """libyaml does not say when a tab broke the indentation; look for one."""
+    if mark is None:
+        return False
+    lines = text.splitlines()
+    return mark.line < len(lines) and "\t" in lines[mark.line][: mark.column + 1]
+
+
 def load_yaml(text: str, file: str) -> tuple[Any, dict[Path, int]]:
     """Parse one YAML (or JSON) document: (data, path -> line)."""
     loader = PositionLoader(text)
@@ -76,7 +84,7 @@ def load_yaml(text: str, file: str) -> tuple[Any, dict[Path, int]]:
         problem = exc.problem or exc.context or "invalid YAML"
         if exc.context and exc.problem:
             problem = f"{exc.context}, {exc.problem}"
-        if "'\\t'" in problem:
+        if "'\\t'" in problem or _tab_at(text, mark):
             problem += " (indent YAML with spaces, not tabs)"
         raise ConfigError(file, line, None, f"invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:
