@@ -149,10 +149,6 @@ def values(pairs: list[tuple[str, str]], name: str) -> list[str]:
 
 
 # -- the shared gateway -----------------------------------------------------
-def _pipeline(*steps: dict[str, Any]) -> list[dict[str, Any]]:
-    return list(steps)
-
-
 def _proxy(service: str, **options: Any) -> dict[str, Any]:
     return {"proxy": [{"action": {"serviceEndpoint": service, **options}}]}
 
@@ -240,6 +236,7 @@ def test_hop_by_hop_request_headers_are_not_forwarded(gw: Gateway) -> None:
         c.send(request("GET", "/echo", "plain.test",
                        "Connection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\n"
                        "TE: trailers\r\nUpgrade: foo/1\r\nProxy-Connection: keep-alive\r\n"
+                       "Trailer: X-Late\r\n"
                        "X-Secret: s3cret\r\nX-Visible: yes\r\n"))
         resp = c.read_response()
     assert resp.status == 200
@@ -390,6 +387,15 @@ def test_request_target_is_passed_byte_for_byte(gw: Gateway) -> None:
     with RawClient(gw.port) as c:
         c.send(request("GET", target, "plain.test"))
         assert c.read_response().json()["path"] == target
+
+
+def test_absolute_form_target_routes_and_forwards_by_its_authority(gw: Gateway) -> None:
+    with RawClient(gw.port) as c:
+        c.send(b"GET http://plain.test/mirror/abs?q=1 HTTP/1.1\r\nHost: term.test\r\n\r\n")
+        resp = c.read_response()
+    assert resp.status == 200      # term.test would have answered 418
+    assert resp.json()["path"] == "/mirror/abs?q=1"
+    assert values(echoed_headers(resp), "host") == ["plain.test"]
 
 
 def test_prepend_path_is_the_default(gw: Gateway) -> None:

@@ -107,8 +107,8 @@ class Proxy:
                 host = item[1]
             elif name == b"transfer-encoding":
                 chunked = True
-            elif name == b"connection":
-                tokens = item[1]
+            elif name == b"connection":     # several Connection headers: all count
+                tokens = item[1] if tokens is None else tokens + b"," + item[1]
             elif name == b"x-forwarded-for":
                 xff = item[1] if xff is None else xff + b", " + item[1]
             elif not self.xfwd and name.startswith(b"x-forwarded-"):

@@ -42,21 +42,33 @@ def filter_block(block: bytes) -> tuple[bytes, int | None, bool]:
         return block, None, False
     length: int | None = None
     chunked = False
-    drop: set[bytes] = set()
+    cut: list[bytes] = []
     for name, value in found:
         if name == b"content-length":
             length = int(value)
             continue
-        drop.add(name)
+        cut.append(name)
         if name == b"transfer-encoding":
             chunked = True
         elif name == b"connection" and value not in _ORDINARY_TOKENS:
-            drop.update({t.strip() for t in value.split(b",")} - _ORDINARY_TOKENS)
+            cut.extend({t.strip() for t in value.split(b",")} - _ORDINARY_TOKENS)
     if chunked and length is not None:
         length = None
-        drop.add(b"content-length")          # framing is ours to redo
+        cut.append(b"content-length")        # framing is ours to redo
+    if not cut:
+        return block, length, chunked
+    if len(cut) == 1:                        # the usual "Connection: keep-alive"
+        key = b"\n" + cut[0] + b":"
+        pos = low.find(key)
+        end = low.find(b"\n", pos + 1)
+        if low.find(key, end) < 0:
+            return block[:pos] + block[end:], length, chunked
+    return _cut_lines(block, low, cut), length, chunked
+
+
+def _cut_lines(block: bytes, low: bytes, names: list[bytes]) -> bytes:
     spans = []
-    for name in drop:
+    for name in set(names):
         key = b"\n" + name + b":"
         pos = low.find(key)
         while pos >= 0:
@@ -70,7 +82,7 @@ def filter_block(block: bytes) -> tuple[bytes, int | None, bool]:
         kept.append(block[at:start])
         at = end
     kept.append(block[at:])
-    return b"".join(kept), length, chunked
+    return b"".join(kept)
 
 
 def parse_block(block: bytes) -> Headers:

@@ -199,7 +199,11 @@ class H1Server(asyncio.Protocol):
         self._body_expected = False
         self._expect = False
         if url[:1] != b"/":
-            url, host = self._absolute_form(url, host)
+            url, target_host = self._absolute_form(url, host)
+            if target_host != host:    # RFC 9112 3.2.2: the target's authority wins over Host
+                headers = [h for h in headers if h[0] != b"host"]
+                headers.append((b"host", target_host))
+                host = target_host
         version = _VERSIONS.get(parser.get_http_version()) or b"1.0"
         ex = Exchange(self, parser.get_method(), url, headers, _host_only(host),
                       self.scheme, self.peer, version, body_expected, self.ctx.loop.time())
