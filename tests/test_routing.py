@@ -192,8 +192,7 @@ def big_config(upstream: str) -> dict[str, Any]:
         "serviceEndpoints": {"mirror": {"url": upstream + "/mirror"}},
         "policies": ["headers", "proxy"],
         "pipelines": {"big": {"apiEndpoints": list(api), "policies": [
-            # "$$": a bare ${name} would be read as an environment variable.
-            {"headers": [{"action": {"forwardHeaders": {"x-endpoint": "$${apiEndpoint}"}}}]},
+            {"headers": [{"action": {"forwardHeaders": {"x-endpoint": "${apiEndpoint.name}"}}}]},
             {"proxy": [{"action": {"serviceEndpoint": "mirror", "stripPath": False}}]},
         ]}},
     }

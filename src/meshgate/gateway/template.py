@@ -6,8 +6,9 @@ getters over the Exchange; the supported expressions are the ones EG configs
 use: ``req.method``, ``req.url`` / ``req.originalUrl``, ``req.path``,
 ``req.ip``, ``req.hostname`` / ``req.host``, ``req.protocol``,
 ``req.headers.NAME`` / ``req.headers['NAME']``, ``req.query.NAME``,
-``consumer.id`` / ``consumer.name`` and ``apiEndpoint`` / ``pipeline``
-names. Anything else is a config error, reported when the config is loaded.
+``consumer.id`` / ``consumer.name`` and ``apiEndpoint.name`` /
+``pipeline.name`` (written with a dot so that config loading does not take
+them for environment variables). Anything else is a config error, reported when the config is loaded.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ _SIMPLE: dict[str, Getter] = {
     "req.hostname": lambda ex: ex.authority.decode("latin-1"),
     "req.host": lambda ex: ex.authority.decode("latin-1"),
     "req.protocol": lambda ex: ex.scheme.decode(),
-    "apiEndpoint": lambda ex: ex.route.endpoint if ex.route else "",
-    "pipeline": lambda ex: ex.pipeline.name if ex.pipeline else "",
+    "apiEndpoint.name": lambda ex: ex.route.endpoint if ex.route else "",
+    "pipeline.name": lambda ex: ex.pipeline.name if ex.pipeline else "",
 }
 
 
