@@ -16,15 +16,20 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from meshgate.admin import config_api, consumers
 from meshgate.telemetry.metrics import Collector
 
 
 class Supervisor(Protocol):
     """What the admin API needs from the master process."""
 
+    config: Any     # the LoadedConfig being served
+
     def is_ready(self) -> bool: ...
 
     async def collect_metrics(self) -> dict[str, Any]: ...
+
+    def reload(self) -> bool: ...
 
 
 def create_admin_app(master: Supervisor) -> FastAPI:
@@ -42,6 +47,8 @@ def create_admin_app(master: Supervisor) -> FastAPI:
         registry.register(Collector(lambda: data))
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    for module in (consumers, config_api):
+        app.include_router(module.router(master))
     return app
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from meshgate.conditions import CONDITIONS, Predicate
 from meshgate.gateway.pipeline import CompiledPipeline, Step
 from meshgate.gateway.router import Route, Router
-from meshgate.policies import POLICIES, BuildContext
+from meshgate.policies import POLICIES, BuildContext, Services
 from meshgate.upstream.cluster import Cluster, build_cluster
 
 if TYPE_CHECKING:
@@ -92,8 +92,8 @@ def _options(options: Any) -> dict[str, Any]:
 
 
 def _build_pipeline(name: str, pipeline: Any, cfg: LoadedConfig,
-                    clusters: dict[str, Cluster]) -> CompiledPipeline:
-    ctx = BuildContext(clusters, cfg.system, name, list(pipeline.apiEndpoints))
+                    clusters: dict[str, Cluster], services: Services) -> CompiledPipeline:
+    ctx = BuildContext(clusters, cfg.system, name, list(pipeline.apiEndpoints), services)
     steps: list[Step] = []
     for use in pipeline.policies:
         spec = POLICIES.get(use.name)
@@ -142,7 +142,7 @@ def _routes(cfg: LoadedConfig, pipelines: dict[str, CompiledPipeline]) -> list[R
 def compile_snapshot(cfg: LoadedConfig, ctx: WorkerContext,
                      previous: Snapshot | None = None) -> Snapshot:
     clusters, keys = _build_clusters(cfg, ctx, previous)
-    pipelines = {name: _build_pipeline(name, p, cfg, clusters)
+    pipelines = {name: _build_pipeline(name, p, cfg, clusters, ctx.services)
                  for name, p in cfg.gateway.pipelines.items()}
     router = Router(_routes(cfg, pipelines))
     return Snapshot(cfg, router, pipelines, clusters, keys)

@@ -32,11 +32,32 @@ class BuildContext:
     """What a policy factory may look up while the Snapshot is compiled."""
 
     def __init__(self, clusters: dict[str, Any], system: Any, pipeline: str,
-                 endpoint_names: list[str]) -> None:
+                 endpoint_names: list[str], services: Services | None = None) -> None:
         self.clusters = clusters            # serviceEndpoint name -> Cluster
         self.system = system                # the SystemConfig
         self.pipeline = pipeline            # name of the pipeline being built
         self.endpoint_names = endpoint_names
+        self.services = services if services is not None else Services()
+
+
+class Services:
+    """Long-lived per-worker resources policies share (a store, a Redis client).
+
+    They outlive Snapshots: a reload rebuilds policies, not connections.
+    ``get(key, factory)`` makes the resource on first use.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[str, Any] = {}
+
+    def get(self, key: str, factory: Callable[[], Any]) -> Any:
+        item = self._items.get(key)
+        if item is None:
+            item = self._items[key] = factory()
+        return item
+
+    def values(self) -> list[Any]:
+        return list(self._items.values())
 
 
 @dataclass(frozen=True)

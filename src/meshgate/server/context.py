@@ -11,6 +11,8 @@ import asyncio
 import email.utils
 from typing import TYPE_CHECKING, Any
 
+from meshgate.policies import Services
+
 if TYPE_CHECKING:
     from meshgate.config.snapshot import Snapshot
     from meshgate.telemetry.metrics import Metrics
@@ -22,6 +24,7 @@ class WorkerContext:
     def __init__(self, loop: asyncio.AbstractEventLoop, metrics: Metrics) -> None:
         self.loop = loop
         self.metrics = metrics
+        self.services = Services()               # resources shared by policies
         self.connections: set[Any] = set()       # H1Server protocols
         self.upstream_conns: set[Any] = set()    # every open upstream connection
         self.draining = False
