@@ -295,18 +295,28 @@ def test_bad_chunk_is_400(gw, body) -> None:
     assert_rejected(response, closed, 400)
 
 
-def test_upgrade_request_is_refused_with_400_and_not_proxied(recorder, gateway_factory) -> None:
-    # The codec says Upgrade is not supported on this listener: the client
-    # must hear a 400, and the upstream must not see a request it would take
-    # as the start of a tunnel.
+def test_upgrade_request_is_served_as_plain_http(recorder, gateway_factory) -> None:
+    # Upgrade is hop-by-hop and this listener does not tunnel: the request is
+    # answered as an ordinary HTTP/1.1 request (RFC 9110 7.8 lets a server
+    # ignore Upgrade), the upstream never sees Upgrade or Connection, and a
+    # request pipelined right behind it is parsed as HTTP, not as tunnel bytes.
     gw = gateway_factory(proxy_config(recorder.url))
-    response, closed = send_raw(
+    response, _ = send_raw(
         gw.port, b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                 b"Connection: Upgrade\r\n\r\n")
+                 b"Connection: Upgrade\r\n\r\n"
+                 b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert response.count(b"HTTP/1.1 200") == 2
+    assert recorder.request_lines() == [b"GET /ws HTTP/1.1", b"GET /after HTTP/1.1"]
+    first = recorder.heads[0].lower()
+    assert b"upgrade:" not in first and b"connection: upgrade" not in first
+
+
+def test_connect_is_refused_with_400(recorder, gateway_factory) -> None:
+    gw = gateway_factory(proxy_config(recorder.url))
+    response, closed = send_raw(gw.port, b"CONNECT example.com:443 HTTP/1.1\r\n"
+                                         b"Host: example.com:443\r\n\r\n")
     assert_rejected(response, closed, 400)
-    ok, _ = send_raw(gw.port, b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    assert status_of(ok) == 200
-    assert recorder.request_lines() == [b"GET /after HTTP/1.1"]
+    assert recorder.request_lines() == []
 
 
 @pytest.mark.parametrize("request_bytes", [

@@ -56,6 +56,7 @@ class H1Server(asyncio.Protocol):
         "_closing",
         "_current",
         "_expect",
+        "_bad_head",
         "_head_bytes",
         "_headers",
         "_host",
@@ -88,6 +89,7 @@ class H1Server(asyncio.Protocol):
         self._head_bytes = 0
         self._body_expected = False
         self._expect = False
+        self._bad_head = b""               # why the head being read is unacceptable
         self._parsing: Exchange | None = None    # exchange whose request is being read
         self._current: Exchange | None = None    # exchange whose response is being written
         self._queue: deque[Exchange] | None = None
@@ -127,8 +129,12 @@ class H1Server(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._reject(400, b"Upgrade is not supported on this listener\n")
+        except httptools.HttpParserUpgrade as exc:
+            # The request was served as plain HTTP (Upgrade is hop-by-hop and
+            # not forwarded); whatever followed it is the next request.
+            rest = data[exc.args[0]:] if exc.args else b""
+            if rest and not self._closing:
+                self.data_received(rest)
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _HeadTooLarge):
                 self._reject(431, b"Request Header Fields Too Large\n")
@@ -175,6 +181,8 @@ class H1Server(asyncio.Protocol):
         self._headers.append((name, value))
         n = len(name)
         if n == 4 and name == b"host":
+            if self._host:
+                self._bad_head = b"Bad Request: more than one Host header\n"
             self._host = value
         elif n == 14 and name == b"content-length":
             self._body_expected = value.strip() not in (b"0", b"")
@@ -192,23 +200,35 @@ class H1Server(asyncio.Protocol):
         headers = self._headers
         body_expected = self._body_expected
         expect = self._expect
+        bad = self._bad_head
         self._url = b""
         self._headers = []
         self._host = b""
         self._head_bytes = 0
         self._body_expected = False
         self._expect = False
+        self._bad_head = b""
+        version = _VERSIONS.get(parser.get_http_version()) or b"1.0"
         if url[:1] != b"/":
-            url, target_host = self._absolute_form(url, host)
+            try:
+                url, target_host = self._absolute_form(url, host)
+            except httptools.HttpParserInvalidURLError:
+                url, target_host, bad = b"/", host, b"Bad Request: invalid request target\n"
             if target_host != host:    # RFC 9112 3.2.2: the target's authority wins over Host
                 headers = [h for h in headers if h[0] != b"host"]
                 headers.append((b"host", target_host))
                 host = target_host
-        version = _VERSIONS.get(parser.get_http_version()) or b"1.0"
+        if not host and version == b"1.1" and not bad:
+            bad = b"Bad Request: missing Host header\n"
+        if parser.get_method() == b"CONNECT":
+            bad = b"Bad Request: CONNECT is not supported\n"
         ex = Exchange(self, parser.get_method(), url, headers, _host_only(host),
                       self.scheme, self.peer, version, body_expected, self.ctx.loop.time())
         ex.keep_alive = parser.should_keep_alive() and not self.ctx.draining
         ex.expect_continue = expect and body_expected
+        if bad:
+            ex.keep_alive = False
+            ex.pipeline = _Refusal(bad)
         self._parsing = ex
         if self._current is None:
             self._current = ex
@@ -245,6 +265,9 @@ class H1Server(asyncio.Protocol):
 
     # -- dispatch ----------------------------------------------------------
     def _dispatch(self, ex: Exchange) -> None:
+        if ex.pipeline is not None:     # decided while parsing (a refusal)
+            ex.pipeline.run(ex)
+            return
         snapshot = self.ctx.snapshot
         route = snapshot.router.match(ex.authority, ex.path, ex.method)
         if route is None:
@@ -277,6 +300,9 @@ class H1Server(asyncio.Protocol):
                            has_body: bool, length: int | None) -> None:
         """``block``: header lines as sent (Content-Length included when known)."""
         ex.status = status
+        extra = ex.response_headers_extra
+        if extra is not None:
+            block = _merge_extra(block, extra)
         head = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, reason(status)),
                 block]
         chunked = False
@@ -457,9 +483,36 @@ class H1Server(asyncio.Protocol):
             self._close()
 
 
+class _Refusal:
+    """Stands in for a pipeline when the request head itself is unacceptable."""
+
+    name = ""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def run(self, ex: Exchange) -> None:
+        ex.respond(400, self.body)
+
+
 def _host_only(host: bytes) -> bytes:
     if host[:1] == b"[":
         end = host.find(b"]")
         return host[: end + 1].lower() if end > 0 else host.lower()
     colon = host.find(b":")
     return (host if colon < 0 else host[:colon]).lower()
+
+
+def remove_block_lines(block: bytes, names: frozenset[bytes] | set[bytes]) -> bytes:
+    """``block`` (CRLF-ended ``Name: value`` lines) without the lines named in ``names``."""
+    kept = [line for line in block.split(b"\r\n")
+            if line and line.split(b":", 1)[0].strip().lower() not in names]
+    return b"".join([line + b"\r\n" for line in kept])
+
+
+def _merge_extra(block: bytes, extra: Headers) -> bytes:
+    """Policy headers replace the same-named lines of ``block``; ``vary`` adds up."""
+    names = {name for name, _ in extra if name != b"vary"}
+    if names and block:
+        block = remove_block_lines(block, names)
+    return block + b"".join([b"%s: %s\r\n" % kv for kv in extra])

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meshgate.admin.adminkey import install_admin_key
 from meshgate.admin.app import admin_server, create_admin_app
 from meshgate.config.loader import ConfigError, LoadedConfig, load_config
 from meshgate.server.control import Channel, encode_config
@@ -57,6 +58,8 @@ class Master:
         self.ids = itertools.count(1)
         self.started = asyncio.get_running_loop().create_future()
         self.reloads = 0
+        self.failures: dict[int, int] = {}      # worker index -> quick successive exits
+        self.store: Any = None      # the consumer store, opened by the Admin API on first use
 
     # -- Supervisor protocol for the admin app -----------------------------
     def is_ready(self) -> bool:
@@ -107,6 +110,8 @@ class Master:
             op = message.get("op")
             if op == "ready":
                 handle.ready = True
+                loop = asyncio.get_running_loop()
+                loop.call_later(30, self._forgive, handle)
                 self._check_started()
             elif op == "failed":
                 handle.failed = str(message.get("error"))
@@ -118,6 +123,10 @@ class Master:
                     fut.set_result(message.get("data") or {})
             elif op == "reloaded" and not message.get("ok"):
                 log.error("worker %d kept its config: %s", handle.index, message.get("error"))
+
+    def _forgive(self, handle: WorkerHandle) -> None:
+        if self.workers.get(handle.index) is handle:
+            self.failures.pop(handle.index, None)
 
     def _check_started(self) -> None:
         if not self.started.done() and self.is_ready():
@@ -132,12 +141,18 @@ class Master:
             if not self.workers:
                 self.stopped.set()
             return
-        if handle.failed is not None or not self.started.done():
-            if not self.started.done():
-                self.started.set_exception(RuntimeError(handle.failed or f"exit code {code}"))
+        if not self.started.done():
+            self.started.set_exception(RuntimeError(handle.failed or f"exit code {code}"))
             return
-        log.warning("worker %d exited with %s; starting a new one", handle.index, code)
-        await asyncio.sleep(0.5)
+        # A worker that dies again right away waits longer each time (capped),
+        # so a persistent fault (say, a certificate file removed) is retried
+        # without spinning; a long-lived worker resets the backoff.
+        failures = self.failures.get(handle.index, 0) + 1
+        self.failures[handle.index] = failures
+        delay = min(0.5 * 2 ** (failures - 1), 30.0)
+        log.warning("worker %d exited with %s%s; starting a new one in %.1fs", handle.index,
+                    code, f" ({handle.failed})" if handle.failed else "", delay)
+        await asyncio.sleep(delay)
         if not self.stopping:
             await self._spawn(handle.index)
 
@@ -201,7 +216,10 @@ class Master:
                 log.error("admin API cannot listen on %s:%s: %s",
                           admin_cfg.host, admin_cfg.port, exc.strerror or exc)
                 return 1
-            admin = admin_server(create_admin_app(self), admin_cfg.host, admin_cfg.port)
+            app = create_admin_app(self)
+            if install_admin_key(app):
+                log.info("admin API requires the MESHGATE_ADMIN_KEY bearer key")
+            admin = admin_server(app, admin_cfg.host, admin_cfg.port)
             admin_task = loop.create_task(admin.serve(sockets=[sock]))
         for i in range(self.count):
             await self._spawn(i)
@@ -224,6 +242,8 @@ class Master:
         watcher.cancel()
         await self._wait_workers()
         await _stop_admin(admin, admin_task)
+        if self.store is not None:
+            await self.store.close()
         log.info("stopped")
         return 0
 
