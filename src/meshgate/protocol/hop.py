@@ -34,8 +34,28 @@ _INTERESTING = re.compile(
 _ORDINARY_TOKENS = frozenset({b"close", b"keep-alive", b""})
 
 
+_MEMO: dict[bytes, tuple[bytes, int | None, bool]] = {}
+_MEMO_LIMIT = 512
+
+
 def filter_block(block: bytes) -> tuple[bytes, int | None, bool]:
-    """Drop hop-by-hop lines; return (block, content length, chunked)."""
+    """Drop hop-by-hop lines; return (block, content length, chunked).
+
+    A pure function of the block, memoized: an upstream answering the same
+    resource sends byte-identical heads (Date changes once a second), so the
+    memo turns most filtering into one dict lookup. It is simply emptied when
+    full, so varied heads cost one insert each and nothing grows.
+    """
+    done = _MEMO.get(block)
+    if done is None:
+        done = _filter(block)
+        if len(_MEMO) >= _MEMO_LIMIT:
+            _MEMO.clear()
+        _MEMO[block] = done
+    return done
+
+
+def _filter(block: bytes) -> tuple[bytes, int | None, bool]:
     low = b"\n" + block.lower()      # index i in ``low`` is index i - 1 in ``block``
     found = _INTERESTING.findall(low)
     if not found:

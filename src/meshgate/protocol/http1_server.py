@@ -57,6 +57,7 @@ class H1Server(asyncio.Protocol):
         "_current",
         "_expect",
         "_bad_head",
+        "_clock",
         "_head_bytes",
         "_headers",
         "_host",
@@ -89,6 +90,7 @@ class H1Server(asyncio.Protocol):
         self._head_bytes = 0
         self._body_expected = False
         self._expect = False
+        self._clock = ctx.loop.time
         self._bad_head = b""               # why the head being read is unacceptable
         self._parsing: Exchange | None = None    # exchange whose request is being read
         self._current: Exchange | None = None    # exchange whose response is being written
@@ -220,10 +222,14 @@ class H1Server(asyncio.Protocol):
                 host = target_host
         if not host and version == b"1.1" and not bad:
             bad = b"Bad Request: missing Host header\n"
-        if parser.get_method() == b"CONNECT":
+        method = parser.get_method()
+        if method == b"CONNECT":
             bad = b"Bad Request: CONNECT is not supported\n"
-        ex = Exchange(self, parser.get_method(), url, headers, _host_only(host),
-                      self.scheme, self.peer, version, body_expected, self.ctx.loop.time())
+        authority = host.lower()
+        if b":" in authority:
+            authority = _host_only(authority)
+        ex = Exchange(self, method, url, headers, authority,
+                      self.scheme, self.peer, version, body_expected, self._clock())
         ex.keep_alive = parser.should_keep_alive() and not self.ctx.draining
         ex.expect_continue = expect and body_expected
         if bad:
