@@ -163,8 +163,9 @@ class UpstreamConnection(asyncio.Protocol):
                 log.error("upstream response handling failed", exc_info=exc.__context__)
                 self._fail(502, b"Bad Gateway\n")
                 return
+            keep_alive = self.parser.should_keep_alive()
             self.parser = httptools.HttpResponseParser(self)
-            self._complete()
+            self._complete(keep_alive)
             return
         except httptools.HttpParserError:
             self._fail(502, b"Bad Gateway: invalid response from upstream\n")
@@ -235,11 +236,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._complete()
 
     # -- endings ---------------------------------------------------------------
-    def _complete(self) -> None:
+    def _complete(self, keep_alive: bool | None = None) -> None:
         ex = self.ex
         if ex is None:
             return
-        reusable = self._req_done and self.parser.should_keep_alive()
+        if keep_alive is None:
+            keep_alive = self.parser.should_keep_alive()
+        reusable = self._req_done and keep_alive
         self.ex = None
         ex.responder.end_response(ex, None)   # HTTP/1.1 upstream trailers are not relayed
         if reusable and not self._closed:
