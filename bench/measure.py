@@ -96,7 +96,9 @@ def _one_run(group: procs.ProcGroup, proc: subprocess.Popen[bytes], target: targ
     return report.Result(
         target.key, target.label, rps=res.rps, p50_ms=res.p50_ms, p99_ms=res.p99_ms,
         requests=res.requests, cpu_us_per_req=cpu * 1e6 / max(res.requests, 1),
-        peak_rss_mib=procs.peak_rss_kib(pids) / 1024, errors=res.non_2xx + res.socket_errors,
+        peak_rss_mib=procs.peak_rss_kib(pids) / 1024,
+        worker_rss_mib=procs.peak_rss_kib(pids, "meshgate.server.worker") / 1024,
+        errors=res.non_2xx + res.socket_errors,
         other_cpu_pct=max(0.0, other) * 100 / max(res.seconds, 1e-9))
 
 

@@ -71,11 +71,18 @@ def own_cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def peak_rss_kib(pids: list[int]) -> int:
-    """Largest VmHWM (peak resident set) among ``pids``, in KiB."""
+def peak_rss_kib(pids: list[int], cmdline_has: str = "") -> int:
+    """Largest VmHWM (peak resident set) among ``pids``, in KiB.
+
+    With ``cmdline_has``, only processes whose command line contains it count
+    (meshgate's data-plane workers, apart from the master).
+    """
     peak = 0
     for pid in pids:
         try:
+            if cmdline_has and cmdline_has not in Path(f"/proc/{pid}/cmdline").read_text(
+                    errors="replace").replace("\0", " "):
+                continue
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     peak = max(peak, int(line.split()[1]))

@@ -22,6 +22,7 @@ class Result:
     requests: int = 0
     cpu_us_per_req: float = 0.0
     peak_rss_mib: float = 0.0
+    worker_rss_mib: float = 0.0  # meshgate only: the data-plane worker's own peak
     errors: int = 0  # non-2xx responses + socket errors during the measured run
     other_cpu_pct: float = 0.0  # CPU used by processes not in this benchmark, % of one core
 
@@ -59,7 +60,8 @@ def _row(r: Result) -> str:
     if r.status != "ok":
         return f"| {r.label} | {r.status}: {r.reason} | | | | | | |"
     return (f"| {r.label} | {r.rps:,.0f} | {r.p50_ms:.2f} ms | {r.p99_ms:.2f} ms "
-            f"| {r.cpu_us_per_req:.1f} | {r.peak_rss_mib:.1f} MiB | {r.errors} "
+            f"| {r.cpu_us_per_req:.1f} | {r.peak_rss_mib:.1f} MiB"
+            f"{f' (worker {r.worker_rss_mib:.1f})' if r.worker_rss_mib else ''} | {r.errors} "
             f"| {r.other_cpu_pct:.0f}% |")
 
 
@@ -79,7 +81,8 @@ def markdown(results: list[Result], load: str, warmup: float, facts: dict[str, s
         "",
         *(warning if noisy else []),
         "CPU µs/req counts all of the target's processes (not the backend's); peak RSS is the "
-        "largest VmHWM among them; errors are non-2xx responses plus socket errors; other "
+        "largest VmHWM among them (for meshgate, the master holding the Admin API; the "
+        "worker's own peak in brackets); errors are non-2xx responses plus socket errors; other "
         "load is CPU used meanwhile by processes outside the benchmark, in % of one core.",
         "",
         "| ratio | value |",
