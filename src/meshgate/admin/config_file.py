@@ -39,6 +39,7 @@ Values sent by a client are written as given; like Express Gateway, a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -71,7 +72,7 @@ def read_document(path: Path) -> Document:
     """Read and parse the file; a ConfigError names file and line when it cannot."""
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")     # newlines as they are (CRLF kept)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(file, None, None, f"cannot read: {exc}") from None
     is_json = path.suffix == ".json"
@@ -117,17 +118,9 @@ def write_atomic(path: Path, text: str) -> None:
             os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
-        with _suppress_os_error():
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-class _suppress_os_error:   # noqa: N801 -- used like contextlib.suppress(OSError)
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, value: object, tb: object) -> bool:
-        return isinstance(value, OSError)
 
 
 # -- the four edits ----------------------------------------------------------------
@@ -137,7 +130,7 @@ def set_entry(doc: Document, section: str, name: str, value: Any) -> str:
         return {**entries, name: value}
 
     if doc.is_json:
-        return _edit_json(doc, section, in_data)
+        return _edit_json(doc, section, lambda old: in_data(_as_mapping(old)))
     layout = _Layout.of(doc)
     block = layout.block_mapping(section)
     if block is None:
@@ -156,7 +149,7 @@ def delete_entry(doc: Document, section: str, name: str) -> str:
         return {k: v for k, v in entries.items() if k != name}
 
     if doc.is_json:
-        return _edit_json(doc, section, in_data)
+        return _edit_json(doc, section, lambda old: in_data(_as_mapping(old)))
     layout = _Layout.of(doc)
     block = layout.block_mapping(section)
     if block is None:
@@ -193,20 +186,7 @@ def remove_item(doc: Document, section: str, item: str) -> str:
     block = layout.block_sequence(section)
     if block is None:
         return layout.rewrite_section(section, [i for i in items if i != item])
-    text = doc.text
-    # Remove from the bottom up so earlier line numbers stay valid.
-    for value, start, end in reversed(block[0]):
-        if value == item:
-            text = layout.splice(start, end, [])
-            layout = _Layout.of(read_text_document(doc, text))
-    return text
-
-
-def read_text_document(doc: Document, text: str) -> Document:
-    """``doc`` with new text (re-parsed), for edits made in several steps."""
-    sub = substitute(text, os.environ, str(doc.path), yaml_comments=not doc.is_json)
-    data, _ = load_yaml(sub.text, str(doc.path))
-    return Document(doc.path, text, data if isinstance(data, dict) else {}, sub)
+    return layout.remove([(start, end) for value, start, end in block[0] if value == item])
 
 
 # -- helpers -----------------------------------------------------------------------
@@ -245,9 +225,7 @@ def _edit_json(doc: Document, section: str, change: Callable[[Any], Any]) -> str
         data = json.loads(json.dumps(doc.data))     # placeholders outside strings
     if not isinstance(data, dict):
         data = dict(doc.data)
-    current = data.get(section)
-    data[section] = change(_as_mapping(current) if not isinstance(current, list)
-                           or section != "policies" else current)
+    data[section] = change(data.get(section))
     return json.dumps(data, indent=_json_indent(doc.text), ensure_ascii=False) + "\n"
 
 
@@ -279,10 +257,12 @@ class _Layout:
 
     @classmethod
     def of(cls, doc: Document) -> _Layout:
-        lines = doc.text.splitlines(keepends=True)
-        if lines and not lines[-1].endswith(("\n", "\r")):
-            lines[-1] += "\n"
         newline = "\r\n" if "\r\n" in doc.text else "\n"
+        # Lines end at "\n" only, as for envsubst's line numbers (not str.splitlines).
+        lines = [line + "\n" for line in doc.text.split("\n")]
+        last = lines.pop()[:-1]
+        if last:            # no newline at the end of the file: give it one
+            lines.append(last.removesuffix("\r") + newline)
         node = yaml.compose(doc.sub.text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         layout = cls(doc, lines, newline, None, {}, {}, {})
         if isinstance(node, MappingNode) and not node.flow_style:
@@ -349,6 +329,10 @@ class _Layout:
         lines = self.lines[:start] + [line.replace("\n", self.newline) if self.newline != "\n"
                                       else line for line in new] + self.lines[end:]
         return "".join(lines)
+
+    def remove(self, spans: list[tuple[int, int]]) -> str:
+        drop = {i for start, end in spans for i in range(start, end)}
+        return "".join(line for i, line in enumerate(self.lines) if i not in drop)
 
     def rewrite_section(self, section: str, value: Any) -> str:
         rendered = _render({section: value}, 0)

@@ -1,7 +1,10 @@
-"""The ``meshgate`` command line: run, validate, schema.
+"""The ``meshgate`` command line: run, validate, schema, and EG's Admin API commands.
 
 Config problems print one line naming file, line and field and exit with
-status 2; nothing here prints a traceback for bad input.
+status 2; nothing here prints a traceback for bad input. ``users``, ``apps``,
+``credentials``, ``credential:scopes``, ``scopes`` and ``tokens`` mirror EG's
+``eg`` commands (``cli/consumers.py``, ``cli/credentials.py``): API errors exit
+1, usage errors 2.
 """
 
 from __future__ import annotations
@@ -15,11 +18,25 @@ import typer
 import uvloop
 
 from meshgate import __version__
+from meshgate.cli import consumers, credentials
 from meshgate.config.loader import ConfigError, find_config_dir, json_schema, load_config
 
 app = typer.Typer(help="meshgate: API gateway, service-mesh sidecar and service registry.",
                   no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
+
+# EG's command names first, then the aliases eg accepts (and credential-scopes).
+for _group, _names in (
+    (consumers.users, ("users", "user")),
+    (consumers.apps, ("apps", "app")),
+    (credentials.credentials, ("credentials", "credential")),
+    (credentials.credential_scopes,
+     ("credential:scopes", "credential:scope", "credential-scopes")),
+    (credentials.scopes, ("scopes", "scope")),
+    (credentials.tokens, ("tokens", "token")),
+):
+    for _index, _name in enumerate(_names):
+        app.add_typer(_group, name=_name, hidden=_index > 0)
 
 ConfigDirArg = Annotated[
     str | None,

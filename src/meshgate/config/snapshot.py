@@ -93,7 +93,8 @@ def _options(options: Any) -> dict[str, Any]:
 
 def _build_pipeline(name: str, pipeline: Any, cfg: LoadedConfig,
                     clusters: dict[str, Cluster], services: Services) -> CompiledPipeline:
-    ctx = BuildContext(clusters, cfg.system, name, list(pipeline.apiEndpoints), services)
+    ctx = BuildContext(clusters, cfg.system, name, list(pipeline.apiEndpoints), services,
+                       cfg.directory)
     steps: list[Step] = []
     for use in pipeline.policies:
         spec = POLICIES.get(use.name)

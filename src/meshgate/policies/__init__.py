@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -32,12 +33,14 @@ class BuildContext:
     """What a policy factory may look up while the Snapshot is compiled."""
 
     def __init__(self, clusters: dict[str, Any], system: Any, pipeline: str,
-                 endpoint_names: list[str], services: Services | None = None) -> None:
+                 endpoint_names: list[str], services: Services | None = None,
+                 config_dir: Path | None = None) -> None:
         self.clusters = clusters            # serviceEndpoint name -> Cluster
         self.system = system                # the SystemConfig
         self.pipeline = pipeline            # name of the pipeline being built
         self.endpoint_names = endpoint_names
         self.services = services if services is not None else Services()
+        self.config_dir = config_dir        # the folder of gateway.config.yml
 
 
 class Services:

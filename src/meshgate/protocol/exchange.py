@@ -17,6 +17,10 @@ conditions, policies, the proxy -- sees only the Exchange, never the codec:
   response. The responder applies backpressure on whoever feeds it through
   the ``ResponseSource`` in ``ex.source`` (set directly, or through
   ``set_response_source()`` when the client may already be slow).
+* headers a policy wants on the response, whoever produces it (the proxy's
+  upstream head, a local ``respond()``): ``add_response_headers()`` collects
+  them in ``response_headers_extra`` and the codec merges them into the head
+  when it starts the response. ``None`` (the default) costs one test.
 
 Nothing here allocates per request beyond the Exchange itself; headers stay
 bytes, as the wire carries them.
@@ -97,6 +101,7 @@ class Exchange:
         "path",
         "pipeline",
         "responder",
+        "response_headers_extra",
         "route",
         "scheme",
         "started",
@@ -133,6 +138,8 @@ class Exchange:
         self.on_done: Any = None            # callback(ex) once the response ended
         self.keep_alive = True
         self.source: ResponseSource | None = None   # who produces the response body
+        # Set by policies (cors, rate-limit); merged into the head by the codec.
+        self.response_headers_extra: Headers | None = None
 
     # -- request head helpers (not on the proxy fast path) -----------------
     def header(self, name: bytes) -> bytes | None:
@@ -166,5 +173,17 @@ class Exchange:
             sink.body_end(self.trailers)
 
     # -- response shortcuts ------------------------------------------------
+    def add_response_headers(self, headers: Headers) -> None:
+        """Put ``headers`` (lower-case names) on the response, however it is produced.
+
+        A header of the same name from the upstream is replaced, except ``vary``,
+        which is a list and is added to.
+        """
+        extra = self.response_headers_extra
+        if extra is None:
+            self.response_headers_extra = list(headers)
+        else:
+            extra.extend(headers)
+
     def respond(self, status: int, body: bytes, headers: Headers | None = None) -> None:
         self.responder.respond(self, status, body, headers)

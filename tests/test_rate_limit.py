@@ -1,0 +1,227 @@
+"""The rate-limit policy: local counters, Redis-shared limits, headers, no EG delay."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from meshgate.policies._counters import LocalFixedWindow, LocalSlidingWindow, sliding_retry
+from tests.conftest import Backend
+from tests.support.gateway import Gateway, free_port, proxy_config
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+
+
+def limited(upstream: str, **action: Any) -> dict[str, Any]:
+    return proxy_config(upstream, policies=[{"rate-limit": [{"action": action}]}])
+
+
+def get(gw: Gateway, path: str = "/", **headers: str) -> httpx.Response:
+    return httpx.get(gw.url + path, headers=headers, timeout=10)
+
+
+# -- local counters --------------------------------------------------------------------
+def test_local_mode_admits_max_then_429_with_headers(backend: Backend,
+                                                     gateway_factory: Any) -> None:
+    gw = gateway_factory(limited(backend.url, max=3, windowMs=60000))
+    before = time.time()
+    for remaining in (2, 1, 0):
+        r = get(gw)
+        assert r.status_code == 200, r.text
+        assert r.text == "ok backend\n"
+        assert r.headers["ratelimit-limit"] == "3"
+        assert r.headers["ratelimit-remaining"] == str(remaining)
+        assert 59 <= int(r.headers["ratelimit-reset"]) <= 60
+        assert r.headers["x-ratelimit-limit"] == "3"
+        assert r.headers["x-ratelimit-remaining"] == str(remaining)
+        assert before + 55 <= int(r.headers["x-ratelimit-reset"]) <= time.time() + 61
+    r = get(gw)
+    assert r.status_code == 429
+    assert r.text == "Too many requests, please try again later."
+    assert 55 <= int(r.headers["retry-after"]) <= 60
+    assert r.headers["ratelimit-remaining"] == "0"
+    r = get(gw, accept="application/json")
+    assert r.status_code == 429
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.json() == {"message": "Too many requests, please try again later."}
+
+
+def test_rate_limit_by_template_and_custom_answer(backend: Backend,
+                                                  gateway_factory: Any) -> None:
+    gw = gateway_factory(limited(backend.url, max=2, rateLimitBy="key-${req.headers.x-key}",
+                                 statusCode=503, message="slow down", headers=False))
+    assert [get(gw, **{"x-key": "a"}).status_code for _ in range(3)] == [200, 200, 503]
+    assert [get(gw, **{"x-key": "b"}).status_code for _ in range(3)] == [200, 200, 503]
+    r = get(gw, **{"x-key": "a"})
+    assert r.text == "slow down"
+    assert "retry-after" not in r.headers and "ratelimit-limit" not in r.headers
+
+
+def test_no_delay_by_default(backend: Backend, gateway_factory: Any) -> None:
+    # EG defaulted delayAfter 1 / delayMs 1000: 20 requests took 190 s (#767).
+    gw = gateway_factory(limited(backend.url, max=100))
+    started = time.monotonic()
+    with httpx.Client(base_url=gw.url, timeout=10) as client:
+        statuses = [client.get("/").status_code for _ in range(20)]
+    assert statuses == [200] * 20
+    assert time.monotonic() - started < 2.0
+
+
+def test_delay_only_when_configured(backend: Backend, gateway_factory: Any) -> None:
+    gw = gateway_factory(limited(backend.url, max=10, delayAfter=1, delayMs=300))
+    with httpx.Client(base_url=gw.url, timeout=10) as client:
+        t0 = time.monotonic()
+        client.get("/")
+        t1 = time.monotonic()
+        client.get("/")                        # count 2: (2 - 1) * 300 ms
+        t2 = time.monotonic()
+    assert t1 - t0 < 0.25
+    assert t2 - t1 >= 0.28
+
+
+def test_max_zero_disables(backend: Backend, gateway_factory: Any) -> None:
+    gw = gateway_factory(limited(backend.url, max=0))
+    r = get(gw)
+    assert r.status_code == 200 and "ratelimit-limit" not in r.headers
+
+
+def test_sliding_window_admits_max_then_refuses(backend: Backend,
+                                                gateway_factory: Any) -> None:
+    gw = gateway_factory(limited(backend.url, max=4, windowMs=60000,
+                                 algorithm="sliding-window"))
+    assert [get(gw).status_code for _ in range(6)] == [200] * 4 + [429] * 2
+
+
+def test_local_counters() -> None:
+    fixed = LocalFixedWindow(0.2)
+    assert [fixed.hit("k", 2)[0] for _ in range(3)] == [1, 2, 3]
+    assert fixed.hit("other", 2)[0] == 1
+    time.sleep(0.25)
+    count, reset = fixed.hit("k", 2)
+    assert count == 1 and 0.15 < reset <= 0.2
+    sliding = LocalSlidingWindow(3600.0)
+    assert [sliding.hit("k", 2)[0] for _ in range(3)] == [1, 2, 3]
+    assert sliding.current["k"] == 2            # refused requests are not counted
+    # 10 in the previous minute, 4 in this one, a quarter in: the estimate 10 * 0.75 + 4
+    # drops below 10 when 10 * (1 - t / 60) + 4 < 10, at t = 24 s, 9 s from now.
+    assert sliding_retry(10, 4, 15.0, 60.0, 10) == pytest.approx(9.0)
+    # 10 already in this minute: wait for it to end, then for them to weigh less than 10.
+    assert sliding_retry(0, 10, 30.0, 60.0, 10) == pytest.approx(30.0)
+    assert sliding_retry(0, 20, 30.0, 60.0, 10) == pytest.approx(60.0)
+
+
+# -- Redis: one limit for every gateway ---------------------------------------------------
+@pytest.fixture
+def redis_ns() -> Iterator[str]:
+    """A namespace of our own in the test Redis, deleted afterwards."""
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError:
+        pytest.skip(f"no Redis at {REDIS_HOST}:{REDIS_PORT}")
+    namespace = f"mgtest-{uuid.uuid4().hex[:12]}"
+    yield namespace
+    keys = list(client.scan_iter(match=f"{namespace}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def redis_system(namespace: str, port: int = REDIS_PORT) -> dict[str, Any]:
+    return {"db": {"redis": {"host": REDIS_HOST, "port": port, "namespace": namespace}}}
+
+
+def redis_keys(namespace: str) -> dict[str, int]:
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT)
+    try:
+        return {k.decode(): int(client.get(k) or 0)
+                for k in client.scan_iter(match=f"{namespace}:*")}
+    finally:
+        client.close()
+
+
+def hammer(gateways: list[Gateway], total: int) -> list[int]:
+    def one(i: int) -> int:
+        gw = gateways[i % len(gateways)]
+        return httpx.get(gw.url + "/", timeout=10).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        return list(pool.map(one, range(total)))
+
+
+def test_two_gateways_on_one_redis_share_one_limit(backend: Backend, gateway_factory: Any,
+                                                   redis_ns: str) -> None:
+    config = limited(backend.url, max=10, windowMs=60000)
+    gateways = [gateway_factory(config, system=redis_system(redis_ns), workers=2),
+                gateway_factory(limited(backend.url, max=10, windowMs=60000),
+                                system=redis_system(redis_ns))]
+    statuses = hammer(gateways, 60)
+    assert statuses.count(200) == 10
+    assert statuses.count(429) == 50
+    (key,) = redis_keys(redis_ns)
+    assert key == f"{redis_ns}:rate-limit:main:0:127.0.0.1"
+
+
+def test_redis_sliding_window_is_shared_too(backend: Backend, gateway_factory: Any,
+                                            redis_ns: str) -> None:
+    window = 600000
+    if (time.time() * 1000) % window > window - 30000:     # stay inside one clock window
+        pytest.skip("too close to a sliding-window boundary")
+    config = limited(backend.url, max=7, windowMs=window, algorithm="sliding-window")
+    gateways = [gateway_factory(config, system=redis_system(redis_ns)),
+                gateway_factory(limited(backend.url, max=7, windowMs=window,
+                                        algorithm="sliding-window"),
+                                system=redis_system(redis_ns))]
+    statuses = hammer(gateways, 30)
+    assert statuses.count(200) == 7
+    assert list(redis_keys(redis_ns).values()) == [7]
+
+
+def test_a_refused_key_skips_redis_until_its_window_ends(backend: Backend,
+                                                         gateway_factory: Any,
+                                                         redis_ns: str) -> None:
+    gw = gateway_factory(limited(backend.url, max=3, windowMs=60000, store="redis",
+                                 keyPrefix="precheck"), system=redis_system(redis_ns))
+    assert [get(gw).status_code for _ in range(4)] == [200, 200, 200, 429]
+    counts = redis_keys(redis_ns)
+    assert counts == {f"{redis_ns}:rate-limit:precheck:127.0.0.1": 4}
+    for _ in range(10):
+        r = get(gw)
+        assert r.status_code == 429
+        assert 50 <= int(r.headers["retry-after"]) <= 60
+    assert redis_keys(redis_ns) == counts             # answered without Redis
+
+
+def test_store_redis_param_without_system_redis(backend: Backend, gateway_factory: Any,
+                                                redis_ns: str) -> None:
+    # No db.redis section: the policy's store: redis uses localhost:6379, namespace EG.
+    prefix = f"{redis_ns}-own"
+    gw = gateway_factory(limited(backend.url, max=1, store="redis", keyPrefix=prefix))
+    try:
+        assert [get(gw).status_code for _ in range(2)] == [200, 429]
+        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT)
+        assert client.get(f"EG:rate-limit:{prefix}:127.0.0.1") == b"2"
+    finally:
+        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT)
+        client.delete(f"EG:rate-limit:{prefix}:127.0.0.1")
+        client.close()
+
+
+def test_redis_down_lets_requests_through(backend: Backend, gateway_factory: Any) -> None:
+    gw = gateway_factory(limited(backend.url, max=1),
+                         system=redis_system("unused", port=free_port()))
+    assert [get(gw).status_code for _ in range(3)] == [200, 200, 200]
+    assert "Redis unavailable" in gw.log()
+
+
+def test_emulated_redis_keeps_local_counters(backend: Backend, gateway_factory: Any) -> None:
+    system = {"db": {"redis": {"emulate": True, "port": free_port()}}}
+    gw = gateway_factory(limited(backend.url, max=1), system=system)
+    assert [get(gw).status_code for _ in range(2)] == [200, 429]
