@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import logging
 import os
 import signal
@@ -150,7 +151,22 @@ async def _main(config_dir: str, control_fd: int) -> int:
     except TimeoutError:
         log.warning("drain deadline reached with %d connections open",
                     len(worker.ctx.connections))
+    await _close_services(worker.ctx)
     return 0
+
+
+async def _close_services(ctx: WorkerContext) -> None:
+    """Close what policies opened (stores, Redis clients), each at most once."""
+    for service in ctx.services.values():
+        close = getattr(service, "close", None) or getattr(service, "aclose", None)
+        if close is None:
+            continue
+        try:
+            result = close()
+            if inspect.isawaitable(result):
+                await asyncio.wait_for(result, 2.0)
+        except Exception as exc:       # closing is best effort at exit
+            log.debug("closing %r failed: %s", service, exc)
 
 
 async def _until_idle(ctx: WorkerContext) -> None:
