@@ -58,6 +58,7 @@ class Master:
         self.ids = itertools.count(1)
         self.started = asyncio.get_running_loop().create_future()
         self.reloads = 0
+        self.seen_stamp: tuple[float, ...] = ()
         self.failures: dict[int, int] = {}      # worker index -> quick successive exits
         self.store: Any = None      # the consumer store, opened by the Admin API on first use
 
@@ -167,15 +168,15 @@ class Master:
         return tuple(stamps)
 
     async def _watch_config(self) -> None:
-        stamp = self._stamp()
+        self.seen_stamp = self._stamp()
         while not self.stopping:
             await asyncio.sleep(WATCH_INTERVAL)
-            now = self._stamp()
-            if now != stamp:
-                stamp = now
+            if self._stamp() != self.seen_stamp:
                 self.reload()
 
     def reload(self) -> bool:
+        """Re-read the config files; apply them if valid (also called by the Admin API)."""
+        self.seen_stamp = self._stamp()     # a reload of this version needs no second one
         try:
             config = load_config(self.config.directory)
         except ConfigError as exc:
