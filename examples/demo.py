@@ -7,8 +7,10 @@
 Starts examples/services/users.py and invoices.py on free ports, then
 `meshgate run examples/demo` with USERS_PORT / INVOICES_PORT / MESHGATE_HTTP_PORT
 in its environment (the admin port comes from MESHGATE_ADMIN_PORT, default 9876),
-waits until the admin API answers /ready and prints curl commands to try.
-Ctrl-C (or SIGTERM) stops everything.
+waits until the admin API answers /ready, creates a demo user with an API key
+through the Admin API (consumers live in a temporary SQLite folder) and prints
+curl commands to try: /invoices/* answers 401 without the key, 200 with it,
+and 429 past five requests a minute. Ctrl-C (or SIGTERM) stops everything.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -82,10 +87,15 @@ class Child:
             self.proc.wait()
 
 
-def fetch(url: str, timeout: float = 5) -> tuple[int, str]:
-    """GET url; returns (status, body), or (0, reason) when there is no HTTP answer."""
+def fetch(url: str, timeout: float = 5, headers: dict[str, str] | None = None,
+          body: dict[str, object] | None = None) -> tuple[int, str]:
+    """GET (or POST a JSON body to) url; (status, body), or (0, reason) without an answer."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers=dict(headers or {}))
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
     try:
-        with NO_PROXY.open(url, timeout=timeout) as resp:
+        with NO_PROXY.open(request, timeout=timeout) as resp:
             return resp.status, resp.read().decode(errors="replace")
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode(errors="replace")
@@ -115,44 +125,83 @@ def wait_ready(gateway: Child, admin_port: int, timeout: float = 30) -> None:
     raise DemoError(f"no 200 from {url} after {timeout:.0f}s; gateway output:\n{gateway.output()}")
 
 
-def routes(host: str, http_port: int, admin_port: int) -> list[tuple[str, int, str]]:
-    """(url, expected status, what it shows): the banner's curl commands and the smoke test."""
+RATE_LIMIT = 5   # examples/demo/gateway.config.yml: rate-limit max per minute
+
+
+def create_demo_key(admin_port: int) -> str:
+    """A demo user and its key-auth credential, made through the Admin API: 'id:secret'."""
+    admin = f"http://127.0.0.1:{admin_port}"
+    status, body = fetch(f"{admin}/users", body={
+        "username": "demo", "firstname": "Demo", "lastname": "User"})
+    if status not in (200, 201, 409):     # 409: kept from an earlier run of the same folder
+        raise DemoError(f"creating the demo user failed: {status} {body}")
+    status, body = fetch(f"{admin}/credentials", body={
+        "consumerId": "demo", "type": "key-auth", "credential": {}})
+    if status not in (200, 201):
+        raise DemoError(f"creating the demo API key failed: {status} {body}")
+    created = json.loads(body)
+    return f"{created['keyId']}:{created['keySecret']}"
+
+
+def routes(host: str, http_port: int, admin_port: int,
+           key: str) -> list[tuple[str, int, str, dict[str, str]]]:
+    """(url, expected status, what it shows, headers): the banner's curl commands and smoke."""
     gw = f"http://{host}:{http_port}"
+    auth = {"Authorization": f"apiKey {key}"}
     return [
-        (f"{gw}/users/1", 200, "one user, from the users service"),
-        (f"{gw}/invoices/1", 200, "one invoice, from the invoices service"),
-        (f"{gw}/users", 200, "all users"),
-        (f"{gw}/users/42", 404, "the users service's own JSON 404, passed through"),
-        (f"{gw}/nope", 404, "no apiEndpoint matches: the gateway's 404"),
-        (f"http://{host}:{admin_port}/metrics", 200, "Prometheus metrics (admin API)"),
+        (f"{gw}/users/1", 200, "one user, from the users service", {}),
+        (f"{gw}/users", 200, "all users", {}),
+        (f"{gw}/users/42", 404, "the users service's own JSON 404, passed through", {}),
+        (f"{gw}/nope", 404, "no apiEndpoint matches: the gateway's 404", {}),
+        (f"{gw}/invoices/1", 401, "invoices need an API key", {}),
+        (f"{gw}/invoices/1", 200, "one invoice, with the demo key", auth),
+        (f"http://{host}:{admin_port}/metrics", 200, "Prometheus metrics (admin API)", {}),
     ]
 
 
-def smoke(http_port: int, admin_port: int) -> int:
+def smoke(http_port: int, admin_port: int, key: str) -> int:
     failed = 0
-    for url, expected, _ in routes("127.0.0.1", http_port, admin_port):
-        status, body = fetch(url)
-        failed += status != expected
-        verdict = "ok  " if status == expected else "FAIL"
-        first_line = body.strip().splitlines()[0][:80] if body.strip() else ""
-        print(f"demo: {verdict} {status} (want {expected}) GET {url}  {first_line}", flush=True)
+    for url, expected, _, headers in routes("127.0.0.1", http_port, admin_port, key):
+        failed += not check(url, expected, headers)
+    # The key already made one call this minute: the limit is reached, then 429.
+    url = f"http://127.0.0.1:{http_port}/invoices/2"
+    auth = {"Authorization": f"apiKey {key}"}
+    for _ in range(RATE_LIMIT - 1):
+        failed += not check(url, 200, auth)
+    failed += not check(url, 429, auth)
     print(f"demo: smoke test {'FAILED' if failed else 'passed'}", flush=True)
     return 1 if failed else 0
 
 
-def banner(users: Child, invoices: Child, http_port: int, admin_port: int) -> str:
+def check(url: str, expected: int, headers: dict[str, str]) -> bool:
+    status, body = fetch(url, headers=headers)
+    verdict = "ok  " if status == expected else "FAIL"
+    first_line = body.strip().splitlines()[0][:70] if body.strip() else ""
+    keyed = " (with key)" if headers else ""
+    print(f"demo: {verdict} {status} (want {expected}) GET {url}{keyed}  {first_line}",
+          flush=True)
+    return status == expected
+
+
+def banner(users: Child, invoices: Child, http_port: int, admin_port: int, key: str) -> str:
     lines = [
         "",
         f"meshgate demo is up: gateway on :{http_port}, admin API on :{admin_port}",
         f"  users service on :{users.port}, invoices service on :{invoices.port}",
+        f"  demo user 'demo' with API key {key}",
         "",
         "Try:",
     ]
-    for url, _, note in routes("localhost", http_port, admin_port):
+    for url, expected, note, headers in routes("localhost", http_port, admin_port, key):
         flag = "" if url.endswith("/metrics") else "-i "
-        command = f"curl {flag}{url}"
-        lines.append(f"  {command:<44} # {note}")
-    lines += ["", "Ctrl-C stops everything.", ""]
+        auth = "".join(f"-H '{k}: {v}' " for k, v in headers.items())
+        lines.append(f"  curl {flag}{auth}{url}")
+        lines.append(f"      # {expected}: {note}")
+    loop = (f"for i in $(seq {RATE_LIMIT + 1}); do curl -s -o /dev/null -w '%{{http_code}}\\n' "
+            f"-H 'Authorization: apiKey {key}' http://localhost:{http_port}/invoices/1; done")
+    lines += [f"  {loop}",
+              f"      # 200 until the key has made {RATE_LIMIT} calls this minute, then 429",
+              "", "Ctrl-C stops everything.", ""]
     return "\n".join(lines)
 
 
@@ -170,15 +219,17 @@ def run(args: argparse.Namespace, children: list[Child]) -> int:
         "INVOICES_PORT": str(invoices.port),
         "MESHGATE_HTTP_PORT": str(args.http_port),
         "MESHGATE_ADMIN_PORT": str(admin_port),
+        "MESHGATE_DATA_DIR": args.data_dir,
         "PYTHONUNBUFFERED": "1",
     }
     gateway = Child("gateway", [str(meshgate), "run", "examples/demo"], env)
     children.append(gateway)
     wait_ready(gateway, admin_port)
+    key = create_demo_key(admin_port)
 
     if args.smoke:
-        return smoke(args.http_port, admin_port)
-    print(banner(users, invoices, args.http_port, admin_port), flush=True)
+        return smoke(args.http_port, admin_port, key)
+    print(banner(users, invoices, args.http_port, admin_port, key), flush=True)
     while all(child.proc.poll() is None for child in children):
         time.sleep(0.5)
     dead = next(child for child in children if child.proc.poll() is not None)
@@ -192,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--smoke", action="store_true", help="try the routes, then exit 0/1")
     args = parser.parse_args(argv)
+    args.data_dir = tempfile.mkdtemp(prefix="meshgate-demo-")   # the demo's consumers
 
     for signum in (signal.SIGINT, signal.SIGTERM):  # both stop the demo like Ctrl-C does
         signal.signal(signum, signal.default_int_handler)
@@ -210,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             child.stop()
         for child in reversed(children):
             child.reap()
+        shutil.rmtree(args.data_dir, ignore_errors=True)
         if children:
             print("demo: stopped", flush=True)
 
