@@ -49,9 +49,13 @@ def parse(output: str) -> WrkResult:
     )
 
 
-def run_wrk(url: str, threads: int, connections: int, duration: float) -> WrkResult:
+def run_wrk(url: str, threads: int, connections: int, duration: float,
+            headers: dict[str, str] | None = None) -> WrkResult:
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s",
-            "--latency", url]
+            "--latency"]
+    for name, value in (headers or {}).items():
+        argv += ["-H", f"{name}: {value}"]
+    argv.append(url)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60,
                           check=False)
     if done.returncode != 0:

@@ -29,12 +29,12 @@ class TargetError(Exception):
     pass
 
 
-def _get(url: str) -> tuple[int, str]:
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
     host_port, _, path = url.removeprefix("http://").partition("/")
     host, _, port = host_port.partition(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=2)
     try:
-        conn.request("GET", "/" + path)
+        conn.request("GET", "/" + path, headers=headers or {})
         resp = conn.getresponse()
         return resp.status, resp.read().decode(errors="replace")
     finally:
@@ -58,8 +58,11 @@ def wait_ready(proc: subprocess.Popen[bytes], target: targets.Target, token: str
             if not admin_ok and target.admin_url:
                 status, body = _get(target.admin_url)
                 admin_ok, last = status == 200, f"admin /ready: {status} {body[:100]!r}"
+            if admin_ok and target.setup is not None:
+                target.setup(target)        # e.g. create the consumer whose key wrk sends
+                target.setup = None
             if admin_ok:
-                status, body = _get(target.url)
+                status, body = _get(target.url, target.headers)
                 if status == 200 and token in body:
                     return
                 last = f"GET {targets.PATH}: {status} {body[:100]!r}"
@@ -85,7 +88,8 @@ def _one_run(group: procs.ProcGroup, proc: subprocess.Popen[bytes], target: targ
     ours = pids + group.tree(backend)
     before, ours_before = procs.cpu_ticks(pids), procs.cpu_ticks(ours)
     busy, own = procs.system_busy_seconds(), procs.own_cpu_seconds()
-    res = loadgen.run_wrk(target.url, load.threads, load.connections, load.duration)
+    res = loadgen.run_wrk(target.url, load.threads, load.connections, load.duration,
+                          target.headers)
     busy, own = procs.system_busy_seconds() - busy, procs.own_cpu_seconds() - own
     pids = sorted(set(pids) | set(group.tree(proc)))
     cpu = procs.cpu_seconds_between(before, procs.cpu_ticks(pids))
@@ -105,7 +109,7 @@ def _one_run(group: procs.ProcGroup, proc: subprocess.Popen[bytes], target: targ
 def measure(group: procs.ProcGroup, proc: subprocess.Popen[bytes], target: targets.Target,
             backend: subprocess.Popen[bytes], load: Load) -> report.Result:
     """Warm up, then measure; on a busy machine measure again, keeping the quietest run."""
-    loadgen.run_wrk(target.url, load.threads, load.connections, load.warmup)
+    loadgen.run_wrk(target.url, load.threads, load.connections, load.warmup, target.headers)
     best: report.Result | None = None
     for attempt in range(1 + load.retries):
         result = _one_run(group, proc, target, backend, load)

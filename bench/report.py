@@ -53,6 +53,10 @@ def ratios(results: dict[str, Result]) -> dict[str, str]:
         "meshgate / Express Gateway, req/s": _ratio(results, "meshgate", "eg", "rps"),
         "meshgate 10k endpoints / meshgate, req/s": _ratio(results, "meshgate-10k", "meshgate",
                                                           "rps"),
+        "key-auth + rate-limit / bare proxy, req/s": _ratio(results, "meshgate-auth",
+                                                           "meshgate", "rps"),
+        "key-auth + Redis rate-limit / bare proxy, req/s": _ratio(
+            results, "meshgate-auth-redis", "meshgate", "rps"),
     }
 
 

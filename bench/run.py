@@ -29,7 +29,8 @@ import targets
 import tools
 
 WORK = targets.HERE / ".work"
-ORDER = ["backend", "meshgate", "nginx", "haproxy", "eg", "meshgate-10k"]
+ORDER = ["backend", "meshgate", "nginx", "haproxy", "eg", "meshgate-10k", "meshgate-auth",
+         "meshgate-auth-redis"]
 
 
 def _meshgate_missing() -> str:
@@ -48,6 +49,8 @@ def _plan(key: str, have: dict[str, bool], eg_ok: bool, backend_port: int,
         missing = _meshgate_missing()
         if missing:
             return f"`meshgate --help` fails ({missing})"
+        if key.startswith("meshgate-auth"):
+            return targets.meshgate_auth(WORK, backend_port, redis=key.endswith("redis"))
         return targets.meshgate(WORK, backend_port, 1 if key == "meshgate" else endpoints)
     if key == "nginx":
         return targets.nginx_proxy(WORK, backend_port)
@@ -74,7 +77,9 @@ def run(args: argparse.Namespace, group: procs.ProcGroup) -> int:
     results: list[report.Result] = []
     labels = {"backend": backend.label, "meshgate": "meshgate", "nginx": "nginx proxy",
               "haproxy": "HAProxy", "eg": "Express Gateway",
-              "meshgate-10k": f"meshgate, {args.endpoints:,} apiEndpoints"}
+              "meshgate-10k": f"meshgate, {args.endpoints:,} apiEndpoints",
+              "meshgate-auth": "meshgate, key-auth + rate-limit",
+              "meshgate-auth-redis": "meshgate, key-auth + rate-limit (Redis)"}
     for key in (k for k in ORDER if k in args.targets):
         print(f"== {labels[key]}", flush=True)
         plan = backend if key == "backend" else _plan(key, have, eg_ok, backend.port,

@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ class Target:
     cwd: Path | None = None
     ready_timeout: float = 30.0
     admin_url: str | None = None  # must answer 200 before the proxied path is tried
+    headers: dict[str, str] | None = None  # sent with every request (wrk -H)
+    setup: Callable[[Target], None] | None = None  # once the admin API answers
 
     @property
     def url(self) -> str:
@@ -124,6 +127,52 @@ def meshgate(work: Path, backend_port: int, endpoints: int = 1) -> Target:
     argv = [str(meshgate_bin()), "run", str(config_dir), "--workers", "1"]
     return Target(key, label, argv, port, ready_timeout=120.0,
                   admin_url=f"http://127.0.0.1:{admin}/ready")
+
+
+def meshgate_auth(work: Path, backend_port: int, redis: bool) -> Target:
+    """The bare config behind key-auth and a rate limit that never trips.
+
+    The consumer store is SQLite, or Redis (with Redis-shared limits) when
+    ``redis``; the limit (1e9 a minute) is high so every request is counted
+    and admitted, which is what the benchmark should cost.
+    """
+    key = "meshgate-auth-redis" if redis else "meshgate-auth"
+    label = ("meshgate, key-auth + rate-limit (Redis)" if redis
+             else "meshgate, key-auth + rate-limit")
+    port, admin = free_port(), free_port()
+    config_dir = work / key
+    shutil.rmtree(config_dir, ignore_errors=True)
+    config = gateway_config(port, admin, backend_port)
+    config["policies"] = ["key-auth", "rate-limit", "proxy"]
+    limit: dict[str, Any] = {"max": 1_000_000_000, "windowMs": 60000}
+    for pipeline in config["pipelines"].values():
+        pipeline["policies"] = [{"key-auth": None}, {"rate-limit": [{"action": limit}]},
+                                *pipeline["policies"]]
+    _dump(config_dir / "gateway.config.yml", config)
+    system: dict[str, Any] = {"db": {"redis": {"emulate": True}}}
+    if redis:
+        system = {"db": {"redis": {"host": "127.0.0.1", "port": 6379,
+                                   "namespace": f"meshgate-bench-{os.getpid()}"}}}
+    _dump(config_dir / "system.config.yml", system)
+    argv = [str(meshgate_bin()), "run", str(config_dir), "--workers", "1"]
+    env = dict(os.environ, MESHGATE_DATA_DIR=str(config_dir / "data"))
+    admin_url = f"http://127.0.0.1:{admin}"
+    return Target(key, label, argv, port, env=env, ready_timeout=60.0,
+                  admin_url=f"{admin_url}/ready", setup=lambda t: _create_key(t, admin_url))
+
+
+def _create_key(target: Target, admin_url: str) -> None:
+    """A user and a key-auth credential through the Admin API; wrk sends the key."""
+    import httpx
+
+    user = httpx.post(f"{admin_url}/users", json={
+        "username": "bench", "firstname": "Bench", "lastname": "Mark"}, timeout=10)
+    user.raise_for_status()
+    cred = httpx.post(f"{admin_url}/credentials", json={
+        "consumerId": "bench", "type": "key-auth", "credential": {}}, timeout=10)
+    cred.raise_for_status()
+    body = cred.json()
+    target.headers = {"Authorization": f"apiKey {body['keyId']}:{body['keySecret']}"}
 
 
 def express_gateway(work: Path, eg_prefix: Path, backend_port: int) -> Target:
