@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.gateway import Gateway, proxy_config, wait_until
+from tests.support.gateway import MESHGATE, Gateway, proxy_config, wait_until
 
 
 # -- helpers -------------------------------------------------------------------
@@ -190,6 +191,22 @@ def test_stop_with_no_traffic_exits_0_quickly(backend, gateway_factory, sig) -> 
     assert time.monotonic() - started < 3
     wait_until(lambda: not any(alive(pid) for pid in pids), timeout=5)
     assert refused(gw.port)
+
+
+def test_sigterm_while_workers_start_exits_0(backend, tmp_path) -> None:
+    # The master listens on the admin port before its workers are ready; a
+    # SIGTERM in that window must still drain and exit 0, not hang.
+    gw = Gateway(tmp_path, proxy_config(backend.url), workers=2, start=False)
+    gw.process = subprocess.Popen(
+        [*MESHGATE, "run", str(tmp_path), "--workers", "2"], env=gw.env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        admin_port = int(gw.config["admin"]["port"])
+        wait_until(lambda: not refused(admin_port), timeout=15, interval=0.005)
+        gw.process.send_signal(signal.SIGTERM)
+        assert gw.process.wait(10) == 0
+    finally:
+        gw.stop()
 
 
 def test_idle_keep_alive_connection_does_not_hold_up_shutdown(backend, gateway_factory) -> None:

@@ -96,6 +96,8 @@ class Master:
         # the running config, not the file: it may have been broken since
         handle.channel.send({"op": "config", "config": encode_config(self.config)})
         self.workers[index] = handle
+        if self.stopping:               # a stop arrived while this one was starting
+            process.send_signal(signal.SIGTERM)
         asyncio.get_running_loop().create_task(self._listen(handle))
         asyncio.get_running_loop().create_task(self._watch_exit(handle))
         return handle
@@ -223,9 +225,16 @@ class Master:
             admin = admin_server(app, admin_cfg.host, admin_cfg.port)
             admin_task = loop.create_task(admin.serve(sockets=[sock]))
         for i in range(self.count):
+            if self.stopping:
+                break
             await self._spawn(i)
         try:
-            await self.started
+            # A stop request while workers start ends the wait too (no hang on
+            # an early SIGTERM); the drain below then handles both cases.
+            await asyncio.wait([self.started, loop.create_task(self.stop_requested.wait())],
+                               return_when=asyncio.FIRST_COMPLETED)
+            if self.started.done():
+                self.started.result()
         except RuntimeError as exc:
             log.error("could not start: %s", exc)
             self.stop()
@@ -237,10 +246,11 @@ class Master:
             self.stop()
             await self._wait_workers()
             return 1
-        self._announce()
-        watcher = loop.create_task(self._watch_config())
-        await self.stop_requested.wait()
-        watcher.cancel()
+        if not self.stopping:
+            self._announce()
+            watcher = loop.create_task(self._watch_config())
+            await self.stop_requested.wait()
+            watcher.cancel()
         await self._wait_workers()
         await _stop_admin(admin, admin_task)
         if self.store is not None:
