@@ -86,6 +86,13 @@ def _filter(block: bytes) -> tuple[bytes, int | None, bool]:
     return _cut_lines(block, low, cut), length, chunked
 
 
+def remove_lines(block: bytes, names: frozenset[bytes] | set[bytes]) -> bytes:
+    """``block`` without the lines whose (lower-case) name is in ``names``."""
+    low = b"\n" + block.lower()
+    present = [name for name in names if b"\n" + name + b":" in low]
+    return _cut_lines(block, low, present) if present else block
+
+
 def _cut_lines(block: bytes, low: bytes, names: list[bytes]) -> bytes:
     spans = []
     for name in set(names):

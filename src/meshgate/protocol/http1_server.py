@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from meshgate.protocol.exchange import Exchange, Headers, ResponseSource
+from meshgate.protocol.hop import remove_lines
 from meshgate.protocol.status import reason
 
 if TYPE_CHECKING:
@@ -51,13 +52,13 @@ class _HeadTooLarge(Exception):
 
 class H1Server(asyncio.Protocol):
     __slots__ = (
+        "_bad_head",
         "_body_expected",
         "_chunked",
+        "_clock",
         "_closing",
         "_current",
         "_expect",
-        "_bad_head",
-        "_clock",
         "_head_bytes",
         "_headers",
         "_host",
@@ -509,11 +510,7 @@ def _host_only(host: bytes) -> bytes:
     return (host if colon < 0 else host[:colon]).lower()
 
 
-def remove_block_lines(block: bytes, names: frozenset[bytes] | set[bytes]) -> bytes:
-    """``block`` (CRLF-ended ``Name: value`` lines) without the lines named in ``names``."""
-    kept = [line for line in block.split(b"\r\n")
-            if line and line.split(b":", 1)[0].strip().lower() not in names]
-    return b"".join([line + b"\r\n" for line in kept])
+remove_block_lines = remove_lines      # the name response_transformer imports
 
 
 def _merge_extra(block: bytes, extra: Headers) -> bytes:
