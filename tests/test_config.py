@@ -548,11 +548,12 @@ def test_unknown_policy(tmp_path: Path) -> None:
           apiEndpoints: [api]
           policies:
             - log:
-            - key-auth:
+            - no-such-policy:
         """)
     err = fail(tmp_path)
-    assert (err.field, err.line) == ("pipelines.p.policies[1].key-auth", line_of(path, "key-auth"))
-    assert err.message.startswith("unknown policy 'key-auth'; known: ")
+    assert (err.field, err.line) == ("pipelines.p.policies[1].no-such-policy",
+                                     line_of(path, "no-such-policy"))
+    assert err.message.startswith("unknown policy 'no-such-policy'; known: ")
     assert "proxy" in err.message
 
 

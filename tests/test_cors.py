@@ -11,6 +11,7 @@ import httpx
 import pytest
 import yaml
 
+from meshgate.policies import POLICIES
 from meshgate.protocol.http1_server import _merge_extra, remove_block_lines
 from tests.conftest import Backend
 from tests.support.gateway import Gateway
@@ -81,6 +82,25 @@ def test_preflight_is_answered_before_an_auth_policy_can_reject_it(gw: Gateway) 
     assert r.headers["access-control-expose-headers"] == "X-Request-Id,X-Total"
     assert "access-control-allow-methods" not in r.headers      # preflight only
     assert "access-control-max-age" not in r.headers
+
+
+def test_preflight_passes_a_real_key_auth(backend: Backend, gateway_factory: Any) -> None:
+    if POLICIES.get("key-auth") is None:
+        pytest.skip("key-auth is not available")
+    config = cors_config(backend.url)
+    config["policies"].append("key-auth")
+    config["pipelines"]["strict"]["policies"][1] = {"key-auth": None}
+    config["pipelines"]["strict"]["policies"].append(
+        {"proxy": [{"action": {"serviceEndpoint": "backend"}}]})
+    gw = gateway_factory(config)
+    origin = {"origin": "https://app.example.com"}
+    r = call(gw, "OPTIONS", "strict.test", headers={**origin,
+                                                    "access-control-request-method": "GET"})
+    assert r.status_code == 204
+    assert r.headers["access-control-allow-origin"] == "https://app.example.com"
+    r = call(gw, "GET", "strict.test", headers=origin)
+    assert r.status_code == 401
+    assert r.headers["access-control-allow-origin"] == "https://app.example.com"
 
 
 def test_origin_lists_and_regex_entries(gw: Gateway) -> None:

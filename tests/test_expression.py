@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +203,39 @@ def test_the_policy_creates_no_coroutine() -> None:
     action = spec.build(spec.params.model_validate({"expression": "request.method == 'GET'"}),
                         None)  # type: ignore[arg-type]
     assert action(exchange()) is None
+
+
+def test_consumer_of_a_real_key_auth(backend: Backend, gateway_factory: Any) -> None:
+    """key-auth fills ex.vars["consumer"]; anonymous/authenticated and CEL read it."""
+    if POLICIES.get("key-auth") is None:
+        pytest.skip("key-auth is not available")
+    name = f"ann-{uuid.uuid4().hex[:8]}"
+    config = expression_config(backend.url)
+    config["policies"].append("key-auth")
+    config["pipelines"]["guard"]["policies"] = [
+        {"key-auth": [{"action": {"passThrough": True}}]},
+        {"terminate": [{"condition": {"name": "anonymous"},
+                        "action": {"statusCode": 418, "message": "anonymous"}}]},
+        {"expression": [{"condition": {"name": "authenticated"}, "action": {
+            "expression": f'consumer.name == "{name}" && consumer.type == "user" '
+                          '&& consumer.id != null'}}]},
+        {"proxy": [{"action": {"serviceEndpoint": "backend"}}]}]
+    gw = gateway_factory(config)
+    admin = httpx.Client(base_url=gw.admin_url, timeout=30)
+
+    def key_for(username: str) -> str:
+        user = admin.post("/users", json={"username": username, "firstname": "A",
+                                          "lastname": "B"}).json()
+        cred = admin.post("/credentials", json={"consumerId": user["id"], "type": "key-auth",
+                                                "credential": {}}).json()
+        return f"apiKey {cred['keyId']}:{cred['keySecret']}"
+
+    def send(authorization: str | None) -> httpx.Response:
+        headers = {"host": "guard.test"}
+        if authorization:
+            headers["authorization"] = authorization
+        return httpx.get(gw.url + "/name", headers=headers, timeout=5)
+
+    assert send(None).status_code == 418
+    assert send(key_for(name)).text == "backend"
+    assert send(key_for(f"bob-{uuid.uuid4().hex[:8]}")).status_code == 403

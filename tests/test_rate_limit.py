@@ -214,10 +214,11 @@ def test_store_redis_param_without_system_redis(backend: Backend, gateway_factor
         client.close()
 
 
-def test_redis_down_lets_requests_through(backend: Backend, gateway_factory: Any) -> None:
-    gw = gateway_factory(limited(backend.url, max=1),
+def test_redis_down_falls_back_to_local_counters(backend: Backend,
+                                                 gateway_factory: Any) -> None:
+    gw = gateway_factory(limited(backend.url, max=2),
                          system=redis_system("unused", port=free_port()))
-    assert [get(gw).status_code for _ in range(3)] == [200, 200, 200]
+    assert [get(gw).status_code for _ in range(4)] == [200, 200, 429, 429]
     assert "Redis unavailable" in gw.log()
 
 

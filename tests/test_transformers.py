@@ -250,6 +250,7 @@ def test_local_answers_get_the_header_rules(gw: Gateway) -> None:
     ({"headers": {"remove": ["Content-Length"]}}, "managed by meshgate"),
     ({"body": {"add": {"a": "req.nothing"}}}, "unsupported expression"),
     ({"body": {"add": {"a": "${req.nothing}"}}}, "unsupported template expression"),
+    ({"headers": {"add": {"x": "'a' + req.ip"}}}, "looks like a JavaScript expression"),
 ])
 def test_invalid_rules_are_config_errors(tmp_path: Path, action: dict[str, Any],
                                          message: str) -> None:

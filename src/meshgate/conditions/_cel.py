@@ -157,8 +157,10 @@ def _dependencies(tree: lark.Tree) -> frozenset[Dep]:
     _walk(tree, deps, idents, bound)
     for name, token in idents.items():
         if name not in _ROOTS and name not in bound and name not in _TYPE_NAMES:
+            hint = (" (expressions are CEL, not JavaScript: request.url, "
+                    "request.headers[\"x-name\"], ...)" if name in ("req", "egContext") else "")
             raise ValueError(f"unknown variable {name!r}{_at(token)}; "
-                             f"expressions can use {', '.join(_ROOTS)}")
+                             f"expressions can use {', '.join(_ROOTS)}{hint}")
     if ("request", None) in deps:
         deps.discard(("request", None))
         deps.update(("request", f) for f in REQUEST_FIELDS if f not in ("headers", "query"))

@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 ``shared_redis(ctx)`` returns one ``redis.asyncio`` client per worker process
 (kept in ``ctx.services``, so it outlives config reloads) for the
-``db.redis`` section of system.config.yml: host, port, password, db, TLS
-files, or ``sentinels`` + ``name`` for a Sentinel-managed master. With no
+``db.redis`` section of system.config.yml: host, port, username, password,
+db, TLS files, or ``sentinels`` + ``name`` for a Sentinel-managed master,
+with 1 s socket timeouts (the consumer store keeps its own client). With no
 ``db.redis`` section (a policy asked for Redis explicitly) the defaults --
 localhost:6379, db 0 -- apply. The client connects on its first command, in
 the worker's event loop.
@@ -13,6 +14,7 @@ the worker's event loop.
 
 from __future__ import annotations
 
+import ssl
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -42,11 +44,16 @@ def shared_redis(ctx: BuildContext) -> Any:
 def _connect(config: RedisConfig) -> Any:
     import redis.asyncio as aioredis
 
+    extra = config.model_extra or {}
+    # Short timeouts: a policy waiting on Redis holds a client request.
     options: dict[str, Any] = {"db": config.db, "password": config.password,
-                               "socket_connect_timeout": 2, "socket_timeout": 2}
-    if config.tls is not None:
-        options.update(ssl=True, ssl_keyfile=config.tls.keyFile,
-                       ssl_certfile=config.tls.certFile, ssl_ca_certs=config.tls.caFile)
+                               "username": extra.get("username"),
+                               "socket_connect_timeout": 1, "socket_timeout": 1}
+    tls = config.tls
+    if tls is not None:
+        options.update(ssl=True, ssl_keyfile=tls.keyFile, ssl_certfile=tls.certFile,
+                       ssl_ca_certs=tls.caFile,
+                       ssl_cert_reqs=ssl.CERT_REQUIRED if tls.caFile else ssl.CERT_NONE)
     if config.sentinels:
         from redis.asyncio.sentinel import Sentinel
 

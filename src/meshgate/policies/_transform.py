@@ -17,7 +17,9 @@ once, at load time:
   ``consumer.id``, ...) is evaluated per request, as is a backquoted or plain
   string holding ``${...}`` templates (``"v-${req.headers.x}"``);
 * any other string, number or boolean is a constant (numbers and booleans
-  keep their JSON type in bodies).
+  keep their JSON type in bodies) -- except JavaScript that does more than
+  quote a constant (``"'a' + req.ip"``), which is a config error rather than
+  a surprising constant.
 
 Bodies: only JSON (``application/json``, ``*/*+json``) and, on requests,
 form (``application/x-www-form-urlencoded``) bodies are rewritten, and only
@@ -97,6 +99,10 @@ def compile_value(raw: Value) -> Render:
         return lambda ex: constant
     if len(text) >= 2 and text[0] == text[-1] == "`":
         return compile_template(text[1:-1])
+    if text[:1] in ("'", '"'):
+        raise ValueError(f"{raw!r} looks like a JavaScript expression; meshgate takes a quoted "
+                         "constant, an expression such as req.headers.NAME, or a string "
+                         "with ${...} templates")
     if _EG_EXPRESSION.match(text):
         try:
             return compile_expression(text)

@@ -31,9 +31,10 @@ limit between pipelines, or to keep counts when steps are reordered.
 Hot path: the local mode is a dict update and no coroutine. The Redis mode
 awaits one script call; a key the fixed window has refused is remembered
 until its window ends, so a client hammering past its limit is refused
-without further Redis trips. If Redis fails, requests are let through (and
-a warning logged at most every 10 s): an outage of the limiter does not
-become an outage of the API.
+without further Redis trips. If Redis fails (1 s socket timeouts), each
+process falls back to its local counters and tries Redis again a second
+later, logging a warning at most every 10 s: an outage of the limiter is
+neither an outage of the API nor an open door.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("meshgate.rate_limit")
 DEFAULT_MESSAGE = "Too many requests, please try again later."
 _BLOCKED_MAX = 10000
+REDIS_RETRY = 1.0          # seconds on local counters after a Redis failure
 
 
 class RateLimitParams(ParamsModel):
@@ -118,17 +120,19 @@ class RateLimit:
         prefix = params.keyPrefix or f"{ctx.pipeline}:{_rank(ctx)}"
         use_redis = params.store == "redis" or (
             params.store is None and bool(getattr(ctx.system, "uses_redis", False)))
+        kind = LocalSlidingWindow if sliding else LocalFixedWindow
+        counter: LocalFixedWindow | LocalSlidingWindow = ctx.services.get(
+            f"rate-limit:{prefix}:{params.windowMs}:{kind.__name__}", lambda: kind(window))
+        self.local: LocalFixedWindow | LocalSlidingWindow | None = counter
+        self.fallback = counter             # counts while Redis is unreachable
         self.redis: RedisCounter | None = None
-        self.local: LocalFixedWindow | LocalSlidingWindow | None = None
+        self.redis_down_until = 0.0
         self.blocked: dict[str, float] | None = None
         if use_redis:
+            self.local = None
             self.redis = RedisCounter(shared_redis(ctx), f"{namespace(ctx)}:rate-limit:{prefix}",
                                       window, sliding)
             self.blocked = {} if not sliding else None
-        else:
-            kind = LocalSlidingWindow if sliding else LocalFixedWindow
-            self.local = ctx.services.get(f"rate-limit:{prefix}:{params.windowMs}:{kind.__name__}",
-                                          lambda: kind(window))
 
     def __call__(self, ex: Exchange) -> bool | Awaitable[bool | None] | None:
         if self.max <= 0:
@@ -138,6 +142,11 @@ class RateLimit:
         if local is not None:
             count, reset = local.hit(key, self.max)
             return self._decide(ex, count, reset)
+        if self.redis_down_until:
+            if time.monotonic() < self.redis_down_until:
+                count, reset = self.fallback.hit(key, self.max)
+                return self._decide(ex, count, reset)
+            self.redis_down_until = 0.0
         blocked = self.blocked
         if blocked is not None:
             until = blocked.get(key)
@@ -153,9 +162,11 @@ class RateLimit:
         assert self.redis is not None
         try:
             count, reset = await self.redis.hit(key, self.max)
-        except Exception as exc:         # fail open: the limiter is not the API
+        except Exception as exc:
+            # Redis is out: count in this process meanwhile, and try it again later.
             _warn(exc)
-            return None
+            self.redis_down_until = time.monotonic() + REDIS_RETRY
+            count, reset = self.fallback.hit(key, self.max)
         if count > self.max and self.blocked is not None and reset > 0:
             self._remember(key, reset)
         outcome = self._decide(ex, count, reset)
@@ -228,7 +239,8 @@ def _warn(exc: Exception) -> None:
     now = time.monotonic()
     if now - _last_warning >= 10.0:
         _last_warning = now
-        log.warning("rate-limit: Redis unavailable, letting requests through: %s", exc)
+        log.warning("rate-limit: Redis unavailable, counting in each process until it is "
+                    "back: %s", exc)
 
 
 POLICIES.add(PolicySpec("rate-limit", RateLimitParams, RateLimit,
