@@ -120,7 +120,7 @@ def _routes(cfg: LoadedConfig, pipelines: dict[str, CompiledPipeline]) -> list[R
         for entry in entries:
             host_key = entry.hostRegex or entry.host or "*"
             groups.setdefault(host_key, []).append((endpoint, entry))
-    routes: list[Route] = []
+    routes = _policy_routes(pipelines)
     for group in groups.values():
         for endpoint, entry in group:
             compiled = served.get(endpoint)
@@ -137,6 +137,28 @@ def _routes(cfg: LoadedConfig, pipelines: dict[str, CompiledPipeline]) -> list[R
                     path_regex=_compile_regex(entry.pathRegex),
                     host_regex=_compile_regex(entry.hostRegex),
                     metric_key=(endpoint, compiled.name)))
+    return routes
+
+
+def _policy_routes(pipelines: dict[str, CompiledPipeline]) -> list[Route]:
+    """Routes a policy serves on every host, ahead of the apiEndpoints.
+
+    An action may list ``gateway_routes``: ``[(express path, action)]`` -- the
+    oauth2 policy's ``/oauth2/*`` authorization server, which Express Gateway
+    mounted on the gateway itself. The first pipeline to offer a path wins.
+    """
+    routes: list[Route] = []
+    seen: set[str] = set()
+    for pipeline in pipelines.values():
+        for step in pipeline.steps:
+            for path, action in getattr(step.action, "gateway_routes", ()):
+                if path in seen:
+                    continue
+                seen.add(path)
+                served = CompiledPipeline(pipeline.name, (Step(step.policy, None, action),))
+                routes.append(Route(order=len(routes), endpoint=step.policy, pipeline=served,
+                                    host="*", path=path, methods=None,
+                                    metric_key=(step.policy, pipeline.name)))
     return routes
 
 

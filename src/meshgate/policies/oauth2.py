@@ -6,11 +6,11 @@ One policy, two jobs, as in EG:
 
 * **Authorization server.** ``POST /oauth2/token`` and ``GET
   /oauth2/authorize`` are answered by the policy itself (see
-  ``_oauth2_server``). EG mounted them on the gateway for every host as soon
-  as ``oauth2`` was in the ``policies`` list; in meshgate they are answered
-  wherever a pipeline with the oauth2 policy sees them, so the apiEndpoint
-  of that pipeline must match ``/oauth2/*`` (e.g. add ``/oauth2/*`` to its
-  ``paths``).
+  ``_oauth2_server``). As in EG they are served on every host, ahead of the
+  apiEndpoints: the policy offers ``/oauth2/*`` as a ``gateway_routes``
+  entry, which the Snapshot turns into a route (the first oauth2 step of
+  the config serves it). A pipeline whose own apiEndpoint matches
+  ``/oauth2/*`` answers them too.
 * **Protection.** Any other request must carry ``Authorization: Bearer
   <token>`` (or ``?access_token=``). With opaque tokens
   (``accessTokens.tokenType: opaque``, the default) the token must be a
@@ -81,6 +81,7 @@ class OAuth2:
                          strip=b"authorization")
         minter = Minter(ctx, self.store)
         self.server = AuthorizationServer(self.store, minter, self.gate)
+        self.gateway_routes = [("/oauth2/*", self.server.route)]
         self.memo = Memo()
         self.jwt: JwtAuth | None = None
         if minter.jwt:
