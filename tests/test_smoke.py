@@ -12,4 +12,5 @@ def test_proxies_and_counts(backend, gateway_factory) -> None:
     r = httpx.get(gw.url + "/hello")
     assert r.status_code == 200
     assert r.text == "ok backend\n"
-    assert 'api_endpoint="api",code="200",pipeline="main",service_endpoint="backend"' in gw.metrics()
+    labels = 'api_endpoint="api",code="200",pipeline="main",service_endpoint="backend"'
+    assert labels in gw.metrics()

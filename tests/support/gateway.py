@@ -129,7 +129,7 @@ def proxy_config(upstream: str | list[str], *, policies: list[Any] | None = None
     svc: dict[str, Any] = {"url": upstream} if isinstance(upstream, str) else {"urls": upstream}
     svc.update(service or {})
     action = {"serviceEndpoint": "backend", **(proxy_action or {})}
-    steps = list(policies or []) + [{"proxy": [{"action": action}]}]
+    steps = [*(policies or []), {"proxy": [{"action": action}]}]
     names = sorted({next(iter(p)) for p in steps})
     return {
         "apiEndpoints": {"api": endpoint or {"host": "*", "paths": ["/*"]}},

@@ -8,7 +8,8 @@ use: ``req.method``, ``req.url`` / ``req.originalUrl``, ``req.path``,
 ``req.headers.NAME`` / ``req.headers['NAME']``, ``req.query.NAME``,
 ``consumer.id`` / ``consumer.name`` and ``apiEndpoint.name`` /
 ``pipeline.name`` (written with a dot so that config loading does not take
-them for environment variables). Anything else is a config error, reported when the config is loaded.
+them for environment variables). Anything else is a config error, reported
+when the config is loaded.
 """
 
 from __future__ import annotations

@@ -116,10 +116,7 @@ class Proxy:
         if tokens is not None:
             lines = _drop_connection_listed(lines, tokens)
             append = lines.append
-        if self.change_origin or host is None:
-            host_line = ep.authority
-        else:
-            host_line = host
+        host_line = ep.authority if self.change_origin or host is None else host
         if self.xfwd:
             client = ex.client_addr
             append(_XFWD % (host_line, client if xff is None else xff + b", " + client,
