@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from meshgate.policies import POLICIES, BuildContext, PolicySpec
 from meshgate.policies._transform import JSON, Rules, TransformerParams, body_kind
-from meshgate.protocol.http1_server import remove_block_lines
+from meshgate.protocol.hop import remove_lines as remove_block_lines
 
 if TYPE_CHECKING:
     from meshgate.protocol.exchange import Exchange, Headers, Responder, ResponseSource

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from meshgate.protocol.exchange import Exchange, Headers, ResponseSource
+from meshgate.protocol.h1_head import VERSIONS, Refusal, absolute_form, host_only
 from meshgate.protocol.hop import remove_lines
 from meshgate.protocol.status import reason
 
@@ -42,7 +43,6 @@ log = logging.getLogger("meshgate.http1")
 
 IDLE, HEAD, BUSY = 0, 1, 2
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"0.9"}
 _STATUS_LINES = {s: b"HTTP/1.1 %d %s\r\n" % (s, reason(s)) for s in range(100, 600)}
 
 
@@ -52,31 +52,10 @@ class _HeadTooLarge(Exception):
 
 class H1Server(asyncio.Protocol):
     __slots__ = (
-        "_bad_head",
-        "_body_expected",
-        "_chunked",
-        "_clock",
-        "_closing",
-        "_current",
-        "_expect",
-        "_head_bytes",
-        "_headers",
-        "_host",
-        "_out",
-        "_parsing",
-        "_paused_reading",
-        "_queue",
-        "_tick_mark",
-        "_tick_since",
-        "_url",
-        "_write_paused",
-        "ctx",
-        "nreq",
-        "parser",
-        "peer",
-        "phase",
-        "scheme",
-        "transport",
+        "_bad_head", "_body_expected", "_chunked", "_clock", "_closing", "_current", "_expect",
+        "_head_bytes", "_headers", "_host", "_out", "_parsing", "_paused_reading", "_queue",
+        "_tick_mark", "_tick_since", "_url", "_write_paused", "ctx", "nreq", "parser", "peer",
+        "phase", "scheme", "transport",
     )
 
     def __init__(self, ctx: WorkerContext, scheme: bytes = b"http") -> None:
@@ -211,10 +190,10 @@ class H1Server(asyncio.Protocol):
         self._body_expected = False
         self._expect = False
         self._bad_head = b""
-        version = _VERSIONS.get(parser.get_http_version()) or b"1.0"
+        version = VERSIONS.get(parser.get_http_version()) or b"1.0"
         if url[:1] != b"/":
             try:
-                url, target_host = self._absolute_form(url, host)
+                url, target_host = absolute_form(url, host)
             except httptools.HttpParserInvalidURLError:
                 url, target_host, bad = b"/", host, b"Bad Request: invalid request target\n"
             if target_host != host:    # RFC 9112 3.2.2: the target's authority wins over Host
@@ -228,14 +207,14 @@ class H1Server(asyncio.Protocol):
             bad = b"Bad Request: CONNECT is not supported\n"
         authority = host.lower()
         if b":" in authority:
-            authority = _host_only(authority)
+            authority = host_only(authority)
         ex = Exchange(self, method, url, headers, authority,
                       self.scheme, self.peer, version, body_expected, self._clock())
         ex.keep_alive = parser.should_keep_alive() and not self.ctx.draining
         ex.expect_continue = expect and body_expected
         if bad:
             ex.keep_alive = False
-            ex.pipeline = _Refusal(bad)
+            ex.pipeline = Refusal(bad)
         self._parsing = ex
         if self._current is None:
             self._current = ex
@@ -283,17 +262,6 @@ class H1Server(asyncio.Protocol):
         ex.route = route
         ex.pipeline = route.pipeline
         route.pipeline.run(ex)
-
-    def _absolute_form(self, url: bytes, host: bytes) -> tuple[bytes, bytes]:
-        if url == b"*":
-            return url, host
-        parsed = httptools.parse_url(url)
-        path = parsed.path or b"/"
-        if parsed.query:
-            path += b"?" + parsed.query
-        if parsed.host:
-            host = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
-        return path, host
 
     # -- Responder ---------------------------------------------------------
     def start_response(self, ex: Exchange, status: int, headers: Headers,
@@ -488,26 +456,6 @@ class H1Server(asyncio.Protocol):
             self.timeout_head()
         elif phase == IDLE and waited >= (idle_timeout if self.nreq else head_timeout):
             self._close()
-
-
-class _Refusal:
-    """Stands in for a pipeline when the request head itself is unacceptable."""
-
-    name = ""
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-
-    def run(self, ex: Exchange) -> None:
-        ex.respond(400, self.body)
-
-
-def _host_only(host: bytes) -> bytes:
-    if host[:1] == b"[":
-        end = host.find(b"]")
-        return host[: end + 1].lower() if end > 0 else host.lower()
-    colon = host.find(b":")
-    return (host if colon < 0 else host[:colon]).lower()
 
 
 remove_block_lines = remove_lines      # the name response_transformer imports

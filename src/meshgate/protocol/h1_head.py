@@ -1,0 +1,54 @@
+"""Checks on an HTTP/1.x request head that the parser leaves to us.
+
+httptools validates syntax; these decide what a syntactically valid head
+means for a gateway: an absolute-form target's authority replaces Host (RFC
+9112 3.2.2), the Host used for routing loses its port, and a head that is
+valid HTTP but unacceptable here (no or several Host headers in HTTP/1.1, a
+bad target, CONNECT) is answered 400 by a ``Refusal`` standing in for a
+pipeline.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import httptools
+
+if TYPE_CHECKING:
+    from meshgate.protocol.exchange import Exchange
+
+VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"0.9"}
+
+
+def absolute_form(url: bytes, host: bytes) -> tuple[bytes, bytes]:
+    """(origin-form target, authority) of ``http://host/path?q``; InvalidURLError if bad."""
+    if url == b"*":
+        return url, host
+    parsed = httptools.parse_url(url)
+    path = parsed.path or b"/"
+    if parsed.query:
+        path += b"?" + parsed.query
+    if parsed.host:
+        host = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+    return path, host
+
+
+def host_only(host: bytes) -> bytes:
+    """The host of a Host value, lower-case, without its port (IPv6 kept in brackets)."""
+    if host[:1] == b"[":
+        end = host.find(b"]")
+        return host[: end + 1].lower() if end > 0 else host.lower()
+    colon = host.find(b":")
+    return (host if colon < 0 else host[:colon]).lower()
+
+
+class Refusal:
+    """Stands in for a pipeline when the request head itself is unacceptable."""
+
+    name = ""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def run(self, ex: Exchange) -> None:
+        ex.respond(400, self.body)
