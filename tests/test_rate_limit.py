@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
 
-from meshgate.policies._counters import LocalFixedWindow, LocalSlidingWindow, sliding_retry
+from meshgate.policies._counters import (
+    _LEASE_LUA,
+    LEASE_FRACTION,
+    LocalFixedWindow,
+    LocalSlidingWindow,
+    RedisLeases,
+    sliding_retry,
+)
+from meshgate.protocol.http1_server import _merge_extra
 from tests.conftest import Backend
-from tests.support.gateway import Gateway, free_port, proxy_config
+from tests.support.gateway import Gateway, free_port, proxy_config, wait_until
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
@@ -115,6 +127,24 @@ def test_local_counters() -> None:
     # 10 already in this minute: wait for it to end, then for them to weigh less than 10.
     assert sliding_retry(0, 10, 30.0, 60.0, 10) == pytest.approx(30.0)
     assert sliding_retry(0, 20, 30.0, 60.0, 10) == pytest.approx(60.0)
+
+
+def test_pre_rendered_headers_replace_upstream_ones() -> None:
+    # rate-limit hands the codec its headers as one block, named by "\n"-prefixed names.
+    names = b"\nratelimit-limit\nratelimit-remaining\nx-ratelimit-remaining"
+    lines = b"ratelimit-limit: 5\r\nratelimit-remaining: 4\r\nx-ratelimit-remaining: 4\r\n"
+    plain = b"Content-Type: text/plain\r\ncontent-length: 3\r\n"
+    for _ in range(2):                    # the second time from the codec's memo
+        assert _merge_extra(plain, [(names, lines)]) == plain + lines
+    assert _merge_extra(b"", [(names, lines)]) == lines
+    upstream = (b"X-RateLimit-Remaining: 4999\r\nContent-Type: text/plain\r\n"
+                b"X-RateLimit-Limit: 5000\r\n")
+    assert _merge_extra(upstream, [(names, lines)]) == (
+        b"Content-Type: text/plain\r\nX-RateLimit-Limit: 5000\r\n" + lines)
+    mixed = [(b"access-control-allow-origin", b"*"), (names, lines), (b"vary", b"Origin")]
+    assert _merge_extra(upstream + b"Vary: Accept\r\n", mixed) == (
+        b"Content-Type: text/plain\r\nX-RateLimit-Limit: 5000\r\nVary: Accept\r\n"
+        b"access-control-allow-origin: *\r\n" + lines + b"vary: Origin\r\n")
 
 
 # -- Redis: one limit for every gateway ---------------------------------------------------
@@ -226,3 +256,176 @@ def test_emulated_redis_keeps_local_counters(backend: Backend, gateway_factory: 
     system = {"db": {"redis": {"emulate": True, "port": free_port()}}}
     gw = gateway_factory(limited(backend.url, max=1), system=system)
     assert [get(gw).status_code for _ in range(2)] == [200, 429]
+
+
+# -- Redis leases: blocks of quota admitted locally -------------------------------------
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[int]:
+    """A Redis server of our own: its command statistics count our gateway's calls only."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1",
+                               "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(host=REDIS_HOST, port=port, socket_connect_timeout=1)
+
+    def answers() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        wait_until(answers)
+        yield port
+    finally:
+        client.close()
+        server.terminate()
+        server.wait(10)
+
+
+def script_calls(port: int) -> int:
+    client = redis.Redis(host=REDIS_HOST, port=port)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+               for name in ("eval", "evalsha"))
+
+
+def test_leases_admit_locally_with_few_redis_calls(backend: Backend, gateway_factory: Any,
+                                                   own_redis: int) -> None:
+    gw = gateway_factory(limited(backend.url, max=1000, windowMs=60000),
+                         system=redis_system("lease", port=own_redis))
+    before = script_calls(own_redis)
+    with httpx.Client(base_url=gw.url, timeout=10) as client:
+        responses = [client.get("/") for _ in range(500)]
+    assert [r.status_code for r in responses] == [200] * 500
+    calls = script_calls(own_redis) - before
+    assert 5 <= calls <= 50, calls               # blocks of 1, 2, 4, ... up to 1/8 of what is left
+    # One process: what it admitted of each block adds to the count at the lease, exactly.
+    assert [int(r.headers["ratelimit-remaining"]) for r in responses] == list(range(999, 499, -1))
+    assert [int(r.headers["x-ratelimit-remaining"]) for r in responses[-3:]] == [502, 501, 500]
+    leased = redis.Redis(host=REDIS_HOST, port=own_redis).get("lease:rate-limit:main:0:127.0.0.1")
+    assert 500 <= int(leased or 0) <= 1000
+
+
+def test_two_gateways_with_large_leases_still_admit_exactly_max(
+        backend: Backend, gateway_factory: Any, redis_ns: str) -> None:
+    # 100 allowed: blocks of up to 12 early on, of 1 near the limit; 3 processes.
+    gateways = [gateway_factory(limited(backend.url, max=100, windowMs=60000),
+                                system=redis_system(redis_ns), workers=2),
+                gateway_factory(limited(backend.url, max=100, windowMs=60000),
+                                system=redis_system(redis_ns))]
+    statuses = hammer(gateways, 300)
+    assert statuses.count(200) == 100
+    assert statuses.count(429) == 200
+
+
+def test_lease_script_grants_a_fraction_of_what_remains(redis_ns: str) -> None:
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT)
+    try:
+        lease = client.register_script(_LEASE_LUA)
+        key = f"{redis_ns}:lease-script"
+
+        def ask(limit: int, want: int) -> list[int]:
+            grant, count, ttl = lease(keys=[key], args=[limit, want, 60000, LEASE_FRACTION])
+            assert 59000 <= ttl <= 60000
+            return [grant, count]
+
+        assert ask(100, 1000) == [12, 12]         # 100 // 8
+        assert ask(100, 5) == [5, 17]             # what was asked for
+        assert ask(20, 1000) == [1, 18]           # near the limit: one at a time
+        assert ask(20, 1000) == [1, 19]
+        assert ask(20, 1000) == [1, 20]
+        assert ask(20, 1000) == [0, 21]           # refused, and counted like before
+    finally:
+        client.close()
+
+
+class FakeLeaseRedis:
+    """The lease script's arithmetic in Python, with a delay and call statistics."""
+
+    def __init__(self, delay: float = 0.002) -> None:
+        self.delay = delay
+        self.counts: dict[str, tuple[int, float]] = {}    # key -> (count, expiry)
+        self.calls = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    def register_script(self, text: str) -> Any:
+        return self.run
+
+    async def run(self, keys: list[str], args: list[int]) -> list[int]:
+        self.calls += 1
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        await asyncio.sleep(self.delay)
+        self.in_flight -= 1
+        limit, want, window_ms, fraction = args
+        now = time.monotonic()
+        count, expiry = self.counts.get(keys[0], (0, 0.0))
+        if expiry <= now:
+            count, expiry = 0, now + window_ms / 1000
+        left = limit - count
+        grant = max(min(want, max(1, left // fraction), left), 0)
+        count += grant or 1
+        self.counts[keys[0]] = (count, expiry)
+        return [grant, count, int((expiry - now) * 1000)]
+
+
+def admitted(outcomes: list[tuple[int, float]], limit: int) -> int:
+    return sum(count <= limit for count, _ in outcomes)
+
+
+def test_concurrent_requests_share_one_lease_request() -> None:
+    fake = FakeLeaseRedis()
+    leases = RedisLeases(fake, "ns", 60.0)
+
+    async def burst(n: int, limit: int) -> list[tuple[int, float]]:
+        return await asyncio.gather(*(leases.hit("k", limit) for _ in range(n)))
+
+    outcomes = asyncio.run(burst(60, 10**6))
+    assert admitted(outcomes, 10**6) == 60
+    assert sorted(count for count, _ in outcomes) == list(range(1, 61))
+    assert fake.most_in_flight == 1                # the others waited on the one in flight
+    assert fake.calls <= 7                         # blocks of 1, 2, 4, 8, 16, 32
+    assert leases.requests == fake.calls
+
+
+def test_leases_never_admit_more_than_max_across_processes() -> None:
+    fake = FakeLeaseRedis(delay=0.0005)
+    processes = [RedisLeases(fake, "ns", 60.0) for _ in range(3)]
+
+    async def hammer_all() -> list[tuple[int, float]]:
+        tasks = [processes[i % 3].hit("k", 50) for i in range(300)]
+        return await asyncio.gather(*tasks)
+
+    outcomes = asyncio.run(hammer_all())
+    # Every process keeps receiving requests: whatever it leased is used, so exactly 50.
+    assert admitted(outcomes, 50) == 50
+    assert fake.counts["ns:k"][0] >= 50
+
+
+def test_a_finished_windows_lease_is_dropped() -> None:
+    fake = FakeLeaseRedis(delay=0.0)
+    leases = RedisLeases(fake, "ns", 0.5)
+
+    async def scenario() -> None:
+        for _ in range(7):                          # blocks of 1, 2 and 4
+            await leases.hit("k", 1000)
+        await leases.hit("k", 1000)                 # a block of 8: 7 left
+        lease = leases.leases["k"]
+        assert lease.left == 7 and lease.chunk == 8
+        loop = asyncio.get_running_loop()
+        assert leases.take("k", loop.time()) is lease
+        await asyncio.sleep(0.55)
+        assert leases.take("k", loop.time()) is None          # the window is over
+        count, reset = await leases.hit("k", 1000)
+        assert count == 1 and 0.4 < reset <= 0.5
+        assert leases.leases["k"] is not lease and leases.leases["k"].chunk == 1
+
+    asyncio.run(scenario())
