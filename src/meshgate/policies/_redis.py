@@ -14,7 +14,6 @@ the worker's event loop.
 
 from __future__ import annotations
 
-import ssl
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -42,21 +41,7 @@ def shared_redis(ctx: BuildContext) -> Any:
 
 
 def _connect(config: RedisConfig) -> Any:
-    import redis.asyncio as aioredis
+    from meshgate.store.redis import client_from_config
 
-    extra = config.model_extra or {}
     # Short timeouts: a policy waiting on Redis holds a client request.
-    options: dict[str, Any] = {"db": config.db, "password": config.password,
-                               "username": extra.get("username"),
-                               "socket_connect_timeout": 1, "socket_timeout": 1}
-    tls = config.tls
-    if tls is not None:
-        options.update(ssl=True, ssl_keyfile=tls.keyFile, ssl_certfile=tls.certFile,
-                       ssl_ca_certs=tls.caFile,
-                       ssl_cert_reqs=ssl.CERT_REQUIRED if tls.caFile else ssl.CERT_NONE)
-    if config.sentinels:
-        from redis.asyncio.sentinel import Sentinel
-
-        sentinel = Sentinel([(s.host, s.port) for s in config.sentinels], **options)
-        return sentinel.master_for(config.name or "mymaster")
-    return aioredis.Redis(host=config.host, port=config.port, **options)
+    return client_from_config(config, timeout=1, decode_responses=False)

@@ -38,12 +38,14 @@ from meshgate.store.backend import Clash, Delete, Doc, Op, Put
 RETRIES = 50
 
 
-def client_from_config(cfg: Any) -> aioredis.Redis:
+def client_from_config(cfg: Any, timeout: float = 5,
+                       decode_responses: bool = True) -> aioredis.Redis:
     """A redis.asyncio client from a ``db.redis`` section (ioredis-style options)."""
     extra = getattr(cfg, "model_extra", None) or {}
     options: dict[str, Any] = {"db": cfg.db, "password": cfg.password,
-                               "username": extra.get("username"), "decode_responses": True,
-                               "socket_connect_timeout": 5, "socket_timeout": 5,
+                               "username": extra.get("username"),
+                               "decode_responses": decode_responses,
+                               "socket_connect_timeout": timeout, "socket_timeout": timeout,
                                "health_check_interval": 30}
     tls = cfg.tls
     if tls is not None:
