@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from meshgate.policies import POLICIES, BuildContext, PolicySpec
 from meshgate.policies._transform import JSON, Rules, TransformerParams, body_kind
 from meshgate.protocol.hop import remove_lines as remove_block_lines
+from meshgate.protocol.hop import render_block
 
 if TYPE_CHECKING:
     from meshgate.protocol.exchange import Exchange, Headers, Responder, ResponseSource
@@ -65,10 +66,7 @@ class _TransformingResponder:
     # -- the head --------------------------------------------------------------
     def start_response(self, ex: Exchange, status: int, headers: Headers,
                        has_body: bool, length: int | None) -> None:
-        block = b"".join([b"%s: %s\r\n" % kv for kv in headers])
-        if length is not None:
-            block += b"content-length: %d\r\n" % length
-        self.start_response_raw(ex, status, block, has_body, length)
+        self.start_response_raw(ex, status, render_block(headers, length), has_body, length)
 
     def start_response_raw(self, ex: Exchange, status: int, block: bytes,
                            has_body: bool, length: int | None) -> None:

@@ -112,6 +112,14 @@ def _cut_lines(block: bytes, low: bytes, names: list[bytes]) -> bytes:
     return b"".join(kept)
 
 
+def render_block(headers: Headers, length: int | None) -> bytes:
+    """Header pairs as a raw block, with Content-Length when ``length`` is known."""
+    block = b"".join([b"%s: %s\r\n" % kv for kv in headers])
+    if length is not None:
+        block += b"content-length: %d\r\n" % length
+    return block
+
+
 def parse_block(block: bytes) -> Headers:
     """A raw header block as (lower-case name, value) pairs."""
     headers: Headers = []

@@ -34,7 +34,7 @@ import httptools
 
 from meshgate.protocol.exchange import Exchange, Headers, ResponseSource
 from meshgate.protocol.h1_head import VERSIONS, Refusal, absolute_form, host_only
-from meshgate.protocol.hop import remove_lines
+from meshgate.protocol.hop import remove_lines, render_block
 from meshgate.protocol.status import reason
 
 if TYPE_CHECKING:
@@ -267,10 +267,7 @@ class H1Server(asyncio.Protocol):
     # -- Responder ---------------------------------------------------------
     def start_response(self, ex: Exchange, status: int, headers: Headers,
                        has_body: bool, length: int | None) -> None:
-        block = b"".join([b"%s: %s\r\n" % kv for kv in headers])
-        if length is not None:
-            block += b"content-length: %d\r\n" % length
-        self.start_response_raw(ex, status, block, has_body, length)
+        self.start_response_raw(ex, status, render_block(headers, length), has_body, length)
 
     def start_response_raw(self, ex: Exchange, status: int, block: bytes,
                            has_body: bool, length: int | None) -> None:
