@@ -368,7 +368,7 @@ class H1Server(asyncio.Protocol):
     def _finish(self, ex: Exchange) -> None:
         ex.done = True
         ex.source = None
-        self.ctx.metrics.observe(ex, self.ctx.loop.time())
+        self.ctx.metrics.observe(ex, self._clock())
         if ex.on_done is not None:
             ex.on_done(ex)
         if not ex.body_done:
@@ -386,7 +386,8 @@ class H1Server(asyncio.Protocol):
             return
         if self._parsing is None and self.phase == BUSY:
             self.phase = IDLE
-        self._resume_reading()
+        if self._paused_reading:
+            self._resume_reading()
 
     def _reject(self, status: int, body: bytes) -> None:
         """A protocol error: answer if the client is owed nothing else, then close."""
