@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from meshgate.policies import POLICIES
-from meshgate.protocol.http1_server import _merge_extra, remove_block_lines
+from meshgate.protocol.hop import merge_extra as _merge_extra
+from meshgate.protocol.hop import remove_lines as remove_block_lines
 from tests.conftest import Backend
 from tests.support.gateway import Gateway
 

@@ -24,7 +24,7 @@ from meshgate.policies._counters import (
     RedisLeases,
     sliding_retry,
 )
-from meshgate.protocol.http1_server import _merge_extra
+from meshgate.protocol.hop import merge_extra as _merge_extra
 from tests.conftest import Backend
 from tests.support.gateway import Gateway, free_port, proxy_config, wait_until
 

@@ -281,7 +281,7 @@ class RateLimit:
             else:
                 lines %= (remaining, seconds)
             # ex.add_response_headers, without the list copy: the codec appends
-            # the pre-rendered block (see protocol.http1_server._merge_extra).
+            # the pre-rendered block (see protocol.hop.merge_extra).
             pair = (self.block_names, lines)
             extra = ex.response_headers_extra
             if extra is None:

@@ -1,4 +1,6 @@
-"""Hop-by-hop headers (RFC 9110 section 7.6.1): never forwarded by a proxy."""
+"""Header rules on the proxy path: hop-by-hop headers (RFC 9110 section 7.6.1)
+are never forwarded, and headers policies add (CORS, rate limits) replace the
+upstream's lines of the same name. Both work on raw header blocks."""
 
 from __future__ import annotations
 
@@ -128,3 +130,55 @@ def parse_block(block: bytes) -> Headers:
             name, _, value = line.partition(b":")
             headers.append((name.strip().lower(), value.strip()))
     return headers
+
+
+def merge_extra(block: bytes, extra: Headers) -> bytes:
+    """Policy headers replace the same-named lines of ``block``; ``vary`` adds up.
+
+    An entry whose name starts with a line feed is a block a policy rendered
+    itself (rate-limit: six headers in one formatting operation): its value is
+    ``name: value\r\n`` lines, appended as they are, and its name lists their
+    header names, each after a line feed (no real header name has one). Those
+    replace upstream lines too, but the upstream block is only searched for
+    them, with one regex, rather than cut line by line -- and not even that
+    when it is the block last found without them: a proxied head comes from
+    ``hop.filter_block``'s memo, the same object until the upstream's changes.
+    """
+    if len(extra) == 1:
+        name, value = extra[0]
+        if name[:1] == b"\n":
+            if block and _CLEAN.get(name) is not block:
+                if _block_names(name).search(b"\n" + block.lower()) is None:
+                    _CLEAN[name] = block
+                else:
+                    block = remove_lines(block, set(name[1:].split(b"\n")))
+            return block + value
+    names: set[bytes] = set()
+    lines: list[bytes] = []
+    for name, value in extra:
+        if name[:1] == b"\n":
+            names.update(name[1:].split(b"\n"))
+            lines.append(value)
+        else:
+            if name != b"vary":
+                names.add(name)
+            lines.append(b"%s: %s\r\n" % (name, value))
+    if names and block:
+        block = remove_lines(block, names)
+    return block + b"".join(lines)
+
+
+_BLOCK_NAMES: dict[bytes, re.Pattern[bytes]] = {}
+_CLEAN: dict[bytes, bytes] = {}           # names -> the upstream block last found without them
+
+
+def _block_names(names: bytes) -> re.Pattern[bytes]:
+    """A regex finding the lines of ``names`` (line-feed separated) in ``\n`` + block."""
+    found = _BLOCK_NAMES.get(names)
+    if found is None:
+        if len(_BLOCK_NAMES) >= 256:        # one per policy configuration: never in practice
+            _BLOCK_NAMES.clear()
+            _CLEAN.clear()
+        alternatives = b"|".join(re.escape(n) for n in names[1:].split(b"\n"))
+        found = _BLOCK_NAMES[names] = re.compile(b"\n(?:" + alternatives + b"):")
+    return found
