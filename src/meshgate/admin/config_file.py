@@ -51,9 +51,9 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from meshgate.config.envsubst import Substituted, substitute
-from meshgate.config.errors import ConfigError, show
-from meshgate.config.yamlpos import load_yaml
+from meshgate.config.envsubst import Substituted
+from meshgate.config.errors import ConfigError
+from meshgate.config.loader import parse_document
 
 
 @dataclass(frozen=True)
@@ -76,24 +76,7 @@ def read_document(path: Path) -> Document:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(file, None, None, f"cannot read: {exc}") from None
     is_json = path.suffix == ".json"
-    sub = substitute(text, os.environ, file, yaml_comments=not is_json)
-    if is_json:
-        try:
-            data = json.loads(sub.text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(file, sub.source_line(exc.lineno), None,
-                              f"invalid JSON: {exc.msg}") from None
-    else:
-        try:
-            data, _ = load_yaml(sub.text, file)
-        except ConfigError as exc:
-            if exc.line is not None:
-                exc.line = sub.source_line(exc.line)
-            raise
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(file, 1, None, f"expected a mapping at the top level, got {show(data)}")
+    sub, data, _ = parse_document(text, file, None, is_json)
     return Document(path, text, data, sub)
 
 

@@ -121,8 +121,9 @@ def _load_file(model: type[M], path: Path, env: Mapping[str, str] | None) -> M:
     return _parse(model, text, file, env, is_json=path.suffix == ".json")
 
 
-def _parse(model: type[M], text: str, file: str, env: Mapping[str, str] | None,
-           is_json: bool) -> M:
+def parse_document(text: str, file: str, env: Mapping[str, str] | None,
+                   is_json: bool) -> tuple[Substituted, dict[str, Any], dict[Any, int]]:
+    """Substitute and parse one file's text: (substitution, top-level mapping, lines)."""
     sub = substitute(text, os.environ if env is None else env, file,
                      yaml_comments=not is_json)
     data, lines = _parse_json(sub, file) if is_json else _parse_yaml(sub, file)
@@ -130,6 +131,12 @@ def _parse(model: type[M], text: str, file: str, env: Mapping[str, str] | None,
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(file, 1, None, f"expected a mapping at the top level, got {show(data)}")
+    return sub, data, lines
+
+
+def _parse(model: type[M], text: str, file: str, env: Mapping[str, str] | None,
+           is_json: bool) -> M:
+    sub, data, lines = parse_document(text, file, env, is_json)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
