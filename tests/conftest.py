@@ -46,6 +46,14 @@ def backend_factory() -> Iterator[Callable[[str], Backend]]:
         b.stop()
 
 
+@pytest.fixture(scope="module")
+def backend_mod() -> Iterator[Backend]:
+    """One backend shared by a module's tests (with module-scoped gateways)."""
+    b = Backend("backend")
+    yield b
+    b.stop()
+
+
 @pytest.fixture
 def backend(backend_factory: Callable[[str], Backend]) -> Backend:
     return backend_factory("backend")

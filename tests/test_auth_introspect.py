@@ -20,7 +20,7 @@ from meshgate.config.errors import ConfigError
 from meshgate.config.loader import load_config
 from tests.conftest import Backend
 from tests.support.gateway import Gateway, proxy_config
-from tests.test_auth_key import upstream_headers
+from tests.test_auth_key import auth_pipeline, upstream_headers
 
 AUTHORIZATION = "Basic Z2F0ZXdheTpzZWNyZXQ="
 
@@ -82,12 +82,7 @@ def idp() -> Iterator[Introspection]:
 
 def _pipeline(name: str, paths: list[str], action: dict[str, Any],
               scopes: list[str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    endpoint: dict[str, Any] = {"host": "*", "paths": paths}
-    if scopes:
-        endpoint["scopes"] = scopes
-    return endpoint, {"apiEndpoints": [name], "policies": [
-        {"oauth2-introspect": [{"action": action}]},
-        {"proxy": [{"action": {"serviceEndpoint": "backend", "stripPath": True}}]}]}
+    return auth_pipeline("oauth2-introspect", name, paths, action, scopes)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from meshgate.config.errors import ConfigError
 from meshgate.config.loader import load_config
 from tests.conftest import Backend
 from tests.support.gateway import Gateway, proxy_config
-from tests.test_auth_key import Admin, auth_config, eventually, upstream_headers
+from tests.test_auth_key import Admin, auth_config, auth_pipeline, eventually, upstream_headers
 
 SECRET = "a-shared-secret-of-at-least-32-bytes!"
 
@@ -41,12 +41,7 @@ EC_PRIVATE, EC_PUBLIC = _pem_pair(ec.generate_private_key(ec.SECP256R1()))
 
 def _pipeline(name: str, paths: list[str], action: dict[str, Any],
               scopes: list[str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    endpoint: dict[str, Any] = {"host": "*", "paths": paths}
-    if scopes:
-        endpoint["scopes"] = scopes
-    return endpoint, {"apiEndpoints": [name], "policies": [
-        {"jwt": [{"action": action}]},
-        {"proxy": [{"action": {"serviceEndpoint": "backend", "stripPath": True}}]}]}
+    return auth_pipeline("jwt", name, paths, action, scopes)
 
 
 @pytest.fixture(scope="module")

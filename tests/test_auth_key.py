@@ -114,14 +114,18 @@ def basic(user: str, password: str) -> dict[str, str]:
     return {"authorization": f"Basic {token}"}
 
 
+def auth_pipeline(policy: str, name: str, paths: list[str], action: dict[str, Any],
+                  scopes: list[str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(apiEndpoint, pipeline) for ``name``: ``policy`` with ``action``, then the proxy."""
+    endpoint: dict[str, Any] = {"host": "*", "paths": paths}
+    if scopes:
+        endpoint["scopes"] = scopes
+    return endpoint, {"apiEndpoints": [name], "policies": [
+        {policy: [{"action": action}]},
+        {"proxy": [{"action": {"serviceEndpoint": "backend", "stripPath": True}}]}]}
+
+
 # -- key-auth ------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def backend_mod() -> Iterator[Backend]:
-    b = Backend("backend")
-    yield b
-    b.stop()
-
 
 @pytest.fixture(scope="module")
 def key_gw(tmp_path_factory: pytest.TempPathFactory, backend_mod: Backend) -> Iterator[Gateway]:

@@ -22,13 +22,6 @@ REDIRECT = "https://client.example/callback"
 
 
 @pytest.fixture(scope="module")
-def backend_mod() -> Iterator[Backend]:
-    b = Backend("backend")
-    yield b
-    b.stop()
-
-
-@pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, backend_mod: Backend) -> Iterator[Gateway]:
     # No apiEndpoint matches /oauth2/*: the policy serves it on every host, as EG did.
     config = auth_config(backend_mod.url, [{"oauth2": None}], scopes=["orders"])
