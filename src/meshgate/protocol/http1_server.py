@@ -325,7 +325,7 @@ class H1Server(asyncio.Protocol):
         if ex.done:
             return
         if ex.status:                 # a response already started: only closing is left
-            self._abort_connection()
+            self._close()
             return
         base: Headers = [(b"date", self.ctx.date), (b"content-type", b"text/plain; charset=utf-8")]
         if headers:
@@ -343,7 +343,7 @@ class H1Server(asyncio.Protocol):
         if ex is self._current:
             self.flush(ex)
             ex.done = True
-            self._abort_connection()
+            self._close()
 
     def pause_body(self, ex: Exchange) -> None:
         if ex is self._parsing:
@@ -403,7 +403,7 @@ class H1Server(asyncio.Protocol):
             if ex.source is not None:
                 ex.source.abort()
             self.respond(ex, status, body)
-        self._abort_connection()
+        self._close()
 
     def timeout_head(self) -> None:
         """The head did not arrive within headersTimeout."""
@@ -413,11 +413,6 @@ class H1Server(asyncio.Protocol):
             self._close()
 
     def _close(self) -> None:
-        self._closing = True
-        if self.transport is not None:
-            self.transport.close()
-
-    def _abort_connection(self) -> None:
         self._closing = True
         if self.transport is not None:
             self.transport.close()
