@@ -15,9 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Backend:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *args: str) -> None:
+        self.name = name
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.backend", "--name", name],
+            [sys.executable, "-m", "tests.support.backend", "--name", name, *args],
             stdout=subprocess.PIPE, cwd=ROOT, text=True)
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
@@ -33,11 +34,11 @@ class Backend:
 
 
 @pytest.fixture
-def backend_factory() -> Iterator[Callable[[str], Backend]]:
+def backend_factory() -> Iterator[Callable[..., Backend]]:
     started: list[Backend] = []
 
-    def make(name: str = "backend") -> Backend:
-        b = Backend(name)
+    def make(name: str = "backend", *args: str) -> Backend:
+        b = Backend(name, *args)
         started.append(b)
         return b
 

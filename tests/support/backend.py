@@ -20,6 +20,12 @@
 * ``/hold/KEY``     reads the body, then waits up to 30 s for the client to go
                     away; ``/held/KEY`` tells ``waiting``, ``gone`` or ``answered``;
 * anything else     200 "ok <name>".
+
+Faults for resilience tests, for every request but ``/_ctl/*``: ``--fail
+STATUS`` answers STATUS (or ``reset`` closes the connection unanswered),
+``--delay MS`` answers MS later; ``/_ctl/fail/STATUS``, ``/_ctl/fail/off``
+and ``/_ctl/delay/MS`` change them while the backend runs; ``/_ctl/count`` tells
+how many requests it has seen.
 """
 
 from __future__ import annotations
@@ -76,6 +82,37 @@ def _response(status: int, body: bytes, extra: str = "", ctype: str = "text/plai
     return (head + "\r\n").encode() + (b"" if status in (204, 304) else body)
 
 
+FAULTS: dict[str, str | int | None] = {"fail": None, "delay": 0}
+SERVED = [0]       # requests seen, but /_ctl/*; read with /_ctl/count
+
+
+async def _fault(path: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 headers: dict[str, str]) -> bool | None:
+    """Control paths and injected faults; True: answered, False: connection gone."""
+    if path == "/_ctl/count":
+        await _read_body(reader, headers)
+        writer.write(_response(200, b"%d" % SERVED[0]))
+        return True
+    if path.startswith("/_ctl/"):
+        _, _, what, value = path.split("/", 3)
+        FAULTS[what] = None if value == "off" else (int(value) if value.isdigit() else value)
+        await _read_body(reader, headers)
+        writer.write(_response(200, b"ok\n"))
+        return True
+    delay = FAULTS["delay"]
+    if delay:
+        await asyncio.sleep(int(delay) / 1000)
+    fail = FAULTS["fail"]
+    if fail is None:
+        return None
+    if fail == "reset":
+        writer.transport.abort()
+        return False
+    await _read_body(reader, headers)
+    writer.write(_response(int(fail), b"injected failure\n"))
+    return True
+
+
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name: str) -> None:
     try:
         while True:
@@ -84,6 +121,15 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, nam
                 return
             method, target, headers, pairs = head
             path = target.split("?", 1)[0]
+            if not path.startswith("/_ctl/"):
+                SERVED[0] += 1
+            if FAULTS["fail"] is not None or FAULTS["delay"] or path.startswith("/_ctl/"):
+                answered = await _fault(path, reader, writer, headers)
+                if answered is False:
+                    return
+                if answered:
+                    await writer.drain()
+                    continue
             if headers.get("expect", "").lower() == "100-continue":
                 writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             if path == "/reset":
@@ -204,5 +250,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--name", default="backend")
+    parser.add_argument("--fail", default=None, help="answer every request with STATUS|reset")
+    parser.add_argument("--delay", type=int, default=0, help="answer every request MS later")
     args = parser.parse_args()
+    FAULTS["fail"] = int(args.fail) if args.fail and args.fail.isdigit() else args.fail
+    FAULTS["delay"] = args.delay
     asyncio.run(main(args.port, args.name))

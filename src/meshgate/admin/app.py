@@ -1,8 +1,10 @@
 """The Admin API application (FastAPI) served by the master on the admin port.
 
-Today: ``GET /ready`` (200 once every worker listens, 503 otherwise) and
-``GET /metrics`` (Prometheus text, summed over all workers at scrape time).
-The Express Gateway Admin API routes mount here too.
+``GET /ready`` (200 once every worker listens, 503 otherwise), ``GET
+/metrics`` (Prometheus text, summed over all workers at scrape time) and
+``GET /clusters`` (endpoints per serviceEndpoint, as Envoy's admin names it:
+discovery and health checks from the master, ejections and load from each
+worker). The Express Gateway Admin API routes mount here too.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class Supervisor(Protocol):
 
     async def collect_metrics(self) -> dict[str, Any]: ...
 
+    async def collect_clusters(self) -> dict[str, Any]: ...
+
     def reload(self) -> bool: ...
 
 
@@ -46,6 +50,12 @@ def create_admin_app(master: Supervisor) -> FastAPI:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(Collector(lambda: data))
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/clusters")
+    async def clusters() -> JSONResponse:
+        """Every serviceEndpoint's endpoints: discovery, health checks, and each
+        worker's view (outlier ejections, requests in flight, responses, errors)."""
+        return JSONResponse(await master.collect_clusters())
 
     for module in (consumers, config_api):
         app.include_router(module.router(master))

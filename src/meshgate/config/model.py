@@ -36,6 +36,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     Field,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -51,8 +52,17 @@ from meshgate.config.base import (
     custom_error,
     empty_if_none,
     raise_errors,
+    relocate,
 )
 from meshgate.config.jsregex import to_python_regex
+from meshgate.config.mesh import (
+    CircuitBreakers,
+    HealthCheck,
+    LoadBalancer,
+    LoadBalancerField,
+    OutlierDetection,
+    Retry,
+)
 from meshgate.config.pipeline import ConditionUse, Pipeline, PolicyUse, StepUse
 from meshgate.config.system import SystemConfig
 
@@ -197,33 +207,73 @@ class PoolConfig(MeshModel):
     idleTimeout: Millis = 60000
 
 
+class WeightedUrl(MeshModel):
+    url: HttpUrl
+    weight: int = Field(1, ge=1, le=128, description="Share of traffic relative to the others")
+    zone: str = Field("", description="Locality, for zone-aware balancing")
+
+
+UrlItem = HttpUrl | WeightedUrl
+
+
 class ServiceEndpoint(EGModel):
     url: HttpUrl | None = None
-    urls: list[HttpUrl] | None = None
+    urls: list[UrlItem] | None = None
     proxyOptions: Annotated[ProxyOptions, BeforeValidator(empty_if_none)] = Field(
         default_factory=ProxyOptions)
     connectTimeout: Millis = 5000       # 0 = none
-    timeout: Millis = 60000             # response timeout; 0 = none
+    timeout: Millis = 60000             # response timeout of one attempt; 0 = none
+    requestTimeout: Millis = Field(0, description="Overall deadline covering retries; 0 = none")
     pool: Annotated[PoolConfig, BeforeValidator(empty_if_none)] = Field(
         default_factory=PoolConfig)
+    discovery: dict[str, Any] | None = Field(
+        None, description="Where endpoints come from: {type: static|registry|dns|etcd, ...}")
+    healthCheck: HealthCheck | None = None
+    loadBalancer: LoadBalancerField = Field(default_factory=lambda: LoadBalancer.model_validate({}))
+    retry: Retry | None = None
+    circuitBreakers: CircuitBreakers | None = None
+    outlierDetection: OutlierDetection | None = None
 
     @field_validator("urls")
     @classmethod
-    def _some_urls(cls, value: list[str] | None) -> list[str] | None:
+    def _some_urls(cls, value: list[Any] | None) -> list[Any] | None:
         if value is not None and not value:
             raise ValueError("expected at least one URL")
         return value
 
+    @field_validator("discovery")
+    @classmethod
+    def _discovery(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        from meshgate.discovery import validate_discovery
+        try:
+            params = validate_discovery(value)
+        except ValidationError as exc:
+            raise_errors("discovery", relocate(exc, ()))
+        return {"type": value.get("type", "static"), **params.model_dump(mode="json")}
+
     @model_validator(mode="after")
     def _one_of_url_urls(self) -> ServiceEndpoint:
-        if (self.url is None) == (self.urls is None):
+        dynamic = self.discovery is not None and self.discovery["type"] != "static"
+        if self.url is not None and self.urls is not None:
             raise ValueError("expected exactly one of 'url' or 'urls'")
+        if not dynamic and self.url is None and self.urls is None:
+            raise ValueError("expected exactly one of 'url' or 'urls' (or a discovery provider)")
         return self
 
     @property
     def targets(self) -> list[str]:
-        """The endpoint URLs, whichever key gave them."""
-        return [self.url] if self.url is not None else list(self.urls or [])
+        """The static endpoint URLs, whichever key gave them."""
+        return [url for url, _, _ in self.weighted_targets]
+
+    @property
+    def weighted_targets(self) -> list[tuple[str, int, str]]:
+        """``(url, weight, zone)`` of each static endpoint."""
+        if self.url is not None:
+            return [(self.url, 1, "")]
+        return [(u, 1, "") if isinstance(u, str) else (u.url, u.weight, u.zone)
+                for u in self.urls or []]
 
 
 # -- the whole file ----------------------------------------------------------
@@ -292,6 +342,12 @@ class GatewayConfig(EGModel):
                     "unknown_service_endpoint",
                     f"unknown serviceEndpoint {value!r}; known: {_known(self.serviceEndpoints)}",
                     (*at, key), value))
+        for attr, value in action:      # nested params: a split's entries, a mirror
+            items = value if isinstance(value, list) else [value]
+            for i, item in enumerate(items):
+                if isinstance(item, BaseModel):
+                    where = (*at, attr, i) if isinstance(value, list) else (*at, attr)
+                    out.extend(self._service_endpoint_errors(item, where))
         return out
 
 

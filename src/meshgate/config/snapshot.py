@@ -72,13 +72,10 @@ def _build_clusters(cfg: LoadedConfig, ctx: WorkerContext,
         if previous is not None and previous.cluster_keys.get(name) == key:
             clusters[name] = previous.clusters[name]
             continue
-        urls = [svc.url] if svc.url else list(svc.urls or [])
-        pool = svc.pool
-        clusters[name] = build_cluster(
-            ctx, name, urls,
-            connect_timeout_ms=svc.connectTimeout, timeout_ms=svc.timeout,
-            max_connections=pool.maxConnections, max_idle=pool.maxIdle,
-            idle_timeout_ms=pool.idleTimeout, proxy_options=_options(svc.proxyOptions))
+        cluster = clusters[name] = build_cluster(ctx, name, svc, _options(svc.proxyOptions))
+        known = ctx.endpoint_sets.get(name)
+        if cluster.dynamic and known is not None:
+            cluster.set_endpoints(known)    # the control plane's last word, until its next
     return clusters, keys
 
 

@@ -14,6 +14,14 @@ and the action's own (deprecated) ``proxyOptions`` override both.
 The request head for the upstream is built in one pass over the client's
 headers: hop-by-hop headers and those named in ``Connection`` are dropped,
 ``Expect`` is answered by us, an ``eg-request-id`` is added.
+
+Mesh extensions: ``split`` (weighted serviceEndpoints, pinned by header or
+cookie match, optionally sticky by ``stickyBy``) instead of
+``serviceEndpoint``; ``mirror`` (a percentage of requests copied to another
+serviceEndpoint, responses discarded); ``requestTimeout`` (overall deadline,
+covering retries). Clusters with retries, breakers, outlier detection or a
+latency-aware balancer send through a ``Call`` (``upstream/call.py``);
+others with one pool write, as before.
 """
 
 from __future__ import annotations
@@ -22,20 +30,54 @@ import itertools
 import os
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from meshgate.policies import POLICIES, BuildContext, PolicySpec
+from meshgate.config.mesh import HashOn
+from meshgate.policies import POLICIES, Action, BuildContext, PolicySpec
+from meshgate.policies._split import Mirror, Split
 from meshgate.protocol.hop import HOP_BY_HOP
+from meshgate.upstream.call import Call
 
 if TYPE_CHECKING:
     from meshgate.protocol.exchange import Exchange
     from meshgate.upstream.cluster import Endpoint
 
 
+class SplitMatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    headers: dict[str, str] = Field(default_factory=dict,
+                                    description="Request headers that pin to this target")
+    cookies: dict[str, str] = Field(default_factory=dict,
+                                    description="Cookies that pin to this target")
+
+
+class SplitTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    serviceEndpoint: str = Field(description="A version of the service")
+    weight: int = Field(ge=0, description="Relative share of requests")
+    match: SplitMatch | None = Field(None, description="Requests matching go here, always")
+
+
+class MirrorParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    serviceEndpoint: str = Field(description="Where copies go (responses are discarded)")
+    percentage: float = Field(100.0, ge=0, le=100, description="Share of requests copied")
+
+
 class ProxyParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    serviceEndpoint: str = Field(description="Name of the serviceEndpoint to forward to")
+    serviceEndpoint: str | None = Field(
+        None, description="Name of the serviceEndpoint to forward to (or use split)")
+    split: list[SplitTarget] | None = Field(
+        None, description="Weighted serviceEndpoints for staged rollouts")
+    stickyBy: HashOn | None = Field(None, description="split: keep a client on one target")
+    mirror: MirrorParams | None = Field(None, description="Copy requests to a serviceEndpoint")
+    requestTimeout: int | None = Field(None, ge=0,
+                                       description="Overall deadline in ms, covering retries")
     changeOrigin: bool | None = Field(None, description="Rewrite Host to the target's")
     stripPath: bool | None = Field(None, description="Strip the apiEndpoint path prefix")
     prependPath: bool | None = Field(None, description="Prepend the target url's path")
@@ -48,6 +90,14 @@ class ProxyParams(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict, description="Headers to add")
     proxyOptions: dict[str, Any] = Field(default_factory=dict,
                                          description="Deprecated in EG: overrides the above")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ProxyParams:
+        if (self.serviceEndpoint is None) == (self.split is None):
+            raise ValueError("expected exactly one of 'serviceEndpoint' or 'split'")
+        if self.split is not None and not any(t.weight for t in self.split):
+            raise ValueError("split: expected at least one target with a weight above 0")
+        return self
 
 
 # Client headers we never copy verbatim: hop-by-hop, and the ones we rewrite.
@@ -65,12 +115,14 @@ def _merged_options(action: ProxyParams, endpoint_options: dict[str, Any]) -> di
     return merged
 
 
-class Proxy:
-    def __init__(self, params: ProxyParams, ctx: BuildContext) -> None:
-        cluster = ctx.clusters[params.serviceEndpoint]
+class Forward:
+    """Forward to one serviceEndpoint (the proxy action, or one target of a split)."""
+
+    def __init__(self, params: ProxyParams, service: str, ctx: BuildContext) -> None:
+        cluster = ctx.clusters[service]
         options = _merged_options(params, cluster.proxy_options)
         self.cluster = cluster
-        self.name = params.serviceEndpoint
+        self.name = service
         self.change_origin = bool(options.get("changeOrigin", False))
         self.strip_path = bool(options.get("stripPath", False))
         self.prepend_path = bool(options.get("prependPath", True))
@@ -78,6 +130,7 @@ class Proxy:
         self.xfwd = bool(options.get("xfwd", True))
         timeout = options.get("timeout", options.get("proxyTimeout"))
         self.timeout = float(timeout) / 1000.0 if timeout is not None else None
+        self.request_timeout = (params.requestTimeout or 0) / 1000.0
         extra = options.get("headers") or {}
         self.extra_headers = b"".join(b"%s: %s\r\n" % (str(k).lower().encode(),
                                                           str(v).encode("latin-1"))
@@ -85,12 +138,26 @@ class Proxy:
         # The request id line ends every head; its counter is the only variable part.
         self.extra_headers += b"eg-request-id: " + _ID_PREFIX + b"-"
         self.rewrites_path = self.strip_path or self.ignore_path or (
-            self.prepend_path and any(ep.base_path for ep in cluster.endpoints))
+            self.prepend_path and cluster.has_base_path)
+        self.guarded = cluster.guarded or bool(self.request_timeout)
 
     def __call__(self, ex: Exchange) -> bool:
         cluster = self.cluster
-        ep = cluster.single or cluster.pick()
         ex.cluster_name = self.name
+        if self.guarded:
+            return Call(self, cluster, ex).start()
+        ep = cluster.single or cluster.pick(ex)
+        if ep is None:
+            ex.responder.respond(ex, 503, b"Service Unavailable: no healthy upstream\n")
+            return True
+        head, chunked = self.head(ex, ep)
+        pool = ep.pool
+        timeout = self.timeout
+        pool.send(ex, head, chunked, pool.response_timeout if timeout is None else timeout)
+        return True
+
+    def head(self, ex: Exchange, ep: Endpoint) -> tuple[bytes, bool]:
+        """The request head for ``ep``, and whether the body goes chunked."""
         path = ex.path
         if self.rewrites_path:
             path = self._rewrite(ex, ep, path)
@@ -129,11 +196,7 @@ class Proxy:
             append(b"transfer-encoding: chunked\r\n")
         append(self.extra_headers)          # ... and "eg-request-id: <prefix>-"
         append(b"%x\r\n\r\n" % next(_ids))
-        pool = ep.pool
-        timeout = self.timeout
-        pool.send(ex, b"".join(lines), chunked,
-                  pool.response_timeout if timeout is None else timeout)
-        return True
+        return b"".join(lines), chunked
 
     def _rewrite(self, ex: Exchange, ep: Endpoint, path: bytes) -> bytes:
         if self.strip_path:
@@ -167,9 +230,23 @@ def _drop_connection_listed(lines: list[bytes], value: bytes) -> list[bytes]:
     return [lines[0]] + [ln for ln in lines[1:] if ln.split(b":", 1)[0] not in names]
 
 
+def build_proxy(params: ProxyParams, ctx: BuildContext) -> Action:
+    action: Action
+    if params.split is not None:
+        action = Split(params, [(Forward(params, t.serviceEndpoint, ctx), t)
+                                for t in params.split], ctx)
+    else:
+        assert params.serviceEndpoint is not None
+        action = Forward(params, params.serviceEndpoint, ctx)
+    if params.mirror is not None and params.mirror.percentage > 0:
+        shadow = Forward(params, params.mirror.serviceEndpoint, ctx)
+        action = Mirror(action, shadow, params.mirror.percentage, ctx)
+    return action
+
+
 POLICIES.add(PolicySpec(
     name="proxy",
     params=ProxyParams,
-    build=Proxy,
+    build=build_proxy,
     description="Forward the request to a serviceEndpoint",
 ))

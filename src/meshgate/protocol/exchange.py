@@ -102,6 +102,7 @@ class Exchange:
         "pipeline",
         "responder",
         "response_headers_extra",
+        "retry",
         "route",
         "scheme",
         "source",
@@ -136,7 +137,8 @@ class Exchange:
         self.started = started              # loop.time() when the head arrived
         self.vars: dict[str, Any] | None = None  # policy scratch space, made on demand
         self.done = False
-        self.on_done: Any = None            # callback(ex) once the response ended
+        self.on_done: Any = None            # callback(ex) once the exchange ended, however
+        self.retry: Any = None              # the upstream Call when retries/limits apply
         self.keep_alive = True
         self.source: ResponseSource | None = None   # who produces the response body
         # Set by policies (cors, rate-limit); merged into the head by the codec.

@@ -99,7 +99,8 @@ class UpstreamConnection(asyncio.Protocol):
         ex.source = self
         self.transport.write(head)
         if ex.body_expected:
-            ex.attach_body_sink(self)
+            call = ex.retry         # a Call keeps the body for replay and hands it on
+            (ex if call is None else call).attach_body_sink(self)
 
     # -- BodySink: the request body ----------------------------------------
     def body_data(self, data: bytes) -> None:
@@ -161,14 +162,14 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserCallbackError as exc:
             if not isinstance(exc.__context__, _HeadResponseDone):
                 log.error("upstream response handling failed", exc_info=exc.__context__)
-                self._fail(502, b"Bad Gateway\n")
+                self._fail("protocol", 502, b"Bad Gateway\n")
                 return
             keep_alive = self.parser.should_keep_alive()
             self.parser = httptools.HttpResponseParser(self)
             self._complete(keep_alive)
             return
         except httptools.HttpParserError:
-            self._fail(502, b"Bad Gateway: invalid response from upstream\n")
+            self._fail("protocol", 502, b"Bad Gateway: invalid response from upstream\n")
             return
         ex = self.ex
         if ex is not None:
@@ -190,10 +191,17 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 ex.responder.abort(ex)
             return
-        if self.reused and not self._got_bytes and not (ex.body_expected and ex.body_sink):
-            self.pool.retry(ex, self.head, self._req_chunked, self.timeout)
-            return
-        ex.responder.respond(ex, 502, b"Bad Gateway: upstream connection closed\n")
+        if self.reused and not self._got_bytes:
+            # The keep-alive race: the upstream closed an idle connection as we
+            # reused it. Once more on a fresh one, if the body can be replayed.
+            if ex.retry is not None:
+                upstream_failed(ex, self, "stale", 502,
+                                b"Bad Gateway: upstream connection closed\n")
+                return
+            if not (ex.body_expected and ex.body_sink):
+                self.pool.retry(ex, self.head, self._req_chunked, self.timeout)
+                return
+        upstream_failed(ex, self, "reset", 502, b"Bad Gateway: upstream connection closed\n")
 
     # -- httptools callbacks -------------------------------------------------
     def on_headers_complete(self) -> None:
@@ -210,6 +218,13 @@ class UpstreamConnection(asyncio.Protocol):
             self._rx_pos = end + 4
             self._interim = True     # 100 Continue and friends: we answer those ourselves
             return
+        pool = self.pool
+        pool.responses += 1
+        if status >= 500:
+            pool.errors += 1
+        call = ex.retry
+        if call is not None and call.response(self, status):
+            return                   # discarded: the Call retries elsewhere
         self._rx = []
         self._rx_pos = 0
         self._resp_started = True
@@ -250,16 +265,16 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self._close()
 
-    def _fail(self, status: int, body: bytes) -> None:
+    def _fail(self, kind: str, status: int, body: bytes) -> None:
         ex = self.ex
         self.ex = None
         self._close()
-        if ex is not None and not ex.done:
-            ex.responder.respond(ex, status, body)
+        if ex is not None:
+            upstream_failed(ex, self, kind, status, body)
 
     def expire(self) -> None:
         """Called by the worker's sweep once ``deadline`` has passed."""
-        self._fail(504, b"Gateway Timeout\n")
+        self._fail("timeout", 504, b"Gateway Timeout\n")
 
     def _close(self) -> None:
         if not self._closed:
@@ -267,3 +282,18 @@ class UpstreamConnection(asyncio.Protocol):
             self.pool.forget(self)
             if self.transport is not None:
                 self.transport.close()
+
+
+def upstream_failed(ex: Exchange, conn: UpstreamConnection | None, kind: str, status: int,
+                    body: bytes) -> None:
+    """No response came from the upstream: let the Call retry, or answer ``status``.
+
+    ``kind`` names what went wrong in Envoy's retry vocabulary: ``connect-failure``,
+    ``reset``, ``timeout``, ``protocol``, ``stale`` (a reused connection closed
+    before answering).
+    """
+    call = ex.retry
+    if call is not None and call.failed(conn, kind):
+        return
+    if not ex.done:
+        ex.responder.respond(ex, status, body)

@@ -105,6 +105,8 @@ class H1Server(asyncio.Protocol):
             sink = ex.body_sink
             if sink is not None and not ex.body_done:
                 sink.body_abort()
+            if ex.on_done is not None:
+                ex.on_done(ex)
         self._current = None
         self._queue = None
 
@@ -344,6 +346,8 @@ class H1Server(asyncio.Protocol):
             self.flush(ex)
             ex.done = True
             self._close()
+            if ex.on_done is not None:
+                ex.on_done(ex)
 
     def pause_body(self, ex: Exchange) -> None:
         if ex is self._parsing:

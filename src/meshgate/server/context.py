@@ -27,6 +27,7 @@ class WorkerContext:
         self.services = Services()               # resources shared by policies
         self.connections: set[Any] = set()       # H1Server protocols
         self.upstream_conns: set[Any] = set()    # every open upstream connection
+        self.endpoint_sets: dict[str, list[Any]] = {}   # control plane's, per cluster
         self.draining = False
         self.now = loop.time()                   # coarse clock, updated every tick
         self.date = b""

@@ -29,6 +29,7 @@ from typing import Any
 from meshgate.admin.adminkey import install_admin_key
 from meshgate.admin.app import admin_server, create_admin_app
 from meshgate.config.loader import ConfigError, LoadedConfig, load_config
+from meshgate.discovery.manager import DiscoveryManager
 from meshgate.server.control import Channel, encode_config
 from meshgate.telemetry.metrics import merge
 
@@ -61,6 +62,8 @@ class Master:
         self.seen_stamp: tuple[float, ...] = ()
         self.failures: dict[int, int] = {}      # worker index -> quick successive exits
         self.store: Any = None      # the consumer store, opened by the Admin API on first use
+        self.discovery = DiscoveryManager(self._publish, registry_url=_registry_url(config))
+        self.pending_apply: asyncio.Task[None] | None = None
 
     # -- Supervisor protocol for the admin app -----------------------------
     def is_ready(self) -> bool:
@@ -82,7 +85,52 @@ class Master:
                                     return_exceptions=True)
         merged = merge(d for d in done if isinstance(d, dict))
         merged["gauges"]["meshgate_config_reloads"] = self.reloads
+        merged["control"] = self.discovery.metrics()
         return merged
+
+    async def collect_clusters(self) -> dict[str, Any]:
+        """``/clusters``: the control plane's view, with each worker's data-plane view."""
+        replies = await self._ask_workers("clusters")
+        control = self.discovery.clusters()
+        out: dict[str, Any] = {}
+        for name in self.config.gateway.serviceEndpoints:
+            workers = [r.get(name, []) for r in replies]
+            out[name] = {"controlPlane": control.get(name), "workers": workers}
+        return out
+
+    async def _ask_workers(self, op: str) -> list[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        futures = []
+        for handle in self.workers.values():
+            if not handle.ready:
+                continue
+            n = next(self.ids)
+            fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+            handle.pending[n] = fut
+            handle.channel.send({"op": op, "id": n})
+            futures.append(fut)
+        done = await asyncio.gather(*(asyncio.wait_for(f, 2.0) for f in futures),
+                                    return_exceptions=True)
+        return [d for d in done if isinstance(d, dict)]
+
+    # -- the control plane's endpoint sets ---------------------------------------
+    def _publish(self, cluster: str, endpoints: list[dict[str, Any]]) -> None:
+        message = {"op": "endpoints", "cluster": cluster, "endpoints": endpoints}
+        for handle in self.workers.values():
+            handle.channel.send(message)
+
+    def _apply_discovery(self) -> None:
+        previous = self.pending_apply
+
+        async def apply() -> None:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            try:
+                await self.discovery.apply(self.config.gateway)
+            except Exception:
+                log.exception("discovery could not be configured")
+
+        self.pending_apply = asyncio.get_running_loop().create_task(apply())
 
     # -- workers -------------------------------------------------------------
     async def _spawn(self, index: int) -> WorkerHandle:
@@ -95,6 +143,8 @@ class Master:
         handle = WorkerHandle(index, process, await Channel.open(ours))
         # the running config, not the file: it may have been broken since
         handle.channel.send({"op": "config", "config": encode_config(self.config)})
+        for cluster, endpoints in self.discovery.current().items():
+            handle.channel.send({"op": "endpoints", "cluster": cluster, "endpoints": endpoints})
         self.workers[index] = handle
         if self.stopping:               # a stop arrived while this one was starting
             process.send_signal(signal.SIGTERM)
@@ -120,7 +170,7 @@ class Master:
                 handle.failed = str(message.get("error"))
                 if not self.started.done():
                     self.started.set_exception(RuntimeError(handle.failed))
-            elif op == "metrics":
+            elif op in ("metrics", "clusters"):
                 fut = handle.pending.pop(message.get("id", -1), None)
                 if fut is not None and not fut.done():
                     fut.set_result(message.get("data") or {})
@@ -189,6 +239,7 @@ class Master:
         message = {"op": "reload", "config": encode_config(config)}
         for handle in self.workers.values():
             handle.channel.send(message)
+        self._apply_discovery()
         log.info("config reloaded")
         return True
 
@@ -224,6 +275,12 @@ class Master:
                 log.info("admin API requires the MESHGATE_ADMIN_KEY bearer key")
             admin = admin_server(app, admin_cfg.host, admin_cfg.port)
             admin_task = loop.create_task(admin.serve(sockets=[sock]))
+        try:
+            await self.discovery.apply(self.config.gateway)
+        except Exception as exc:
+            log.error("discovery could not start: %s", exc)
+            await _stop_admin(admin, admin_task)
+            return 1
         for i in range(self.count):
             if self.stopping:
                 break
@@ -253,6 +310,7 @@ class Master:
             watcher.cancel()
         await self._wait_workers()
         await _stop_admin(admin, admin_task)
+        await self.discovery.stop()
         if self.store is not None:
             await self.store.close()
         log.info("stopped")
@@ -276,6 +334,12 @@ class Master:
         admin = f"http://{gw.admin.host}:{gw.admin.port}" if gw.admin else "off"
         log.info("meshgate serving %s with %d worker(s); admin API %s",
                  ", ".join(where) or "no listener", self.count, admin)
+
+
+def _registry_url(config: LoadedConfig) -> str | None:
+    registry = getattr(config.system, "registry", None)
+    url = getattr(registry, "url", None) if registry is not None else None
+    return url or os.environ.get("MESHGATE_REGISTRY")
 
 
 def _bind(host: str, port: int) -> socket.socket:

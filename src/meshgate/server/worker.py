@@ -97,12 +97,31 @@ class Worker:
                                    "data": self._export()})
             elif op == "reload":
                 self.channel.send(self._reload(message))
+            elif op == "endpoints":
+                self._endpoints(message)
+            elif op == "clusters":
+                self.channel.send({"op": "clusters", "id": message.get("id"), "data": {
+                    name: c.describe() for name, c in self.ctx.snapshot.clusters.items()}})
 
     def _export(self) -> dict[str, Any]:
+        counters = self.metrics.counters
+        labelled = self.metrics.labelled = {}
+        for name, cluster in self.ctx.snapshot.clusters.items():
+            for ep in cluster.endpoints:
+                labels = (name, ep.key)
+                counters[("meshgate_endpoint_requests", labels)] = ep.pool.responses
+                counters[("meshgate_endpoint_errors", labels)] = ep.pool.errors
+                if ep.latency_count:
+                    counters[("meshgate_endpoint_response_seconds", labels)] = ep.latency_sum
+                    counters[("meshgate_endpoint_timed_responses", labels)] = ep.latency_count
+                labelled[("meshgate_endpoint_ejected", labels)] = 1 if ep.ejected_until else 0
+                labelled[("meshgate_endpoint_active_requests", labels)] = ep.active
         self.metrics.gauges = {
             "meshgate_downstream_connections": len(self.ctx.connections),
             "meshgate_upstream_connections": sum(
                 ep.pool.open for c in self.ctx.snapshot.clusters.values() for ep in c.endpoints),
+            "meshgate_retries_active": sum(
+                c.active_retries for c in self.ctx.snapshot.clusters.values()),
             "meshgate_workers": 1,
             "meshgate_config_reloads": self.reloads,
         }
@@ -118,6 +137,15 @@ class Worker:
         self.ctx.swap(snapshot)
         self.reloads += 1
         return {"op": "reloaded", "ok": True}
+
+    def _endpoints(self, message: dict[str, Any]) -> None:
+        """The control plane's new endpoint set for one cluster."""
+        name = message.get("cluster", "")
+        endpoints = message.get("endpoints") or []
+        self.ctx.endpoint_sets[name] = endpoints
+        cluster = self.ctx.snapshot.clusters.get(name)
+        if cluster is not None and cluster.dynamic:
+            cluster.set_endpoints(endpoints)
 
     def drain(self) -> None:
         if self.ctx.draining:

@@ -33,6 +33,46 @@ GAUGES = {
     "meshgate_upstream_connections": "Upstream connections open or opening",
     "meshgate_workers": "Worker processes answering",
     "meshgate_config_reloads": "Configuration reloads applied",
+    "meshgate_retries_active": "Retries in flight",
+}
+
+# Labelled counters the mesh features add: name -> (help, label names).
+COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "meshgate_upstream_retries": ("Retries sent", ("service_endpoint",)),
+    "meshgate_retry_budget_exhausted": ("Retries refused by the retry budget",
+                                        ("service_endpoint",)),
+    "meshgate_upstream_overflow": ("Requests refused by a circuit breaker (503)",
+                                   ("service_endpoint", "breaker")),
+    "meshgate_upstream_timeouts": ("Upstream attempts that timed out", ("service_endpoint",)),
+    "meshgate_outlier_ejections": ("Endpoints ejected by outlier detection",
+                                   ("service_endpoint", "reason")),
+    "meshgate_outlier_ejections_overflow": ("Ejections refused by maxEjectionPercent",
+                                            ("service_endpoint",)),
+    "meshgate_split_decisions": ("Requests routed by a traffic split, per target",
+                                 ("pipeline", "service_endpoint")),
+    "meshgate_mirror_requests": ("Requests copied to a mirror", ("service_endpoint",)),
+    "meshgate_mirror_skipped": ("Requests not mirrored", ("service_endpoint", "reason")),
+    "meshgate_faults_injected": ("Faults injected by the fault policy", ("kind",)),
+    "meshgate_endpoint_requests": ("Responses per upstream endpoint",
+                                   ("service_endpoint", "endpoint")),
+    "meshgate_endpoint_errors": ("5xx responses per upstream endpoint",
+                                 ("service_endpoint", "endpoint")),
+    "meshgate_endpoint_response_seconds": (
+        "Sum of times to response head per endpoint (guarded clusters)",
+        ("service_endpoint", "endpoint")),
+    "meshgate_endpoint_timed_responses": (
+        "Responses timed per endpoint (guarded clusters)", ("service_endpoint", "endpoint")),
+}
+# Labelled gauges, set when scraped.
+LABELLED_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "meshgate_endpoint_healthy": ("1 if the endpoint is healthy", ("service_endpoint", "endpoint")),
+    "meshgate_endpoint_ejected": ("Workers in which outlier detection ejected the endpoint",
+                                  ("service_endpoint", "endpoint")),
+    "meshgate_endpoint_active_requests": ("Requests in flight per endpoint",
+                                          ("service_endpoint", "endpoint")),
+    "meshgate_discovery_endpoints": ("Endpoints known per serviceEndpoint", ("service_endpoint",)),
+    "meshgate_discovery_stale": ("1 while a provider serves its last known set",
+                                 ("service_endpoint",)),
 }
 
 Row = list[Any]   # [apiEndpoint, pipeline, serviceEndpoint, status, count, sum, *buckets]
@@ -44,6 +84,13 @@ class Metrics:
     def __init__(self) -> None:
         self.table: dict[tuple[tuple[str, str], str, int], list[float]] = {}
         self.gauges: dict[str, float] = {}
+        self.counters: dict[tuple[str, tuple[str, ...]], float] = {}
+        self.labelled: dict[tuple[str, tuple[str, ...]], float] = {}   # gauges, set at scrape
+
+    def count(self, name: str, labels: tuple[str, ...], n: float = 1) -> None:
+        key = (name, labels)
+        counters = self.counters
+        counters[key] = counters.get(key, 0) + n
 
     def observe(self, ex: Exchange, now: float) -> None:
         route = ex.route
@@ -59,14 +106,23 @@ class Metrics:
     def export(self) -> dict[str, Any]:
         rows = [[ep, pl, cluster, status, *cell]
                 for ((ep, pl), cluster, status), cell in self.table.items()]
-        return {"requests": rows, "gauges": dict(self.gauges)}
+        return {"requests": rows, "gauges": dict(self.gauges),
+                "counters": [[name, list(labels), v]
+                             for (name, labels), v in self.counters.items()],
+                "labelled": [[name, list(labels), v]
+                             for (name, labels), v in self.labelled.items()]}
 
 
 def merge(exports: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Sum the exports of several workers."""
     rows: dict[tuple[str, str, str, int], list[float]] = {}
     gauges: dict[str, float] = {}
+    sums: dict[str, dict[tuple[str, tuple[str, ...]], float]] = {"counters": {}, "labelled": {}}
     for export in exports:
+        for kind, acc_map in sums.items():
+            for name, labels, value in export.get(kind, []):
+                label_key = (name, tuple(labels))
+                acc_map[label_key] = acc_map.get(label_key, 0) + value
         for row in export.get("requests", []):
             key = (row[0], row[1], row[2], row[3])
             values = row[4:]
@@ -78,7 +134,9 @@ def merge(exports: Iterable[dict[str, Any]]) -> dict[str, Any]:
                     acc[i] += v
         for name, value in export.get("gauges", {}).items():
             gauges[name] = gauges.get(name, 0) + value
-    return {"requests": [[*k, *v] for k, v in rows.items()], "gauges": gauges}
+    return {"requests": [[*k, *v] for k, v in rows.items()], "gauges": gauges,
+            **{kind: [[name, list(labels), v] for (name, labels), v in acc_map.items()]
+               for kind, acc_map in sums.items()}}
 
 
 class Collector:
@@ -108,3 +166,38 @@ class Collector:
         yield hist
         for name, value in sorted(data["gauges"].items()):
             yield GaugeMetricFamily(name, GAUGES.get(name, name), value=value)
+        yield from _labelled(data.get("counters", []), COUNTERS, CounterMetricFamily)
+        yield from _labelled(data.get("labelled", []), LABELLED_GAUGES, GaugeMetricFamily)
+        yield from _control_plane(data.get("control", []))
+
+
+def _control_plane(rows: list[Any]) -> Iterator[Metric]:
+    """The master's own gauges: ``(name, {label: value}, value)`` rows."""
+    by_name: dict[str, list[Any]] = {}
+    for name, labels, value in rows:
+        by_name.setdefault(name, []).append((labels, value))
+    for name in sorted(by_name):
+        values = by_name[name]
+        label_names = sorted(values[0][0])
+        help_text = LABELLED_GAUGES.get(name, (name, ()))[0]
+        metric = GaugeMetricFamily(name, help_text, labels=label_names)
+        for labels, value in values:
+            metric.add_metric([str(labels.get(k, "")) for k in label_names], value)
+        yield metric
+
+
+def _labelled(rows: list[Any], known: dict[str, tuple[str, tuple[str, ...]]],
+              family: Any) -> Iterator[Metric]:
+    by_name: dict[str, list[Any]] = {}
+    for name, labels, value in rows:
+        by_name.setdefault(name, []).append((labels, value))
+    for name in sorted(by_name):
+        help_text, label_names = known.get(name, (name, ()))
+        values = by_name[name]
+        if not label_names and values:
+            label_names = tuple(f"l{i}" for i in range(len(values[0][0])))
+        metric = family(name.removesuffix("_total") if family is CounterMetricFamily else name,
+                        help_text, labels=list(label_names))
+        for labels, value in sorted(values, key=lambda lv: [str(x) for x in lv[0]]):
+            metric.add_metric([str(x) for x in labels], value)
+        yield metric

@@ -1,26 +1,49 @@
-"""A cluster is a serviceEndpoint: its endpoints, how to pick one, timeouts, pools.
+"""A cluster is a serviceEndpoint: its endpoint set, balancer, limits and pools.
 
-Endpoints come from ``url`` / ``urls`` today; discovery providers will feed
-the same ``Endpoint`` list later. Each endpoint owns one connection pool per
-worker. ``pick()`` is round-robin over the endpoints, as Express Gateway's
-``urls`` strategy.
+Theory of operation
+-------------------
+Endpoints come from ``url`` / ``urls`` (static) or, when the serviceEndpoint
+has ``discovery`` or a ``healthCheck``, from the control plane: the master
+runs providers and health checks and pushes whole endpoint sets, which
+``set_endpoints`` applies by key -- endpoints that stay keep their pool and
+counters, new ones get a pool, removed ones have theirs closed.
+
+``pick()`` asks the balancer (see ``upstream/balancer``), which skips
+unhealthy and ejected endpoints, prefers the local zone and falls back to all
+endpoints in panic. With one endpoint and nothing to decide, ``single`` lets
+the proxy skip the call.
+
+A cluster is ``guarded`` when a request needs more than one write: retries,
+an overall timeout, circuit breakers, outlier detection or a latency-aware
+balancer. The proxy then runs the request through a ``Call``
+(``upstream/call.py``); an unguarded cluster costs nothing of that.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from meshgate.upstream.pool import Pool
+from meshgate.upstream.balancer import build_balancer
+from meshgate.upstream.outlier import OutlierDetector
+from meshgate.upstream.pool import Limits, Pool
+from meshgate.upstream.retry import RetryPolicy
 
 if TYPE_CHECKING:
+    from meshgate.config.model import ServiceEndpoint
+    from meshgate.protocol.exchange import Exchange
     from meshgate.server.context import WorkerContext
+
+log = logging.getLogger("meshgate.cluster")
 
 
 @dataclass(eq=False)
 class Endpoint:
+    """One upstream instance of a cluster, as this worker sees it."""
+
     url: str
     host: str
     port: int
@@ -28,31 +51,47 @@ class Endpoint:
     authority: bytes      # Host header value for changeOrigin
     base_path: bytes      # path of the url, prepended to the request path
     pool: Pool
+    key: str = ""         # identity across endpoint-set updates (scheme://host:port/path)
+    weight: int = 1       # relative share for weighted balancers
+    zone: str = ""        # locality for zone-aware balancing
+    version: str = ""
+    id: str = ""          # instance id from discovery
+    healthy: bool = True  # control plane's view: registry status and active checks
+    added: float = 0.0    # loop time this worker first saw it (slow start)
+    ejected_until: float = 0.0   # outlier detection: ejected while now < this
+    ejections: int = 0           # times ejected (the ejection time multiplier)
+    consecutive_5xx: int = 0
+    consecutive_gateway: int = 0
+    requests: int = 0            # in the current outlier interval (success rate)
+    failures: int = 0
+    latency_sum: float = 0.0     # seconds to response head, guarded clusters only
+    latency_count: int = 0
+
+    @property
+    def active(self) -> int:
+        """Requests in flight to this endpoint (connecting, busy or waiting)."""
+        pool = self.pool
+        return pool.open - len(pool.idle) + len(pool.waiting)
+
+    @property
+    def available(self) -> bool:
+        """Healthy and not ejected (``ejected_until`` is cleared by the detector)."""
+        return self.healthy and not self.ejected_until
 
 
-class Cluster:
-    def __init__(self, name: str, endpoints: list[Endpoint],
-                 proxy_options: dict[str, Any] | None = None) -> None:
-        self.name = name
-        self.endpoints = endpoints
-        self.proxy_options = proxy_options or {}
-        self._next = 0
-        # With one endpoint there is nothing to choose: the proxy skips pick().
-        self.single: Endpoint | None = endpoints[0] if len(endpoints) == 1 else None
-
-    def pick(self) -> Endpoint:
-        endpoints = self.endpoints
-        i = self._next
-        self._next = (i + 1) % len(endpoints)
-        return endpoints[i]
-
-    def close(self) -> None:
-        for ep in self.endpoints:
-            ep.pool.close()
-
-    def sweep(self, now: float) -> None:
-        for ep in self.endpoints:
-            ep.pool.sweep(now)
+def static_specs(svc: ServiceEndpoint) -> list[dict[str, Any]]:
+    """The endpoint dicts of a serviceEndpoint's ``url`` / ``urls``."""
+    specs = []
+    for url, weight, zone in svc.weighted_targets:
+        parts = urlsplit(url)
+        secure = parts.scheme == "https"
+        host = parts.hostname or "127.0.0.1"
+        port = parts.port or (443 if secure else 80)
+        path = parts.path.rstrip("/")
+        specs.append({"key": f"{parts.scheme}://{host}:{port}{path}", "host": host,
+                      "port": port, "scheme": parts.scheme, "path": path,
+                      "weight": weight, "zone": zone, "url": url})
+    return specs
 
 
 def _client_ssl(verify: bool) -> ssl.SSLContext:
@@ -63,27 +102,127 @@ def _client_ssl(verify: bool) -> ssl.SSLContext:
     return ctx
 
 
-def build_cluster(ctx: WorkerContext, name: str, urls: list[str], *,
-                  connect_timeout_ms: int, timeout_ms: int, max_connections: int,
-                  max_idle: int, idle_timeout_ms: int, proxy_options: dict[str, Any],
-                  ) -> Cluster:
-    verify_tls = bool(proxy_options.get("secure", True))
-    endpoints = []
-    for url in urls:
-        parts = urlsplit(url)
-        secure = parts.scheme == "https"
-        port = parts.port or (443 if secure else 80)
-        host = parts.hostname or "127.0.0.1"
-        default_port = (secure and port == 443) or (not secure and port == 80)
-        authority = host if default_port else f"{host}:{port}"
-        if ":" in host and not default_port:
-            authority = f"[{host}]:{port}"
-        base = parts.path.rstrip("/")
-        pool = Pool(ctx, host, port,
-                    _client_ssl(verify_tls) if secure else None,
-                    host if secure else None,
-                    connect_timeout_ms / 1000.0, timeout_ms / 1000.0,
-                    max_connections, max_idle, idle_timeout_ms / 1000.0)
-        endpoints.append(Endpoint(url, host, port, parts.scheme, authority.encode(),
-                                  base.encode(), pool))
-    return Cluster(name, endpoints, proxy_options)
+class Cluster:
+    def __init__(self, ctx: WorkerContext, name: str, svc: ServiceEndpoint,
+                 proxy_options: dict[str, Any]) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.proxy_options = proxy_options
+        self.verify_tls = bool(proxy_options.get("secure", True))
+        self.connect_timeout = svc.connectTimeout / 1000.0
+        self.response_timeout = svc.timeout / 1000.0
+        self.request_timeout = svc.requestTimeout / 1000.0
+        pool = svc.pool
+        self.max_connections = pool.maxConnections
+        self.max_idle = pool.maxIdle
+        self.idle_timeout = pool.idleTimeout / 1000.0
+        self.dynamic = (svc.healthCheck is not None or (
+            svc.discovery is not None and svc.discovery.get("type") != "static"))
+        self.balancer = build_balancer(svc.loadBalancer)
+        metrics = ctx.metrics
+        breakers = svc.circuitBreakers
+        self.limits = None if breakers is None else Limits(
+            breakers.maxConnections, breakers.maxPendingRequests, breakers.maxRequests,
+            breakers.maxRetries,
+            lambda which: metrics.count("meshgate_upstream_overflow", (name, which)))
+        self.retry = None if svc.retry is None else RetryPolicy(svc.retry)
+        self.outlier = (None if svc.outlierDetection is None
+                        else OutlierDetector(svc.outlierDetection, self))
+        self.active = 0               # requests in flight through a Call
+        self.active_retries = 0
+        self.guarded = bool(self.retry or self.limits or self.outlier or self.request_timeout
+                            or self.balancer.wants_latency)
+        self.endpoints: list[Endpoint] = []
+        self.by_key: dict[str, Endpoint] = {}
+        self.single: Endpoint | None = None
+        self.has_base_path = False
+        self.seeded = False
+        # Static endpoints serve at once; a checked or discovered cluster waits
+        # for the control plane (which keeps pushing until it is told otherwise).
+        self.set_endpoints(static_specs(svc) if svc.url or svc.urls else [])
+
+    # -- the endpoint set ---------------------------------------------------
+    def set_endpoints(self, specs: list[dict[str, Any]]) -> None:
+        # Endpoints of the first set serve at full weight; later ones slow-start.
+        now = self.ctx.now if self.by_key or self.seeded else 0.0
+        self.seeded = True
+        fresh: dict[str, Endpoint] = {}
+        for spec in specs:
+            key = spec["key"]
+            ep = self.by_key.get(key) or fresh.get(key)
+            if ep is None:
+                ep = self._endpoint(spec, now)
+            ep.weight = max(1, int(spec.get("weight", 1)))
+            ep.zone = spec.get("zone", "") or ""
+            ep.version = spec.get("version", "") or ""
+            ep.id = spec.get("id", "") or ""
+            ep.healthy = bool(spec.get("healthy", True))
+            fresh[key] = ep
+        for key, ep in self.by_key.items():
+            if key not in fresh:
+                ep.pool.close()
+        self.by_key = fresh
+        self.endpoints = list(fresh.values())
+        self.has_base_path = any(ep.base_path for ep in self.endpoints)
+        self.refresh()
+
+    def _endpoint(self, spec: dict[str, Any], now: float) -> Endpoint:
+        host, port, scheme = spec["host"], int(spec["port"]), spec.get("scheme", "http")
+        secure = scheme == "https"
+        default_port = port == (443 if secure else 80)
+        shown = f"[{host}]" if ":" in host else host
+        authority = shown if default_port else f"{shown}:{port}"
+        path = spec.get("path", "") or ""
+        pool = Pool(self.ctx, host, port, _client_ssl(self.verify_tls) if secure else None,
+                    host if secure else None, self.connect_timeout, self.response_timeout,
+                    self.max_connections, self.max_idle, self.idle_timeout)
+        pool.limits = self.limits
+        url = spec.get("url") or f"{scheme}://{authority}{path}"
+        return Endpoint(url, host, port, scheme, authority.encode(), path.encode(), pool,
+                        key=spec["key"], added=now)
+
+    def refresh(self) -> None:
+        """Health, membership or ejections changed: rebuild the balancer's tables."""
+        self.balancer.update(self.endpoints, self.ctx.now)
+        eps = self.endpoints
+        self.single = (eps[0] if len(eps) == 1 and eps[0].available
+                       and not self.balancer.wants_latency else None)
+
+    def pick(self, ex: Exchange | None, exclude: Endpoint | None = None) -> Endpoint | None:
+        return self.balancer.pick(ex, exclude)
+
+    # -- upkeep ---------------------------------------------------------------
+    def close(self) -> None:
+        for ep in self.endpoints:
+            ep.pool.close()
+
+    def sweep(self, now: float) -> None:
+        for ep in self.endpoints:
+            ep.pool.sweep(now)
+        self.balancer.sweep(now)
+        if self.outlier is not None:
+            self.outlier.sweep(now)
+
+    def adopt(self, previous: Cluster) -> None:
+        """A reload rebuilt this cluster: keep the control plane's last endpoint set."""
+        if self.dynamic and previous.dynamic:
+            self.set_endpoints([_spec_of(ep) for ep in previous.endpoints])
+
+    def describe(self) -> list[dict[str, Any]]:
+        now = self.ctx.now
+        return [{"key": ep.key, "url": ep.url, "healthy": ep.healthy,
+                 "ejected": bool(ep.ejected_until), "ejectedFor": max(0.0, ep.ejected_until - now),
+                 "weight": ep.weight, "zone": ep.zone, "active": ep.active,
+                 "requests": ep.pool.responses, "errors": ep.pool.errors}
+                for ep in self.endpoints]
+
+
+def _spec_of(ep: Endpoint) -> dict[str, Any]:
+    return {"key": ep.key, "host": ep.host, "port": ep.port, "scheme": ep.scheme,
+            "path": ep.base_path.decode(), "weight": ep.weight, "zone": ep.zone,
+            "version": ep.version, "id": ep.id, "healthy": ep.healthy}
+
+
+def build_cluster(ctx: WorkerContext, name: str, svc: ServiceEndpoint,
+                  proxy_options: dict[str, Any]) -> Cluster:
+    return Cluster(ctx, name, svc, proxy_options)

@@ -5,6 +5,11 @@ a request takes one if there is one, otherwise a new connection is opened --
 the only place a task is created on the proxy path. At ``max_connections``
 requests wait in FIFO order for a connection to come back. Idle connections
 older than ``idle_timeout`` are closed by the worker's sweep.
+
+With circuit breakers configured, the cluster's ``Limits`` are shared by the
+pools of all its endpoints: new connections count against
+``maxConnections`` and waiters against ``maxPendingRequests``; a request that
+would exceed the pending limit is answered 503 at once (an overflow).
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ import asyncio
 import logging
 import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from meshgate.protocol.http1_client import UpstreamConnection
+from meshgate.protocol.http1_client import UpstreamConnection, upstream_failed
 
 if TYPE_CHECKING:
     from meshgate.protocol.exchange import Exchange
@@ -43,6 +49,28 @@ class Pool:
         self.open = 0                     # connections open or opening
         self.waiting: deque[tuple[Exchange, bytes, bool, float]] = deque()
         self.closed = False
+        self.limits: Limits | None = None     # the cluster's circuit breakers, if any
+        self.responses = 0                    # response heads received (per endpoint stats)
+        self.errors = 0                       # ... with a 5xx status
+
+    def _can_open(self) -> bool:
+        limits = self.limits
+        return self.open < self.max_connections and (
+            limits is None or limits.connections < limits.max_connections)
+
+    def _opening(self) -> None:
+        self.open += 1
+        if self.limits is not None:
+            self.limits.connections += 1
+
+    def _gone(self) -> None:
+        self.open -= 1
+        if self.limits is not None:
+            self.limits.connections -= 1
+
+    def _dequeued(self) -> None:
+        if self.limits is not None:
+            self.limits.pending -= 1
 
     def send(self, ex: Exchange, head: bytes, chunked_body: bool, timeout: float) -> None:
         """Send a request on an idle connection, a new one, or wait for one."""
@@ -53,15 +81,21 @@ class Pool:
                 conn.reused = True
                 conn.start(ex, head, chunked_body, timeout)
                 return
-        if self.open >= self.max_connections:
+        if not self._can_open():
+            limits = self.limits
+            if limits is not None:
+                if limits.pending >= limits.max_pending:
+                    limits.overflow(ex, "pending")
+                    return
+                limits.pending += 1
             self.waiting.append((ex, head, chunked_body, timeout))
             return
-        self.open += 1
+        self._opening()
         self.ctx.loop.create_task(self._connect(ex, head, chunked_body, timeout))
 
     def retry(self, ex: Exchange, head: bytes, chunked_body: bool, timeout: float) -> None:
         """A reused connection died before answering: once more on a fresh one."""
-        self.open += 1
+        self._opening()
         self.ctx.loop.create_task(self._connect(ex, head, chunked_body, timeout))
 
     async def _connect(self, ex: Exchange, head: bytes, chunked_body: bool,
@@ -74,11 +108,11 @@ class Pool:
                                        server_hostname=self.server_hostname),
                 self.connect_timeout or None)
         except TimeoutError:
-            self.open -= 1
+            self._gone()
             self._refuse(ex, 504, b"Gateway Timeout: upstream connect timeout\n")
             return
         except (OSError, ssl.SSLError) as exc:
-            self.open -= 1
+            self._gone()
             log.debug("connect to %s:%s failed: %s", self.host, self.port, exc)
             self._refuse(ex, 502, b"Bad Gateway: upstream unreachable\n")
             return
@@ -88,15 +122,15 @@ class Pool:
             conn.start(ex, head, chunked_body, timeout)
 
     def _refuse(self, ex: Exchange, status: int, body: bytes) -> None:
-        if not ex.done:
-            ex.responder.respond(ex, status, body)
         self._serve_waiting()
+        upstream_failed(ex, None, "connect-failure", status, body)
 
     def release(self, conn: UpstreamConnection) -> None:
         """A connection finished cleanly: give it to a waiter or keep it idle."""
         waiting = self.waiting
         while waiting:
             ex, head, chunked, timeout = waiting.popleft()
+            self._dequeued()
             if not ex.done:
                 conn.reused = True
                 conn.start(ex, head, chunked, timeout)
@@ -111,17 +145,18 @@ class Pool:
         """A connection closed (idempotent)."""
         if not conn.forgotten:
             conn.forgotten = True
-            self.open -= 1
+            self._gone()
             if conn in self.idle:
                 self.idle.remove(conn)
             self._serve_waiting()
 
     def _serve_waiting(self) -> None:
         waiting = self.waiting
-        while waiting and self.open < self.max_connections:
+        while waiting and self._can_open():
             ex, head, chunked, timeout = waiting.popleft()
+            self._dequeued()
             if not ex.done:
-                self.open += 1
+                self._opening()
                 self.ctx.loop.create_task(self._connect(ex, head, chunked, timeout))
 
     def sweep(self, now: float) -> None:
@@ -134,3 +169,37 @@ class Pool:
         self.closed = True
         for conn in list(self.idle):
             conn._close()
+        while self.waiting:          # an endpoint removed by discovery: waiters go elsewhere
+            ex, _, _, _ = self.waiting.popleft()
+            self._dequeued()
+            if not ex.done:
+                upstream_failed(ex, None, "connect-failure", 503,
+                                b"Service Unavailable: endpoint removed\n")
+
+
+class Limits:
+    """A cluster's circuit breakers (Envoy's thresholds), shared by its pools."""
+
+    __slots__ = ("connections", "max_connections", "max_pending", "max_requests",
+                 "max_retries", "on_overflow", "pending", "requests", "retries")
+
+    def __init__(self, max_connections: int, max_pending: int, max_requests: int,
+                 max_retries: int, on_overflow: Callable[[str], None]) -> None:
+        self.max_connections = max_connections
+        self.max_pending = max_pending
+        self.max_requests = max_requests
+        self.max_retries = max_retries
+        self.connections = 0
+        self.pending = 0
+        self.requests = 0
+        self.retries = 0
+        self.on_overflow = on_overflow
+
+    def overflow(self, ex: Exchange, which: str) -> None:
+        """Over a limit: 503 at once, counted, never retried."""
+        self.on_overflow(which)
+        if ex.retry is not None:
+            ex.retry.overflowed()
+        if not ex.done:
+            ex.responder.respond(ex, 503, b"Service Unavailable: upstream overflow\n",
+                                 [(b"x-meshgate-overloaded", b"true")])

@@ -1,0 +1,199 @@
+"""Models of the mesh sections of a serviceEndpoint (meshgate extensions).
+
+Theory of operation
+-------------------
+Express Gateway's serviceEndpoint had ``url`` / ``urls`` and ``proxyOptions``.
+meshgate adds, each optional and each rejecting unknown keys:
+
+* ``discovery``      where the endpoint set comes from (``type`` names a
+  provider in ``meshgate.discovery``; its other keys are that provider's
+  params, validated by the provider's own model);
+* ``healthCheck``    active HTTP or TCP checks, as Envoy's health checker;
+* ``loadBalancer``   how an endpoint is chosen (a string is the type);
+* ``retry``          Envoy's retry policy, with a retry budget;
+* ``circuitBreakers`` limits on the whole cluster, as Envoy's thresholds;
+* ``outlierDetection`` passive ejection of failing endpoints;
+* ``requestTimeout`` the overall deadline covering every retry.
+
+Defaults are Envoy's (or Linkerd's for peak-ewma) unless the docs say
+otherwise; ``docs/mesh.md`` lists them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+
+from meshgate.config.base import MeshModel, Millis, StrList
+
+# -- health checks -------------------------------------------------------------
+
+
+def _statuses(value: Any) -> Any:
+    if value is None:
+        return value
+    if isinstance(value, (int, str)):
+        value = [value]
+    return [str(v) for v in value]
+
+
+def parse_status_ranges(items: list[str]) -> list[tuple[int, int]]:
+    """``["200-399", "404"]`` -> ``[(200, 399), (404, 404)]``."""
+    out = []
+    for item in items:
+        lo, _, hi = item.partition("-")
+        low, high = int(lo), int(hi or lo)
+        if not 100 <= low <= high <= 599:
+            raise ValueError(f"expected a status or range within 100-599, got {item!r}")
+        out.append((low, high))
+    return out
+
+
+class HealthCheck(MeshModel):
+    type: Literal["http", "tcp"] = Field("http", description="http: GET path; tcp: connect")
+    path: str = Field("/", description="Path of the HTTP check")
+    host: str | None = Field(None, description="Host header of the HTTP check")
+    expectedStatuses: Annotated[list[str], BeforeValidator(_statuses)] = Field(
+        default_factory=lambda: ["200-399"], description="Statuses or ranges that pass")
+    interval: Millis = Field(5000, description="Time between checks of a healthy endpoint")
+    unhealthyInterval: Millis | None = Field(
+        None, description="Time between checks of an unhealthy endpoint (default: interval)")
+    timeout: Millis = Field(1000, description="A check not answered in time fails")
+    healthyThreshold: int = Field(2, ge=1, description="Passes in a row to become healthy")
+    unhealthyThreshold: int = Field(3, ge=1, description="Failures in a row to become unhealthy")
+    jitter: Millis = Field(0, description="Random extra delay added to each interval")
+
+    @field_validator("expectedStatuses")
+    @classmethod
+    def _ranges(cls, value: list[str]) -> list[str]:
+        parse_status_ranges(value)
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("expected a path starting with '/'")
+        return value
+
+
+# -- load balancing --------------------------------------------------------------
+
+
+class HashOn(MeshModel):
+    header: str | None = Field(None, description="Hash this request header")
+    cookie: str | None = Field(None, description="Hash this cookie")
+    queryParameter: str | None = Field(None, description="Hash this query parameter")
+    sourceIp: bool = Field(False, description="Hash the client address")
+
+    @model_validator(mode="after")
+    def _one(self) -> HashOn:
+        chosen = [k for k in ("header", "cookie", "queryParameter") if getattr(self, k)]
+        if len(chosen) + int(self.sourceIp) != 1:
+            raise ValueError("expected exactly one of header, cookie, queryParameter, sourceIp")
+        return self
+
+
+class SlowStart(MeshModel):
+    window: Millis = Field(0, description="New endpoints ramp up their share over this time")
+    aggression: float = Field(1.0, gt=0, description="Ramp curve; 1.0 is linear")
+    minWeightPercent: float = Field(10.0, ge=0, le=100,
+                                    description="Share a new endpoint starts with")
+
+
+LB_TYPES = ("round-robin", "least-request", "random", "ring-hash", "maglev", "peak-ewma")
+
+
+def _lb_shorthand(value: Any) -> Any:
+    return {"type": value} if isinstance(value, str) else value
+
+
+class LoadBalancer(MeshModel):
+    type: Literal["round-robin", "least-request", "random", "ring-hash", "maglev",
+                  "peak-ewma"] = "round-robin"
+    choiceCount: int = Field(2, ge=2, description="least-request: endpoints sampled per pick")
+    hashOn: HashOn | None = Field(None, description="ring-hash / maglev: what to hash")
+    minimumRingSize: int = Field(1024, ge=1, description="ring-hash: ring entries")
+    tableSize: int = Field(65537, ge=1, description="maglev: lookup table size (a prime)")
+    decayTime: Millis = Field(10000, description="peak-ewma: latency decay time")
+    slowStart: SlowStart | None = None
+    panicThreshold: float = Field(
+        50.0, ge=0, le=100, description="Below this % healthy, balance over all endpoints")
+    localZone: str | None = Field(
+        None, description="Prefer endpoints in this zone (default: $MESHGATE_ZONE)")
+    zoneAware: bool = Field(True, description="Prefer the local zone while it is healthy")
+
+    @model_validator(mode="after")
+    def _hash_needs_key(self) -> LoadBalancer:
+        if self.type in ("ring-hash", "maglev") and self.hashOn is None:
+            raise ValueError(f"{self.type} needs hashOn (header, cookie, queryParameter "
+                             "or sourceIp)")
+        return self
+
+
+LoadBalancerField = Annotated[LoadBalancer, BeforeValidator(_lb_shorthand,
+                                                           json_schema_input_type=str | dict)]
+
+# -- retries, timeouts, circuit breakers, outliers -----------------------------------
+
+RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx",
+            "retriable-status-codes")
+
+
+class Backoff(MeshModel):
+    baseInterval: Millis = Field(25, description="Fully jittered exponential backoff base")
+    maxInterval: Millis | None = Field(None, description="Cap (default 10x baseInterval)")
+
+
+class RetryBudget(MeshModel):
+    percent: float = Field(20.0, ge=0, le=100,
+                           description="Active retries allowed, as % of active requests")
+    minRetryConcurrency: int = Field(3, ge=0, description="Retries always allowed at once")
+
+
+class Retry(MeshModel):
+    retryOn: StrList = Field(default_factory=lambda: ["5xx"],
+                             description="Conditions that trigger a retry (Envoy's names)")
+    numRetries: int = Field(1, ge=0, description="Retries after the first attempt")
+    perTryTimeout: Millis | None = Field(
+        None, description="Timeout of each attempt (default: the serviceEndpoint's timeout)")
+    retriableStatusCodes: list[int] = Field(default_factory=list)
+    backoff: Backoff = Field(default_factory=lambda: Backoff.model_validate({}))
+    budget: RetryBudget = Field(default_factory=lambda: RetryBudget.model_validate({}))
+    maxBodyBytes: int = Field(65536, ge=0,
+                              description="Requests with a longer body are not retried")
+
+    @field_validator("retryOn")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        names = [v.strip() for item in value for v in item.split(",") if v.strip()]
+        for name in names:
+            if name not in RETRY_ON:
+                raise ValueError(f"unknown retryOn {name!r}; expected one of "
+                                 + ", ".join(RETRY_ON))
+        return names
+
+
+class CircuitBreakers(MeshModel):
+    maxConnections: int = Field(1024, ge=1, description="Upstream connections, all endpoints")
+    maxPendingRequests: int = Field(1024, ge=0, description="Requests waiting for a connection")
+    maxRequests: int = Field(1024, ge=1, description="Requests in flight")
+    maxRetries: int = Field(3, ge=0, description="Retries in flight")
+
+
+class SuccessRate(MeshModel):
+    minimumHosts: int = Field(5, ge=1)
+    requestVolume: int = Field(100, ge=1)
+    stdevFactor: int = Field(1900, ge=1, description="Eject below mean - stdev*factor/1000")
+
+
+class OutlierDetection(MeshModel):
+    consecutive5xx: int = Field(5, ge=0, description="0 disables")
+    consecutiveGatewayFailure: int = Field(5, ge=0, description="502/503/504 or local failures")
+    interval: Millis = Field(10000, description="How often ejections are reviewed")
+    baseEjectionTime: Millis = Field(30000)
+    maxEjectionTime: Millis = Field(300000)
+    maxEjectionPercent: float = Field(10.0, ge=0, le=100)
+    successRate: SuccessRate | None = None
+

@@ -1,0 +1,169 @@
+"""Traffic split and mirroring for the proxy policy.
+
+Theory of operation
+-------------------
+``Split`` holds one ``Forward`` per target serviceEndpoint. Per request:
+
+1. a target whose ``match`` (all its headers and cookies equal) fits the
+   request takes it -- the way to pin testers to a canary;
+2. otherwise, with ``stickyBy``, a stable hash of the key (header, cookie,
+   query parameter or client address) picks the target, so a client stays on
+   one version while the weights stay put;
+3. otherwise a weighted random draw (a bisect over cumulative weights).
+
+Weights change by editing the pipeline (reload or Admin API); requests in
+flight finish on the Snapshot they started with. Each decision is counted
+per target (``meshgate_split_decisions``).
+
+``Mirror`` sends a copy of a share of requests to another serviceEndpoint,
+fire-and-forget: the copy has its own Exchange whose responder discards
+everything, ``-shadow`` appended to its Host (as Envoy does), and its
+failures never reach the client. Requests with a body are not mirrored (the
+body streams to the primary only); they are counted as skipped.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from bisect import bisect_right
+from itertools import accumulate
+from typing import TYPE_CHECKING, Any
+
+from meshgate.protocol.exchange import Exchange
+
+if TYPE_CHECKING:
+    from meshgate.config.mesh import HashOn
+    from meshgate.policies import Action, BuildContext
+    from meshgate.protocol.exchange import Headers
+
+
+def _cookie(ex: Exchange, name: bytes) -> bytes | None:
+    for k, v in ex.headers:
+        if k == b"cookie":
+            for part in v.split(b";"):
+                key, _, value = part.strip().partition(b"=")
+                if key == name:
+                    return value
+    return None
+
+
+def _query(ex: Exchange, name: bytes) -> bytes | None:
+    q = ex.path.find(b"?")
+    if q < 0:
+        return None
+    for part in ex.path[q + 1:].split(b"&"):
+        key, _, value = part.partition(b"=")
+        if key == name:
+            return value
+    return None
+
+
+def hash_key(on: HashOn, ex: Exchange) -> bytes | None:
+    if on.header:
+        return ex.header(on.header.lower().encode())
+    if on.cookie:
+        return _cookie(ex, on.cookie.encode())
+    if on.queryParameter:
+        return _query(ex, on.queryParameter.encode())
+    return ex.client_addr
+
+
+class Split:
+    def __init__(self, params: Any, targets: list[tuple[Any, Any]], ctx: BuildContext) -> None:
+        self.forwards = [fwd for fwd, _ in targets]
+        self.weights = [t.weight for _, t in targets]
+        self.cumulative = list(accumulate(self.weights))
+        self.total = self.cumulative[-1]
+        self.sticky: HashOn | None = params.stickyBy
+        self.matchers = [
+            (fwd, [(k.lower().encode(), v.encode()) for k, v in t.match.headers.items()],
+             [(k.encode(), v.encode()) for k, v in t.match.cookies.items()])
+            for fwd, t in targets if t.match is not None]
+        self.pipeline = ctx.pipeline
+
+    def choose(self, ex: Exchange) -> Any:
+        for fwd, headers, cookies in self.matchers:
+            if all(ex.header(k) == v for k, v in headers) and all(
+                    _cookie(ex, k) == v for k, v in cookies):
+                return fwd
+        if self.sticky is not None:
+            key = hash_key(self.sticky, ex)
+            if key is not None:
+                point = zlib.crc32(key) % self.total
+                return self.forwards[bisect_right(self.cumulative, point)]
+        return self.forwards[bisect_right(self.cumulative, random.random() * self.total)]
+
+    def __call__(self, ex: Exchange) -> bool:
+        fwd = self.choose(ex)
+        fwd.cluster.ctx.metrics.count("meshgate_split_decisions", (self.pipeline, fwd.name))
+        result: bool = fwd(ex)
+        return result
+
+
+class _Discard:
+    """Responder of a mirrored copy: the response is read and dropped."""
+
+    def start_response(self, ex: Exchange, status: int, headers: Headers,
+                       has_body: bool, length: int | None) -> None:
+        ex.status = status
+
+    def start_response_raw(self, ex: Exchange, status: int, block: bytes,
+                           has_body: bool, length: int | None) -> None:
+        ex.status = status
+
+    def send_data(self, ex: Exchange, data: bytes) -> None:
+        pass
+
+    def end_response(self, ex: Exchange, trailers: Headers | None) -> None:
+        ex.done = True
+
+    def respond(self, ex: Exchange, status: int, body: bytes,
+                headers: Headers | None = None) -> None:
+        ex.status = status
+        ex.done = True
+
+    def flush(self, ex: Exchange) -> None:
+        pass
+
+    def abort(self, ex: Exchange) -> None:
+        ex.done = True
+
+    def pause_body(self, ex: Exchange) -> None:
+        pass
+
+    def resume_body(self, ex: Exchange) -> None:
+        pass
+
+    def set_response_source(self, ex: Exchange, source: Any) -> None:
+        ex.source = source
+
+
+_DISCARD = _Discard()
+
+
+class Mirror:
+    def __init__(self, primary: Action, shadow: Any, percentage: float,
+                 ctx: BuildContext) -> None:
+        self.primary = primary
+        self.shadow = shadow
+        self.share = percentage / 100.0
+        self.metrics = shadow.cluster.ctx.metrics
+        self.name = shadow.name
+
+    def __call__(self, ex: Exchange) -> Any:
+        result = self.primary(ex)
+        if self.share >= 1.0 or random.random() < self.share:
+            if ex.body_expected:
+                self.metrics.count("meshgate_mirror_skipped", (self.name, "body"))
+            else:
+                self._copy(ex)
+        return result
+
+    def _copy(self, ex: Exchange) -> None:
+        headers = [(k, v + b"-shadow") if k == b"host" else (k, v) for k, v in ex.headers]
+        copy = Exchange(_DISCARD, ex.method, ex.path, headers, ex.authority, ex.scheme,
+                        ex.client_addr, ex.http_version, False, ex.started)
+        copy.route = ex.route
+        self.metrics.count("meshgate_mirror_requests", (self.name,))
+        self.shadow(copy)

@@ -1,0 +1,163 @@
+"""Serve the registry: standalone (``meshgate registry``) or inside another process.
+
+Theory of operation
+-------------------
+``EmbeddedRegistry`` owns a store and a uvicorn server running in the
+caller's event loop on a socket it binds itself (so ``port=0`` works and the
+bound port is known before serving). It never touches signals: the host
+process (the gateway master, a test) owns them. ``start()`` returns once
+uvicorn accepts connections; ``stop()`` first releases every blocking query
+and watch stream (they would otherwise hold the shutdown), then stops
+uvicorn, then closes the store (last snapshot, etcd leases stay with the
+instances that own them).
+
+``serve_registry()`` is the standalone form: start, wait for SIGTERM/SIGINT
+(or the ``stop`` event), stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+import uvicorn
+
+from meshgate.registry.api import create_registry_app
+from meshgate.registry.base import (
+    DEFAULT_DEREGISTER_CRITICAL_AFTER_MS,
+    DEFAULT_ETCD_PREFIX,
+    DEFAULT_PORT,
+    BaseStore,
+)
+from meshgate.registry.store import MemoryStore
+
+log = logging.getLogger("meshgate.registry")
+StoreKind = Literal["memory", "etcd"]
+
+
+def create_store(store: StoreKind = "memory", *, data_dir: str | Path | None = None,
+                 etcd_endpoints: Sequence[str] = (), etcd_prefix: str = DEFAULT_ETCD_PREFIX,
+                 deregister_critical_after_ms: int = DEFAULT_DEREGISTER_CRITICAL_AFTER_MS
+                 ) -> BaseStore:
+    if store == "memory":
+        return MemoryStore(data_dir, deregister_critical_after_ms=deregister_critical_after_ms)
+    if store == "etcd":
+        from meshgate.registry.etcd_store import EtcdStore
+
+        if not etcd_endpoints:
+            raise ValueError("the etcd store needs at least one etcd endpoint")
+        return EtcdStore(list(etcd_endpoints), etcd_prefix,
+                         deregister_critical_after_ms=deregister_critical_after_ms)
+    raise ValueError(f"unknown registry store {store!r} (memory or etcd)")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn inside the host's loop; the host owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind(host: str, port: int) -> socket.socket:
+    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(info[0], socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(info[4])
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class EmbeddedRegistry:
+    """The registry API served from the caller's event loop."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
+                 store: StoreKind | BaseStore = "memory", data_dir: str | Path | None = None,
+                 etcd_endpoints: Sequence[str] = (), etcd_prefix: str = DEFAULT_ETCD_PREFIX,
+                 deregister_critical_after_ms: int = DEFAULT_DEREGISTER_CRITICAL_AFTER_MS,
+                 keepalive: float = 15.0) -> None:
+        self.host = host
+        self.port = port
+        self.store = store if isinstance(store, BaseStore) else create_store(
+            store, data_dir=data_dir, etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix,
+            deregister_critical_after_ms=deregister_critical_after_ms)
+        self.app = create_registry_app(self.store, keepalive=keepalive)
+        self._server: _Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Open the store, bind, and return once the API accepts connections."""
+        sock = bind(self.host, self.port)     # OSError (port in use) goes to the caller
+        self.port = int(sock.getsockname()[1])
+        try:
+            await self.store.start()
+        except BaseException:
+            sock.close()
+            raise
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="off",
+                                access_log=False, ws="none", timeout_graceful_shutdown=2)
+        self._server = _Server(config)
+        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._task.done():
+                await self.store.close()
+                self._task.result()
+                raise RuntimeError("the registry API stopped at start")
+            await asyncio.sleep(0.01)
+        log.info("registry listening on %s (%s store)", self.url,
+                 type(self.store).__name__)
+
+    async def stop(self) -> None:
+        self.store.release_watchers()
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(Exception):
+                await self._task
+        await self.store.close()
+
+    async def __aenter__(self) -> EmbeddedRegistry:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def serve_registry(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
+                         store: StoreKind = "memory", data_dir: str | Path | None = None,
+                         etcd_endpoints: Sequence[str] = (),
+                         etcd_prefix: str = DEFAULT_ETCD_PREFIX,
+                         deregister_critical_after_ms: int =
+                         DEFAULT_DEREGISTER_CRITICAL_AFTER_MS,
+                         stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop`` is set), then stop cleanly."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    registry = EmbeddedRegistry(host, port, store=store, data_dir=data_dir,
+                                etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix,
+                                deregister_critical_after_ms=deregister_critical_after_ms)
+    await registry.start()
+    print(f"registry listening on {registry.url}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        await registry.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

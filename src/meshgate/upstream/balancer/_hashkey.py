@@ -1,0 +1,114 @@
+"""What the hashing balancers hash: the key ``hashOn`` names, taken from the request.
+
+Theory of operation
+-------------------
+``key_function(hash_on)`` is called once per balancer and returns a closure
+that pulls the key out of an Exchange -- a header value, a cookie, a query
+parameter or the client address -- as bytes, or ``None`` when the request
+does not carry it (the balancer then picks at random, as Envoy does).
+Nothing is decoded unless it has to be: header names are already lower-case
+bytes on the Exchange, so a header key is one scan of the header list.
+
+``hash64`` turns a key into a 64-bit integer. It must give the same answer
+in every worker, process and host of the mesh (so that every sidecar sends
+a key to the same endpoint), which rules out Python's salted ``hash()``;
+BLAKE2b truncated to 8 bytes is stable, well mixed and implemented in C.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from hashlib import blake2b
+from typing import TYPE_CHECKING
+from urllib.parse import unquote_to_bytes
+
+if TYPE_CHECKING:
+    from meshgate.config.mesh import HashOn
+    from meshgate.protocol.exchange import Exchange
+
+KeyFunction = Callable[["Exchange | None"], "bytes | None"]
+
+
+def hash64(data: bytes) -> int:
+    """A stable, well-mixed 64-bit hash of ``data``."""
+    return int.from_bytes(blake2b(data, digest_size=8).digest(), "little")
+
+
+def cookie_value(header: bytes, name: bytes) -> bytes | None:
+    """The value of cookie ``name`` in one ``Cookie`` header value (RFC 6265 syntax)."""
+    for part in header.split(b";"):
+        key, eq, value = part.partition(b"=")
+        if eq and key.strip() == name:
+            value = value.strip()
+            if len(value) >= 2 and value[:1] == b'"' and value[-1:] == b'"':
+                value = value[1:-1]
+            return value
+    return None
+
+
+def _unquote(raw: bytes) -> bytes:
+    if b"%" in raw or b"+" in raw:
+        return unquote_to_bytes(raw.replace(b"+", b" "))
+    return raw
+
+
+def query_value(query: bytes, name: bytes) -> bytes | None:
+    """The (decoded) value of the first query parameter called ``name``."""
+    for part in query.split(b"&"):
+        key, _, value = part.partition(b"=")
+        if key == name or _unquote(key) == name:
+            return _unquote(value)
+    return None
+
+
+def key_function(hash_on: HashOn) -> KeyFunction:
+    """The closure extracting the configured key from an Exchange."""
+    if hash_on.header:
+        return _header_key(hash_on.header.lower().encode("latin-1"))
+    if hash_on.cookie:
+        return _cookie_key(hash_on.cookie.encode("latin-1"))
+    if hash_on.queryParameter:
+        return _query_key(hash_on.queryParameter.encode("utf-8"))
+    return _source_ip
+
+
+def _source_ip(ex: Exchange | None) -> bytes | None:
+    if ex is None:
+        return None
+    return ex.client_addr or None
+
+
+def _header_key(name: bytes) -> KeyFunction:
+    def header_key(ex: Exchange | None) -> bytes | None:
+        if ex is None:
+            return None
+        for key, value in ex.headers:
+            if key == name:
+                return value
+        return None
+    return header_key
+
+
+def _cookie_key(name: bytes) -> KeyFunction:
+    def cookie_key(ex: Exchange | None) -> bytes | None:
+        if ex is None:
+            return None
+        for key, value in ex.headers:
+            if key == b"cookie":
+                found = cookie_value(value, name)
+                if found is not None:
+                    return found
+        return None
+    return cookie_key
+
+
+def _query_key(name: bytes) -> KeyFunction:
+    def query_key(ex: Exchange | None) -> bytes | None:
+        if ex is None:
+            return None
+        path = ex.path
+        q = path.find(b"?")
+        if q < 0:
+            return None
+        return query_value(path[q + 1:], name)
+    return query_key

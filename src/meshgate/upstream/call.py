@@ -1,0 +1,292 @@
+"""A Call: one proxied request over its attempts (retries, deadlines, limits).
+
+Theory of operation
+-------------------
+Unguarded clusters send a request with one pool write and never meet this
+class. For a guarded cluster the proxy makes a Call, which sets
+``ex.retry = self`` so the upstream codec reports to it:
+
+* ``response(conn, status)`` when a response head arrives: the outcome is
+  recorded (outlier detection, the balancer's latency, per-endpoint stats);
+  a retriable status with a retry left discards the response (the
+  connection is closed) and schedules the next attempt; anything else
+  commits -- from then on the response streams to the client untouched;
+* ``failed(conn, kind)`` when no response came (connect failure, reset,
+  timeout, protocol error, or a stale keep-alive connection): retried the
+  same way, or the caller answers 502/504 as without a Call.
+
+The request body passes through the Call (it is the body sink the upstream
+connections attach to): chunks are forwarded and, up to ``maxBodyBytes``,
+kept so that a retry can replay them. A body that outgrows the limit makes
+the request unretriable.
+
+Retries wait a jittered backoff, go to another endpoint when there is one,
+must fit the retry budget and the ``maxRetries`` breaker, and stop at the
+overall ``requestTimeout`` (504 if it expires; each attempt's timeout is
+capped by it). ``on_done`` releases the counters however the exchange ends.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from meshgate.protocol.http1_client import upstream_failed
+from meshgate.upstream.retry import IDEMPOTENT
+
+if TYPE_CHECKING:
+    from meshgate.protocol.exchange import Exchange, Headers
+    from meshgate.protocol.http1_client import UpstreamConnection
+    from meshgate.upstream.cluster import Cluster, Endpoint
+
+_NO_HEALTHY = b"Service Unavailable: no healthy upstream\n"
+
+
+class Call:
+    __slots__ = ("attached", "attempts", "cluster", "committed", "conn", "deadline", "ep",
+                 "ex", "policy", "proxy", "retrying", "saved", "saved_bytes", "sent",
+                 "timer")
+
+    def __init__(self, proxy: Any, cluster: Cluster, ex: Exchange) -> None:
+        self.proxy = proxy
+        self.cluster = cluster
+        self.ex = ex
+        self.policy = cluster.retry
+        self.attempts = 0                 # retries made
+        self.ep: Endpoint | None = None
+        self.conn: UpstreamConnection | None = None   # where body bytes go now
+        self.attached = False
+        self.committed = False
+        self.retrying = False             # counted in the active-retries gauges
+        self.sent = 0.0
+        self.timer: Any = None
+        timeout = proxy.request_timeout or cluster.request_timeout
+        self.deadline = ex.started + timeout if timeout else 0.0
+        self.saved: list[bytes] | None = None
+        self.saved_bytes = 0
+        if self.policy is not None and ex.body_expected:
+            length = ex.header(b"content-length")
+            if length is None or (length.isdigit() and int(length) <= self.policy.max_body):
+                self.saved = []
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> bool:
+        cluster = self.cluster
+        ex = self.ex
+        limits = cluster.limits
+        if limits is not None:
+            if limits.requests >= limits.max_requests:
+                limits.overflow(ex, "requests")
+                return True
+            limits.requests += 1
+        cluster.active += 1
+        ex.retry = self
+        ex.on_done = self._done if ex.on_done is None else _chain(ex.on_done, self._done)
+        self._attempt(None)
+        return True
+
+    def _attempt(self, exclude: Endpoint | None) -> None:
+        ex = self.ex
+        if ex.done:
+            return
+        cluster = self.cluster
+        ep = cluster.single or cluster.pick(ex, exclude)
+        if ep is None:
+            self.committed = True
+            ex.responder.respond(ex, 503, _NO_HEALTHY)
+            return
+        self.ep = ep
+        head, chunked = self.proxy.head(ex, ep)
+        pool = ep.pool
+        now = cluster.ctx.loop.time()
+        self.sent = now
+        per_try = self.proxy.timeout
+        if per_try is None:
+            per_try = (self.policy.per_try if self.policy is not None and self.policy.per_try
+                       else pool.response_timeout)
+        elapsed = now - ex.started
+        timeout = elapsed + per_try if per_try else 0.0
+        if self.deadline:
+            overall = self.deadline - ex.started
+            timeout = min(timeout, overall) if timeout else overall
+        pool.send(ex, head, chunked, timeout)
+
+    def _done(self, ex: Exchange) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        cluster = self.cluster
+        cluster.active -= 1
+        limits = cluster.limits
+        if limits is not None:
+            limits.requests -= 1
+        if self.retrying:
+            self.retrying = False
+            cluster.active_retries -= 1
+            if limits is not None:
+                limits.retries -= 1
+
+    def overflowed(self) -> None:
+        self.committed = True
+
+    # -- what the upstream codec reports -----------------------------------------
+    def response(self, conn: UpstreamConnection, status: int) -> bool:
+        """A response head arrived; True if it is discarded for a retry."""
+        cluster = self.cluster
+        ep = self.ep
+        if ep is not None:
+            rtt = cluster.ctx.loop.time() - self.sent
+            ep.latency_sum += rtt
+            ep.latency_count += 1
+            if cluster.balancer.wants_latency:
+                cluster.balancer.observe(ep, rtt, status < 500)
+            if cluster.outlier is not None:
+                cluster.outlier.result(ep, status)
+        policy = self.policy
+        if (not self.committed and policy is not None and status in policy.statuses
+                and self._may_retry("status")):
+            conn.abort()
+            self._retry_later()
+            return True
+        self.committed = True
+        return False
+
+    def failed(self, conn: UpstreamConnection | None, kind: str) -> bool:
+        """No response came; True if the Call takes care of it (a retry)."""
+        ex = self.ex
+        if self.committed or ex.done or ex.status:
+            return False
+        cluster = self.cluster
+        ep = self.ep
+        if kind == "stale":
+            # The keep-alive race is not the endpoint's fault and costs no retry.
+            if self.saved is not None or not ex.body_expected:
+                self.conn = None
+                ex.source = None
+                self._attempt(None) if ep is None else self._resend(ep)
+                return True
+            kind = "reset"
+        if ep is not None:
+            if cluster.outlier is not None:
+                cluster.outlier.local_failure(ep)
+            if cluster.balancer.wants_latency:
+                cluster.balancer.observe(ep, cluster.ctx.loop.time() - self.sent, False)
+        if kind == "timeout":
+            cluster.ctx.metrics.count("meshgate_upstream_timeouts", (cluster.name,))
+            if self.deadline and cluster.ctx.loop.time() >= self.deadline - 0.001:
+                self.committed = True
+                return False
+        policy = self.policy
+        if policy is not None and kind in policy.kinds and self._may_retry(kind):
+            self._retry_later()
+            return True
+        self.committed = True
+        return False
+
+    def _resend(self, ep: Endpoint) -> None:
+        head, chunked = self.proxy.head(self.ex, ep)
+        ep.pool.retry(self.ex, head, chunked, self._remaining())
+
+    def _remaining(self) -> float:
+        ex = self.ex
+        now = self.cluster.ctx.loop.time()
+        per_try = self.ep.pool.response_timeout if self.ep is not None else 0.0
+        timeout = (now - ex.started) + per_try if per_try else 0.0
+        if self.deadline:
+            overall = self.deadline - ex.started
+            timeout = min(timeout, overall) if timeout else overall
+        return timeout
+
+    # -- retries -----------------------------------------------------------------
+    def _may_retry(self, kind: str) -> bool:
+        policy = self.policy
+        assert policy is not None
+        cluster = self.cluster
+        ex = self.ex
+        if self.attempts >= policy.num_retries:
+            return False
+        if ex.body_expected and self.saved is None:
+            return False              # the body was not kept: it cannot be replayed
+        if ex.method not in IDEMPOTENT and kind != "connect-failure":
+            return False
+        if self.deadline and cluster.ctx.loop.time() >= self.deadline:
+            return False
+        if not self.retrying:
+            limits = cluster.limits
+            if limits is not None and limits.retries >= limits.max_retries:
+                cluster.ctx.metrics.count("meshgate_upstream_overflow", (cluster.name, "retries"))
+                return False
+            if not policy.budget_allows(cluster.active, cluster.active_retries):
+                cluster.ctx.metrics.count("meshgate_retry_budget_exhausted", (cluster.name,))
+                return False
+        return True
+
+    def _retry_later(self) -> None:
+        cluster = self.cluster
+        ex = self.ex
+        assert self.policy is not None
+        self.attempts += 1
+        if not self.retrying:
+            self.retrying = True
+            cluster.active_retries += 1
+            if cluster.limits is not None:
+                cluster.limits.retries += 1
+        cluster.ctx.metrics.count("meshgate_upstream_retries", (cluster.name,))
+        self.conn = None
+        ex.source = None
+        delay = self.policy.backoff(self.attempts)
+        if self.deadline:
+            delay = max(0.0, min(delay, self.deadline - cluster.ctx.loop.time()))
+        self.timer = cluster.ctx.loop.call_later(delay, self._fire, self.ep)
+
+    def _fire(self, exclude: Endpoint | None) -> None:
+        self.timer = None
+        ex = self.ex
+        if ex.done:
+            return
+        if self.deadline and self.cluster.ctx.loop.time() >= self.deadline:
+            self.committed = True
+            upstream_failed(ex, None, "timeout", 504, b"Gateway Timeout\n")
+            return
+        self._attempt(exclude)
+
+    # -- BodySink: the request body, kept for replay ------------------------------
+    def attach_body_sink(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        ex = self.ex
+        if not self.attached:
+            self.attached = True
+            ex.attach_body_sink(self)         # buffered chunks come through body_data
+            return
+        for chunk in self.saved or ():
+            conn.body_data(chunk)
+        if ex.body_done:
+            conn.body_end(ex.trailers)
+
+    def body_data(self, data: bytes) -> None:
+        saved = self.saved
+        if saved is not None:
+            self.saved_bytes += len(data)
+            if self.policy is not None and self.saved_bytes > self.policy.max_body:
+                self.saved = None
+            else:
+                saved.append(data)
+        conn = self.conn
+        if conn is not None:
+            conn.body_data(data)
+
+    def body_end(self, trailers: Headers | None) -> None:
+        conn = self.conn
+        if conn is not None:
+            conn.body_end(trailers)
+
+    def body_abort(self) -> None:
+        conn = self.conn
+        if conn is not None:
+            conn.body_abort()
+
+
+def _chain(first: Any, second: Any) -> Any:
+    def both(ex: Exchange) -> None:
+        first(ex)
+        second(ex)
+    return both
