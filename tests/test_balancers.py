@@ -8,6 +8,7 @@ gateway is tested elsewhere.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 from collections.abc import Iterator
@@ -143,7 +144,7 @@ def test_smooth_weighted_round_robin_matches_nginx() -> None:
 
 def longest_run(seq: list[Any]) -> int:
     longest = run = 1
-    for prev, cur in zip(seq, seq[1:], strict=False):
+    for prev, cur in itertools.pairwise(seq):
         run = run + 1 if cur is prev else 1
         longest = max(longest, run)
     return longest
@@ -198,7 +199,7 @@ def test_least_request_weighted_by_active_bias() -> None:
     lb = balancer("least-request", [heavy, light])
     counts = shares(lb, 4000)                 # unloaded: the weights
     assert abs(counts["heavy"] - 3000) <= 2
-    heavy.pool.open = 5                       # type: ignore[misc]  # weight 3 / 6 vs 1 / 1
+    heavy.pool.open = 5                       # weight 3 / 6 vs 1 / 1
     counts = shares(lb, 3000)
     assert abs(counts["light"] - 2000) <= 2
 
@@ -432,7 +433,7 @@ def test_peak_ewma_is_peak_sensitive_and_tries_new_endpoints() -> None:
     assert lb.cost(a) == pytest.approx(0.5, rel=0.01)
     assert lb.cost(b) == 0.0                             # unmeasured, idle: tried first
     assert lb.pick(None) is b
-    b.pool.open = 1                                      # type: ignore[misc]
+    b.pool.open = 1
     assert lb.pick(None) is a                            # in flight, no answer: penalised
 
 

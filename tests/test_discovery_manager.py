@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -14,8 +15,10 @@ import pytest
 
 from meshgate.config.model import GatewayConfig
 from meshgate.discovery.manager import DiscoveryManager
+from meshgate.etcdv3 import EtcdClient
 from tests.conftest import ROOT, Backend
 from tests.support import dnsmasq
+from tests.support.etcd import EtcdServer, etcd_factory, etcd_server  # noqa: F401
 from tests.support.gateway import free_port
 
 CHECK = {"path": "/name", "interval": 100, "timeout": 300, "healthyThreshold": 1,
@@ -212,5 +215,42 @@ def test_provider_error_keeps_the_published_set(tmp_path: Path,
         finally:
             await manager.stop()
             server.stop()
+
+    run(scenario())
+
+
+def test_source_health_and_check_combine(etcd_server: EtcdServer,  # noqa: F811
+                                         backends: tuple[Backend, Backend]) -> None:
+    a, b = backends
+    recorder = Recorder()
+
+    def value(backend: Backend, healthy: bool) -> bytes:
+        return json.dumps({"address": "127.0.0.1", "port": backend.port,
+                           "healthy": healthy}).encode()
+
+    async def scenario() -> None:
+        client = EtcdClient([etcd_server.url])
+        await client.put("/services/users/a", value(a, False))    # the source says no
+        await client.put("/services/users/b", value(b, True))
+        manager = DiscoveryManager(recorder)
+        await manager.apply(gateway({"users": {
+            "discovery": {"type": "etcd", "endpoints": [etcd_server.url],
+                          "prefix": "/services/users/"},
+            "healthCheck": CHECK}}))
+        try:
+            await eventually(lambda: recorder.last("users") == {a.url: False, b.url: True})
+            view = {e["key"]: e for e in manager.clusters()["users"]["endpoints"]}
+            assert view[a.url]["check"]["healthy"] is True           # the check passes...
+            assert view[a.url]["sourceHealthy"] is False             # ...the source does not
+            assert view[a.url]["healthy"] is False and view[a.url]["id"] == "a"
+            await client.put("/services/users/a", value(a, True))
+            await eventually(lambda: recorder.last("users") == {a.url: True, b.url: True},
+                             timeout=2)
+            b.stop()                                                  # now the check fails
+            await eventually(lambda: recorder.last("users") == {a.url: True, b.url: False},
+                             timeout=2)
+        finally:
+            await manager.stop()
+            await client.close()
 
     run(scenario())

@@ -18,7 +18,7 @@ import typer
 import uvloop
 
 from meshgate import __version__
-from meshgate.cli import consumers, credentials, registry
+from meshgate.cli import consumers, credentials, registry, sidecar
 from meshgate.config.loader import ConfigError, find_config_dir, json_schema, load_config
 
 app = typer.Typer(help="meshgate: API gateway, service-mesh sidecar and service registry.",
@@ -38,6 +38,7 @@ for _group, _names in (
     for _index, _name in enumerate(_names):
         app.add_typer(_group, name=_name, hidden=_index > 0)
 app.command("registry")(registry.registry)
+app.command("sidecar")(sidecar.sidecar)
 
 ConfigDirArg = Annotated[
     str | None,

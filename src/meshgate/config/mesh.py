@@ -197,3 +197,30 @@ class OutlierDetection(MeshModel):
     maxEjectionPercent: float = Field(10.0, ge=0, le=100)
     successRate: SuccessRate | None = None
 
+
+
+# -- sidecar mode ----------------------------------------------------------------------
+
+
+class SidecarConfig(MeshModel):
+    """``meshgate sidecar``: one service instance's inbound and outbound listeners."""
+
+    service: str = Field(description="The service this instance belongs to")
+    appPort: int = Field(ge=1, le=65535, description="Port of the local app")
+    appHost: str = Field("127.0.0.1", description="Host of the local app")
+    inboundPort: int = Field(15006, ge=0, le=65535, description="Traffic for this instance")
+    outboundPort: int = Field(15001, ge=0, le=65535,
+                              description="The app's calls to other services")
+    bind: str = Field("127.0.0.1", description="Address both listeners bind")
+    address: str = Field("127.0.0.1", description="Address registered for this instance")
+    instanceId: str = Field(description="Instance id in the registry")
+    zone: str = ""
+    version: str = ""
+    tags: list[str] = Field(default_factory=list)
+    ttl: Millis = Field(10000, description="Registration TTL; heartbeats every third of it")
+    register: bool = Field(True, description="Register this instance in the registry")
+    registry: str | None = Field(None, description="Registry URL (default $MESHGATE_REGISTRY)")
+    outbound: dict[str, Any] = Field(
+        default_factory=dict,
+        description="serviceEndpoint settings (retry, loadBalancer, healthCheck, timeouts, "
+                    "outlierDetection, circuitBreakers) for every service called outbound")

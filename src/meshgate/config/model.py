@@ -62,6 +62,7 @@ from meshgate.config.mesh import (
     LoadBalancerField,
     OutlierDetection,
     Retry,
+    SidecarConfig,
 )
 from meshgate.config.pipeline import ConditionUse, Pipeline, PolicyUse, StepUse
 from meshgate.config.system import SystemConfig
@@ -304,6 +305,8 @@ class GatewayConfig(EGModel):
         default_factory=dict)
     server: Annotated[ServerSettings, BeforeValidator(empty_if_none)] = Field(
         default_factory=ServerSettings)
+    sidecar: SidecarConfig | None = Field(
+        None, description="Sidecar mode (set by `meshgate sidecar`)")
 
     @model_validator(mode="after")
     def _check_references(self) -> GatewayConfig:

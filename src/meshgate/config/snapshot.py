@@ -89,9 +89,10 @@ def _options(options: Any) -> dict[str, Any]:
 
 
 def _build_pipeline(name: str, pipeline: Any, cfg: LoadedConfig,
-                    clusters: dict[str, Cluster], services: Services) -> CompiledPipeline:
+                    clusters: dict[str, Cluster], services: Services,
+                    metrics: Any = None) -> CompiledPipeline:
     ctx = BuildContext(clusters, cfg.system, name, list(pipeline.apiEndpoints), services,
-                       cfg.directory)
+                       cfg.directory, metrics)
     steps: list[Step] = []
     for use in pipeline.policies:
         spec = POLICIES.get(use.name)
@@ -162,7 +163,7 @@ def _policy_routes(pipelines: dict[str, CompiledPipeline]) -> list[Route]:
 def compile_snapshot(cfg: LoadedConfig, ctx: WorkerContext,
                      previous: Snapshot | None = None) -> Snapshot:
     clusters, keys = _build_clusters(cfg, ctx, previous)
-    pipelines = {name: _build_pipeline(name, p, cfg, clusters, ctx.services)
+    pipelines = {name: _build_pipeline(name, p, cfg, clusters, ctx.services, ctx.metrics)
                  for name, p in cfg.gateway.pipelines.items()}
     router = Router(_routes(cfg, pipelines))
     return Snapshot(cfg, router, pipelines, clusters, keys)

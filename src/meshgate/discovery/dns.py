@@ -29,7 +29,6 @@ from typing import Literal
 import dns.asyncresolver
 import dns.exception
 import dns.nameserver
-import dns.rdatatype
 import dns.resolver
 from pydantic import Field, field_validator, model_validator
 

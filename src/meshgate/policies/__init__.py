@@ -34,13 +34,14 @@ class BuildContext:
 
     def __init__(self, clusters: dict[str, Any], system: Any, pipeline: str,
                  endpoint_names: list[str], services: Services | None = None,
-                 config_dir: Path | None = None) -> None:
+                 config_dir: Path | None = None, metrics: Any = None) -> None:
         self.clusters = clusters            # serviceEndpoint name -> Cluster
         self.system = system                # the SystemConfig
         self.pipeline = pipeline            # name of the pipeline being built
         self.endpoint_names = endpoint_names
         self.services = services if services is not None else Services()
         self.config_dir = config_dir        # the folder of gateway.config.yml
+        self.metrics = metrics              # the worker's Metrics (counters of policies)
 
 
 class Services:

@@ -148,7 +148,10 @@ class Forward:
             return Call(self, cluster, ex).start()
         ep = cluster.single or cluster.pick(ex)
         if ep is None:
-            ex.responder.respond(ex, 503, b"Service Unavailable: no healthy upstream\n")
+            if cluster.awaiting_first:
+                cluster.park(ex, lambda: self(ex))
+            else:
+                ex.responder.respond(ex, 503, b"Service Unavailable: no healthy upstream\n")
             return True
         head, chunked = self.head(ex, ep)
         pool = ep.pool

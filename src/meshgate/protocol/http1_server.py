@@ -54,13 +54,15 @@ class H1Server(asyncio.Protocol):
     __slots__ = (
         "_bad_head", "_body_expected", "_chunked", "_clock", "_closing", "_current", "_expect",
         "_head_bytes", "_headers", "_host", "_out", "_parsing", "_paused_reading", "_queue",
-        "_tick_mark", "_tick_since", "_url", "_write_paused", "ctx", "nreq", "parser", "peer",
-        "phase", "scheme", "transport",
+        "_tick_mark", "_tick_since", "_url", "_write_paused", "ctx", "nreq", "outbound", "parser",
+        "peer", "phase", "scheme", "transport",
     )
 
-    def __init__(self, ctx: WorkerContext, scheme: bytes = b"http") -> None:
+    def __init__(self, ctx: WorkerContext, scheme: bytes = b"http",
+                 outbound: bool = False) -> None:
         self.ctx = ctx
         self.scheme = scheme
+        self.outbound = outbound        # a sidecar's outbound listener: route by service name
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer = b""
@@ -256,8 +258,8 @@ class H1Server(asyncio.Protocol):
         if ex.pipeline is not None:     # decided while parsing (a refusal)
             ex.pipeline.run(ex)
             return
-        snapshot = self.ctx.snapshot
-        route = snapshot.router.match(ex.authority, ex.path, ex.method)
+        router = self.ctx.outbound if self.outbound else self.ctx.snapshot.router
+        route = router.match(ex.authority, ex.path, ex.method)
         if route is None:
             self.respond(ex, 404, b"Not Found\n")
             return

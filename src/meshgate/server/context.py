@@ -28,6 +28,7 @@ class WorkerContext:
         self.connections: set[Any] = set()       # H1Server protocols
         self.upstream_conns: set[Any] = set()    # every open upstream connection
         self.endpoint_sets: dict[str, list[Any]] = {}   # control plane's, per cluster
+        self.outbound: Any = None                # sidecar mode: the OutboundRouter
         self.draining = False
         self.now = loop.time()                   # coarse clock, updated every tick
         self.date = b""

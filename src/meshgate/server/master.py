@@ -30,7 +30,9 @@ from meshgate.admin.adminkey import install_admin_key
 from meshgate.admin.app import admin_server, create_admin_app
 from meshgate.config.loader import ConfigError, LoadedConfig, load_config
 from meshgate.discovery.manager import DiscoveryManager
+from meshgate.registry.client import Registration, RegistryClient
 from meshgate.server.control import Channel, encode_config
+from meshgate.sidecar.outbound import outbound_service, registry_url
 from meshgate.telemetry.metrics import merge
 
 log = logging.getLogger("meshgate.master")
@@ -62,8 +64,11 @@ class Master:
         self.seen_stamp: tuple[float, ...] = ()
         self.failures: dict[int, int] = {}      # worker index -> quick successive exits
         self.store: Any = None      # the consumer store, opened by the Admin API on first use
-        self.discovery = DiscoveryManager(self._publish, registry_url=_registry_url(config))
+        self.discovery = DiscoveryManager(self._publish, registry_url=registry_url(config))
         self.pending_apply: asyncio.Task[None] | None = None
+        self.subscriptions: set[str] = set()    # services sidecar workers call outbound
+        self.registration: Any = None           # sidecar mode: this instance's registration
+        self.overlay: Any = None                # sidecar mode: applied to every loaded config
 
     # -- Supervisor protocol for the admin app -----------------------------
     def is_ready(self) -> bool:
@@ -119,6 +124,18 @@ class Master:
         for handle in self.workers.values():
             handle.channel.send(message)
 
+    def _discovered(self) -> Any:
+        """The gateway config, plus the services sidecar workers asked for."""
+        gateway = self.config.gateway
+        side = gateway.sidecar
+        if side is None or not self.subscriptions:
+            return gateway
+        url = registry_url(self.config)
+        extra = {name: outbound_service(side, name, url) for name in sorted(self.subscriptions)
+                 if name not in gateway.serviceEndpoints}
+        return gateway.model_copy(update={"serviceEndpoints": {**gateway.serviceEndpoints,
+                                                                 **extra}})
+
     def _apply_discovery(self) -> None:
         previous = self.pending_apply
 
@@ -126,7 +143,7 @@ class Master:
             if previous is not None:
                 await asyncio.gather(previous, return_exceptions=True)
             try:
-                await self.discovery.apply(self.config.gateway)
+                await self.discovery.apply(self._discovered())
             except Exception:
                 log.exception("discovery could not be configured")
 
@@ -174,6 +191,11 @@ class Master:
                 fut = handle.pending.pop(message.get("id", -1), None)
                 if fut is not None and not fut.done():
                     fut.set_result(message.get("data") or {})
+            elif op == "subscribe":
+                service = str(message.get("service", ""))
+                if service and service not in self.subscriptions:
+                    self.subscriptions.add(service)
+                    self._apply_discovery()
             elif op == "reloaded" and not message.get("ok"):
                 log.error("worker %d kept its config: %s", handle.index, message.get("error"))
 
@@ -231,6 +253,8 @@ class Master:
         self.seen_stamp = self._stamp()     # a reload of this version needs no second one
         try:
             config = load_config(self.config.directory)
+            if self.overlay is not None:
+                config = self.overlay(config)
         except ConfigError as exc:
             log.error("config change rejected, the running config keeps serving: %s", exc)
             return False
@@ -249,12 +273,42 @@ class Master:
             return
         self.stopping = True
         self.stop_requested.set()
+        if self.registration is not None:
+            # Leave the registry first, so callers stop choosing us, then drain.
+            asyncio.get_running_loop().create_task(self._deregister_then_drain())
+            return
+        self._drain()
+
+    def _drain(self) -> None:
         log.info("draining")
         for handle in self.workers.values():
             if handle.process.returncode is None:
                 handle.process.send_signal(signal.SIGTERM)
         if not self.workers:
             self.stopped.set()
+
+    async def _register(self) -> None:
+        side = self.config.gateway.sidecar
+        if side is None or not side.register:
+            return
+        url = registry_url(self.config) or "http://127.0.0.1:8500"
+        fields: dict[str, Any] = {"ttl": side.ttl, "zone": side.zone, "version": side.version,
+                                  "tags": side.tags}
+        self.registration = Registration(RegistryClient(url), side.service, side.instanceId,
+                                         side.address, side.inboundPort, **fields)
+        await self.registration.start()
+        log.info("registered %s/%s at %s:%d in %s", side.service, side.instanceId,
+                 side.address, side.inboundPort, url)
+
+    async def _deregister_then_drain(self) -> None:
+        registration = self.registration
+        try:
+            await asyncio.wait_for(registration.stop(deregister=True), 3.0)
+            log.info("deregistered %s/%s", registration.service, registration.instance_id)
+        except Exception as exc:      # the TTL removes us anyway
+            log.warning("deregistration failed: %s", exc)
+        await registration.client.close()
+        self._drain()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -276,7 +330,7 @@ class Master:
             admin = admin_server(app, admin_cfg.host, admin_cfg.port)
             admin_task = loop.create_task(admin.serve(sockets=[sock]))
         try:
-            await self.discovery.apply(self.config.gateway)
+            await self.discovery.apply(self._discovered())
         except Exception as exc:
             log.error("discovery could not start: %s", exc)
             await _stop_admin(admin, admin_task)
@@ -305,6 +359,7 @@ class Master:
             return 1
         if not self.stopping:
             self._announce()
+            await self._register()
             watcher = loop.create_task(self._watch_config())
             await self.stop_requested.wait()
             watcher.cancel()
@@ -336,12 +391,6 @@ class Master:
                  ", ".join(where) or "no listener", self.count, admin)
 
 
-def _registry_url(config: LoadedConfig) -> str | None:
-    registry = getattr(config.system, "registry", None)
-    url = getattr(registry, "url", None) if registry is not None else None
-    return url or os.environ.get("MESHGATE_REGISTRY")
-
-
 def _bind(host: str, port: int) -> socket.socket:
     info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(info[0], socket.SOCK_STREAM)
@@ -360,8 +409,13 @@ async def _stop_admin(admin: Any, task: asyncio.Future[None]) -> None:
         await task
 
 
-async def serve(config_dir: Path, workers: int | None, log_level: str) -> int:
+async def serve(config_dir: Path, workers: int | None, log_level: str,
+                overlay: Any = None) -> int:
+    """Serve CONFIG_DIR; ``overlay`` (sidecar mode) rewrites every config loaded."""
     config = load_config(config_dir)
+    if overlay is not None:
+        config = overlay(config)
     count = workers if workers is not None else config.gateway.server.workers
     master = Master(config, max(1, count), log_level)
+    master.overlay = overlay
     return await master.run()

@@ -30,6 +30,7 @@ from meshgate.protocol.http1_server import H1Server
 from meshgate.server.context import WorkerContext
 from meshgate.server.control import Channel, decode_config
 from meshgate.server.tls import SniSelector
+from meshgate.sidecar.outbound import OutboundRouter, registry_url
 from meshgate.telemetry.metrics import Metrics
 
 log = logging.getLogger("meshgate.worker")
@@ -64,9 +65,28 @@ class Worker:
                 lambda: H1Server(self.ctx, b"https"), gw.https.hostname or None,
                 gw.https.port, ssl=ssl_ctx, reuse_port=True, backlog=2048,
                 ssl_handshake_timeout=self.ctx.head_timeout))
+        if gw.sidecar is not None:
+            await self._outbound(cfg)
         self.loop.create_task(self._ticker())
         self.loop.create_task(self._control())
         self.channel.send({"op": "ready", "pid": os.getpid()})
+
+    async def _outbound(self, cfg: Any) -> None:
+        """Sidecar mode: the listener the local app calls other services through."""
+        side = cfg.gateway.sidecar
+        registry = side.registry or registry_url(cfg)
+        self.ctx.outbound = OutboundRouter(
+            self.ctx, side, registry,
+            lambda name: self.channel.send({"op": "subscribe", "service": name}))
+        self.servers.append(await self.loop.create_server(
+            lambda: H1Server(self.ctx, b"http", outbound=True), side.bind, side.outboundPort,
+            reuse_port=True, backlog=2048))
+
+    def _clusters(self) -> dict[str, Any]:
+        clusters = dict(self.ctx.snapshot.clusters)
+        if self.ctx.outbound is not None:
+            clusters.update(self.ctx.outbound.clusters)
+        return clusters
 
     async def _ticker(self) -> None:
         ctx = self.ctx
@@ -78,6 +98,8 @@ class Worker:
             if n % 4 == 0:
                 ctx.refresh_date()
                 ctx.snapshot.sweep(now)
+                if ctx.outbound is not None:
+                    ctx.outbound.sweep(now)
             late = [c for c in ctx.upstream_conns
                     if c.ex is not None and c.deadline and c.deadline <= now]
             for conn in late:
@@ -101,12 +123,12 @@ class Worker:
                 self._endpoints(message)
             elif op == "clusters":
                 self.channel.send({"op": "clusters", "id": message.get("id"), "data": {
-                    name: c.describe() for name, c in self.ctx.snapshot.clusters.items()}})
+                    name: c.describe() for name, c in self._clusters().items()}})
 
     def _export(self) -> dict[str, Any]:
         counters = self.metrics.counters
         labelled = self.metrics.labelled = {}
-        for name, cluster in self.ctx.snapshot.clusters.items():
+        for name, cluster in self._clusters().items():
             for ep in cluster.endpoints:
                 labels = (name, ep.key)
                 counters[("meshgate_endpoint_requests", labels)] = ep.pool.responses
@@ -146,6 +168,8 @@ class Worker:
         cluster = self.ctx.snapshot.clusters.get(name)
         if cluster is not None and cluster.dynamic:
             cluster.set_endpoints(endpoints)
+        if self.ctx.outbound is not None:
+            self.ctx.outbound.endpoints(name, endpoints)
 
     def drain(self) -> None:
         if self.ctx.draining:

@@ -53,6 +53,7 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "meshgate_mirror_requests": ("Requests copied to a mirror", ("service_endpoint",)),
     "meshgate_mirror_skipped": ("Requests not mirrored", ("service_endpoint", "reason")),
     "meshgate_faults_injected": ("Faults injected by the fault policy", ("kind",)),
+    "meshgate_faults_overflow": ("Faults not injected because maxActiveFaults was reached", ()),
     "meshgate_endpoint_requests": ("Responses per upstream endpoint",
                                    ("service_endpoint", "endpoint")),
     "meshgate_endpoint_errors": ("5xx responses per upstream endpoint",

@@ -91,6 +91,9 @@ class Call:
         cluster = self.cluster
         ep = cluster.single or cluster.pick(ex, exclude)
         if ep is None:
+            if cluster.awaiting_first:
+                cluster.park(ex, lambda: self._attempt(exclude))
+                return
             self.committed = True
             ex.responder.respond(ex, 503, _NO_HEALTHY)
             return
@@ -162,7 +165,10 @@ class Call:
             if self.saved is not None or not ex.body_expected:
                 self.conn = None
                 ex.source = None
-                self._attempt(None) if ep is None else self._resend(ep)
+                if ep is None:
+                    self._attempt(None)
+                else:
+                    self._resend(ep)
                 return True
             kind = "reset"
         if ep is not None:
@@ -246,6 +252,10 @@ class Call:
         if self.deadline and self.cluster.ctx.loop.time() >= self.deadline:
             self.committed = True
             upstream_failed(ex, None, "timeout", 504, b"Gateway Timeout\n")
+            return
+        if ex.body_expected and self.saved is None:     # the body outgrew the replay buffer
+            self.committed = True
+            ex.responder.respond(ex, 502, b"Bad Gateway: request body too long to retry\n")
             return
         self._attempt(exclude)
 

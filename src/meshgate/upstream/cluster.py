@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from meshgate.server.context import WorkerContext
 
 log = logging.getLogger("meshgate.cluster")
+PARK_TIMEOUT = 3.0      # seconds a request waits for an on-demand cluster's first endpoints
 
 
 @dataclass(eq=False)
@@ -137,6 +139,9 @@ class Cluster:
         self.single: Endpoint | None = None
         self.has_base_path = False
         self.seeded = False
+        # An on-demand cluster (sidecar outbound) parks requests until its first set.
+        self.awaiting_first = False
+        self.parked: list[tuple[Exchange, Callable[[], Any]]] = []
         # Static endpoints serve at once; a checked or discovered cluster waits
         # for the control plane (which keeps pushing until it is told otherwise).
         self.set_endpoints(static_specs(svc) if svc.url or svc.urls else [])
@@ -156,7 +161,10 @@ class Cluster:
             ep.zone = spec.get("zone", "") or ""
             ep.version = spec.get("version", "") or ""
             ep.id = spec.get("id", "") or ""
-            ep.healthy = bool(spec.get("healthy", True))
+            healthy = bool(spec.get("healthy", True))
+            if healthy and not ep.healthy and ep.added:
+                ep.added = now          # back from unhealthy: slow start again (as Envoy)
+            ep.healthy = healthy
             fresh[key] = ep
         for key, ep in self.by_key.items():
             if key not in fresh:
@@ -165,6 +173,16 @@ class Cluster:
         self.endpoints = list(fresh.values())
         self.has_base_path = any(ep.base_path for ep in self.endpoints)
         self.refresh()
+        if self.awaiting_first:
+            self.awaiting_first = False
+            parked, self.parked = self.parked, []
+            for ex, resume in parked:
+                if not ex.done:
+                    resume()
+
+    def park(self, ex: Exchange, resume: Callable[[], Any]) -> None:
+        """Hold a request until the first endpoint set arrives (or PARK_TIMEOUT)."""
+        self.parked.append((ex, resume))
 
     def _endpoint(self, spec: dict[str, Any], now: float) -> Endpoint:
         host, port, scheme = spec["host"], int(spec["port"]), spec.get("scheme", "http")
@@ -200,6 +218,15 @@ class Cluster:
         for ep in self.endpoints:
             ep.pool.sweep(now)
         self.balancer.sweep(now)
+        if self.parked:
+            late = [(ex, r) for ex, r in self.parked if now - ex.started >= PARK_TIMEOUT]
+            if late:
+                self.awaiting_first = False
+                self.parked = [p for p in self.parked if p not in late]
+                for ex, _ in late:
+                    if not ex.done:
+                        ex.responder.respond(ex, 503, b"Service Unavailable: no endpoints "
+                                                      b"known for this service\n")
         if self.outlier is not None:
             self.outlier.sweep(now)
 

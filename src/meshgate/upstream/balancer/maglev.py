@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from meshgate.upstream.balancer import BALANCERS, Balancer, BalancerSpec
-from meshgate.upstream.balancer._hashkey import hash64, key_function
+from meshgate.upstream.balancer._hashkey import key_function, key_hash, point_hash
 from meshgate.upstream.balancer.ring_hash import identity
 
 if TYPE_CHECKING:
@@ -74,8 +74,8 @@ def maglev_table(names: list[str], weights: list[int], size: int) -> list[int]:
     skips = []
     for name in names:
         raw = name.encode()
-        pos.append(hash64(b"offset:" + raw) % size)
-        skips.append(hash64(b"skip:" + raw) % (size - 1) + 1 if size > 1 else 1)
+        pos.append(point_hash(b"offset:" + raw) % size)
+        skips.append(point_hash(b"skip:" + raw) % (size - 1) + 1 if size > 1 else 1)
     for filled, i in enumerate(_turns(weights)):
         c = pos[i]
         skip = skips[i]
@@ -139,7 +139,7 @@ class Maglev(Balancer):
             i = min(int(_random() * n), n - 1)
             ep = eps[i]
             return eps[(i + 1) % n] if ep is exclude else ep
-        i = hash64(key) % self.table_size
+        i = key_hash(key) % self.table_size
         ep = slots[i]
         if ep is exclude and len(eps) > 1:
             size = self.table_size

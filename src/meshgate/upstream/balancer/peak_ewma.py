@@ -106,9 +106,24 @@ class PeakEwma(Balancer):
         if b is exclude:
             return a
         now = _monotonic()
+        tau = self.tau
         stats = self._stats
-        return a if self._cost(stats[i], a.active, now) <= self._cost(stats[j], b.active, now) \
-            else b
+        # _cost() for both, inlined (Endpoint.active too): this runs on every request.
+        st = stats[i]
+        pool = a.pool
+        load = pool.open - len(pool.idle) + len(pool.waiting)
+        if st.stamp < 0.0:
+            cost_a = PENALTY + load if load else 0.0
+        else:
+            cost_a = st.cost * exp((st.stamp - now) / tau) * (load + 1)
+        st = stats[j]
+        pool = b.pool
+        load = pool.open - len(pool.idle) + len(pool.waiting)
+        if st.stamp < 0.0:
+            cost_b = PENALTY + load if load else 0.0
+        else:
+            cost_b = st.cost * exp((st.stamp - now) / tau) * (load + 1)
+        return a if cost_a <= cost_b else b
 
     def observe(self, ep: Endpoint, rtt: float, ok: bool) -> None:
         st = self.stats.get(ep)

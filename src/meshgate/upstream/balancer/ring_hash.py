@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Every eligible endpoint is hashed onto a 64-bit ring many times (as
+Every eligible endpoint is hashed onto a 32-bit ring many times (as
 ``"<key>_<n>"``); a request's key (``hashOn``, see ``_hashkey``) is hashed
 onto the same ring and served by the first endpoint point at or after it,
 wrapping round. Removing one of N endpoints only moves the keys that landed
@@ -20,8 +20,9 @@ endpoints that stay unchanged (an endpoint's points are ``"<key>_0"`` ..
 crosses a power of two, where ``per_unit`` halves or doubles.
 
 Points are kept as two parallel sorted lists (hashes, owners) so that a
-pick is one ``bisect`` -- O(log ring) in C. Endpoints are placed in the order of their keys so that every
-worker and every sidecar builds the same ring.
+pick is one ``bisect`` -- O(log ring) in C. Endpoints are placed in the
+order of their keys so that every worker and every sidecar builds the same
+ring.
 
 A request without the key goes to a random eligible endpoint (Envoy's
 behaviour). A retry that lands on the endpoint it avoids walks on round the
@@ -37,7 +38,7 @@ from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 from meshgate.upstream.balancer import BALANCERS, Balancer, BalancerSpec
-from meshgate.upstream.balancer._hashkey import hash64, key_function
+from meshgate.upstream.balancer._hashkey import key_function, key_hash, point_hash
 
 if TYPE_CHECKING:
     from meshgate.config.mesh import LoadBalancer
@@ -87,7 +88,7 @@ class RingHash(Balancer):
         points: list[tuple[int, str, Endpoint]] = []
         for ep, weight in zip(eps, weights, strict=True):
             name = identity(ep)
-            points.extend((hash64(f"{name}_{n}".encode()), name, ep)
+            points.extend((point_hash(f"{name}_{n}".encode()), name, ep)
                           for n in range(weight * per_unit))
         points.sort(key=lambda p: (p[0], p[1]))
         self._hashes = [p[0] for p in points]
@@ -104,7 +105,7 @@ class RingHash(Balancer):
             i = min(int(_random() * n), n - 1)
             ep = eps[i]
             return eps[(i + 1) % n] if ep is exclude else ep
-        i = bisect_left(self._hashes, hash64(key))
+        i = bisect_left(self._hashes, key_hash(key))
         if i == len(owners):
             i = 0
         ep = owners[i]

@@ -1,0 +1,94 @@
+"""``meshgate sidecar``: run next to one service instance.
+
+Theory of operation
+-------------------
+Builds a ``SidecarConfig`` from the options, then serves exactly as ``meshgate
+run`` does, with ``apply_sidecar`` rewriting every config loaded (at start and
+on each reload). Without ``--config`` the sidecar serves an empty config
+folder of its own: inbound to the app, outbound by service name, nothing
+else -- it needs only the registry address (``--registry`` or
+``$MESHGATE_REGISTRY``). Bad options or config exit 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+from functools import partial
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvloop
+from pydantic import ValidationError
+
+from meshgate.config.loader import ConfigError, find_config_dir, load_config
+from meshgate.config.mesh import SidecarConfig
+
+
+def sidecar(
+    service: Annotated[str, typer.Option(help="Name of the service this instance serves")],
+    app_port: Annotated[int, typer.Option("--app-port", min=1, max=65535,
+                                          help="Port of the local app")],
+    config: Annotated[str | None, typer.Option(
+        "--config", help="Config folder (pipelines for inbound traffic, outbound settings)")
+    ] = None,
+    inbound_port: Annotated[int, typer.Option("--inbound-port", min=0, max=65535,
+                                              help="Port for traffic to this instance")] = 15006,
+    outbound_port: Annotated[int, typer.Option(
+        "--outbound-port", min=0, max=65535,
+        help="Port the app calls other services through (Host header or HTTP_PROXY)")] = 15001,
+    registry: Annotated[str | None, typer.Option(
+        help="Registry URL (default: $MESHGATE_REGISTRY, then http://127.0.0.1:8500)")] = None,
+    address: Annotated[str, typer.Option(help="Address registered for this instance")
+                       ] = "127.0.0.1",
+    bind: Annotated[str, typer.Option(help="Address the listeners bind")] = "127.0.0.1",
+    instance_id: Annotated[str | None, typer.Option(
+        "--instance-id", help="Instance id (default: SERVICE-HOST-INBOUND_PORT)")] = None,
+    zone: Annotated[str, typer.Option(help="Zone (locality) of this instance")] = "",
+    version: Annotated[str, typer.Option(help="Version label of this instance")] = "",
+    ttl: Annotated[int, typer.Option(min=100, help="Registration TTL in ms")] = 10000,
+    no_register: Annotated[bool, typer.Option("--no-register",
+                                              help="Do not register this instance")] = False,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1)] = 1,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+) -> None:
+    """Run as the sidecar of one service instance: inbound and outbound listeners."""
+    from meshgate.server.master import serve
+    from meshgate.sidecar.config import apply_sidecar
+
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s sidecar %(levelname)s %(name)s: %(message)s")
+    try:
+        side = SidecarConfig.model_validate({
+            "service": service, "appPort": app_port, "inboundPort": inbound_port,
+            "outboundPort": outbound_port, "bind": bind, "address": address,
+            "instanceId": instance_id or f"{service}-{socket.gethostname()}-{inbound_port}",
+            "zone": zone, "version": version, "ttl": ttl, "register": not no_register,
+            "registry": registry or os.environ.get("MESHGATE_REGISTRY")})
+    except ValidationError as exc:
+        typer.echo(f"meshgate sidecar: {exc.errors()[0]['msg']}", err=True)
+        raise typer.Exit(2) from None
+    with tempfile.TemporaryDirectory(prefix="meshgate-sidecar-") as scratch:
+        try:
+            if config is not None:
+                directory = find_config_dir(config)
+            else:
+                directory = Path(scratch)
+                (directory / "gateway.config.yml").write_text("{}\n")
+            overlay = partial(_overlay, side=side, apply=apply_sidecar)
+            overlay(load_config(directory))
+        except ConfigError as exc:
+            typer.echo(f"meshgate: invalid config: {exc}", err=True)
+            raise typer.Exit(2) from None
+        code = uvloop.run(serve(directory, workers, log_level, overlay))
+    raise typer.Exit(code)
+
+
+def _overlay(loaded: object, *, side: SidecarConfig, apply: object) -> object:
+    outbound = getattr(loaded.gateway, "sidecar", None)    # type: ignore[attr-defined]
+    if outbound is not None and outbound.outbound:
+        side = side.model_copy(update={"outbound": outbound.outbound})
+    return apply(loaded, side)    # type: ignore[operator]

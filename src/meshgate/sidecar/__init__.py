@@ -1,0 +1,1 @@
+"""Sidecar mode: a meshgate next to one service instance (see ``meshgate sidecar``)."""

@@ -1,0 +1,109 @@
+"""The outbound listener: the local app calls other services through it.
+
+Theory of operation
+-------------------
+A request reaches the outbound port either with ``Host: users`` (origin form)
+or as a plain HTTP proxy request (``GET http://users/path``, what
+``HTTP_PROXY`` makes clients send); the codec has already turned both into an
+Exchange whose authority is ``users``. The ``OutboundRouter`` maps that
+service name to a route whose pipeline proxies to a cluster of the same name.
+
+Clusters are made on first use: the service's endpoints come from the
+registry through the master (the worker sends it ``subscribe``), with the
+sidecar's ``outbound`` settings (retries, balancer, health checks ...) as the
+serviceEndpoint definition. Requests that arrive before the first endpoint
+set are parked on the cluster (``Cluster.park``) and sent when it arrives, or
+answered 503 if it does not come within the park timeout.
+
+Names that cannot be services (IP literals, ``localhost``, anything with
+characters a DNS label cannot hold) get 404.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from meshgate.config.model import ServiceEndpoint
+from meshgate.gateway.pipeline import CompiledPipeline, Step
+from meshgate.gateway.router import Route
+from meshgate.policies import BuildContext
+from meshgate.policies.proxy import Forward, ProxyParams
+from meshgate.upstream.cluster import Cluster, build_cluster
+
+if TYPE_CHECKING:
+    from meshgate.config.mesh import SidecarConfig
+    from meshgate.server.context import WorkerContext
+
+_SERVICE = re.compile(rb"^[a-z0-9]([a-z0-9_.-]{0,252})$")
+_IP = re.compile(rb"^[0-9.]+$|^\[")
+
+
+def registry_url(cfg: Any) -> str | None:
+    """The registry a sidecar or a ``type: registry`` provider uses by default."""
+    side = cfg.gateway.sidecar
+    if side is not None and side.registry:
+        return str(side.registry)
+    registry = getattr(cfg.system, "registry", None)
+    url = getattr(registry, "url", None) if registry is not None else None
+    return url or os.environ.get("MESHGATE_REGISTRY")
+
+
+def outbound_service(cfg: SidecarConfig, name: str, registry_url: str | None) -> ServiceEndpoint:
+    """The serviceEndpoint a sidecar uses to call ``name``."""
+    discovery: dict[str, Any] = {"type": "registry", "service": name}
+    if registry_url:
+        discovery["url"] = registry_url
+    return ServiceEndpoint.model_validate({**cfg.outbound, "discovery": discovery})
+
+
+class OutboundRouter:
+    def __init__(self, ctx: WorkerContext, cfg: SidecarConfig, registry_url: str | None,
+                 subscribe: Callable[[str], None]) -> None:
+        self.ctx = ctx
+        self.cfg = cfg
+        self.registry_url = registry_url
+        self.subscribe = subscribe
+        self.routes: dict[bytes, Route | None] = {}
+        self.clusters: dict[str, Cluster] = {}
+
+    def match(self, authority: bytes, path: bytes, method: bytes) -> Route | None:
+        try:
+            return self.routes[authority]
+        except KeyError:
+            route = self.routes[authority] = self._route(authority)
+            return route
+
+    def _route(self, authority: bytes) -> Route | None:
+        if not _SERVICE.match(authority) or _IP.match(authority) or authority == b"localhost":
+            return None
+        name = authority.decode()
+        svc = outbound_service(self.cfg, name, self.registry_url)
+        cluster = build_cluster(self.ctx, name, svc, {})
+        known = self.ctx.endpoint_sets.get(name)
+        if known is not None:
+            cluster.set_endpoints(known)
+        else:
+            cluster.awaiting_first = True
+        self.clusters[name] = cluster
+        self.subscribe(name)
+        bctx = BuildContext({name: cluster}, None, "outbound", [], self.ctx.services)
+        forward = Forward(ProxyParams.model_validate({"serviceEndpoint": name}), name, bctx)
+        pipeline = CompiledPipeline("outbound", (Step("proxy", None, forward),))
+        return Route(order=0, endpoint="outbound", pipeline=pipeline, host="*", path="/*",
+                     methods=None, metric_key=("outbound", "outbound"))
+
+    def endpoints(self, name: str, endpoints: list[dict[str, Any]]) -> None:
+        cluster = self.clusters.get(name)
+        if cluster is not None:
+            cluster.set_endpoints(endpoints)
+
+    def sweep(self, now: float) -> None:
+        for cluster in self.clusters.values():
+            cluster.sweep(now)
+
+    def close(self) -> None:
+        for cluster in self.clusters.values():
+            cluster.close()

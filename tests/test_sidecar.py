@@ -1,0 +1,128 @@
+"""Sidecar mode end to end: a registry, service replicas with sidecars, a caller.
+
+Every part is a real process on loopback: ``meshgate registry``, backends
+standing in for the *users* replicas, one ``meshgate sidecar`` per replica,
+and a caller's sidecar whose outbound port the test uses as the app would
+(Host header, or as an HTTP proxy).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.gateway import MESHGATE, free_port, wait_until
+from tests.test_registry import RegistryProcess
+
+
+class Sidecar:
+    def __init__(self, directory: Path, registry: str, service: str, app_port: int,
+                 *args: str) -> None:
+        self.inbound = free_port()
+        self.outbound = free_port()
+        self.admin = free_port()
+        self.log_path = directory / f"sidecar-{service}-{self.inbound}.log"
+        self.process = subprocess.Popen(
+            [*MESHGATE, "sidecar", "--service", service, "--app-port", str(app_port),
+             "--inbound-port", str(self.inbound), "--outbound-port", str(self.outbound),
+             "--registry", registry, "--instance-id", f"{service}-{self.inbound}",
+             "--ttl", "2000", *args],
+            stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT)
+        wait_until(self._up, timeout=15)
+
+    def _up(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"sidecar exited:\n{self.log_path.read_text()}")
+        try:
+            httpx.get(f"http://127.0.0.1:{self.outbound}/", timeout=1)
+            httpx.get(f"http://127.0.0.1:{self.inbound}/", timeout=1)
+            return True
+        except httpx.HTTPError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def mesh(tmp_path: Path, backend_factory: Any) -> Iterator[dict[str, Any]]:
+    registry = RegistryProcess(tmp_path)
+    started: list[Sidecar] = []
+
+    def sidecar(service: str, app_port: int, *args: str) -> Sidecar:
+        s = Sidecar(tmp_path, registry.url, service, app_port, *args)
+        started.append(s)
+        return s
+
+    yield {"registry": registry, "sidecar": sidecar, "backend": backend_factory}
+    for s in started:
+        s.stop(signal.SIGKILL)
+    registry.stop()
+
+
+def _instances(registry: Any, service: str) -> list[dict[str, Any]]:
+    body = httpx.get(f"{registry.url}/v1/services/{service}", timeout=5).json()
+    return list(body["instances"])
+
+
+def test_outbound_by_host_and_as_http_proxy(mesh: dict[str, Any]) -> None:
+    users = [mesh["backend"](f"users{i}") for i in range(2)]
+    for u in users:
+        mesh["sidecar"]("users", u.port)
+    caller = mesh["sidecar"]("web", free_port(), "--no-register")
+    wait_until(lambda: len(_instances(mesh["registry"], "users")) == 2, timeout=5)
+    out = f"http://127.0.0.1:{caller.outbound}"
+    with httpx.Client(timeout=10) as client:
+        names = Counter(client.get(out + "/name", headers={"host": "users"}).text
+                        for _ in range(10))
+    assert names == {"users0": 5, "users1": 5}
+    with httpx.Client(proxy=out, timeout=10) as client:
+        r = client.get("http://users/echo")
+    assert r.status_code == 200 and r.json()["path"] == "/echo"
+
+
+def test_inbound_forwards_to_the_local_app_and_registers(mesh: dict[str, Any]) -> None:
+    app = mesh["backend"]("invoices")
+    side = mesh["sidecar"]("invoices", app.port, "--zone", "z1", "--version", "v2")
+    r = httpx.get(f"http://127.0.0.1:{side.inbound}/name", timeout=5)
+    assert r.text == "invoices"
+    [instance] = wait_until(lambda: _instances(mesh["registry"], "invoices"), timeout=5)
+    assert instance["port"] == side.inbound
+    assert instance["zone"] == "z1" and instance["version"] == "v2"
+
+
+def test_sigterm_deregisters_before_draining(mesh: dict[str, Any]) -> None:
+    users = [mesh["backend"](f"users{i}") for i in range(2)]
+    sides = [mesh["sidecar"]("users", u.port) for u in users]
+    caller = mesh["sidecar"]("web", free_port(), "--no-register")
+    wait_until(lambda: len(_instances(mesh["registry"], "users")) == 2, timeout=5)
+    out = f"http://127.0.0.1:{caller.outbound}/name"
+    with httpx.Client(timeout=10, headers={"host": "users"}) as client:
+        assert {client.get(out).text for _ in range(4)} == {"users0", "users1"}
+        sides[0].stop()
+        assert len(_instances(mesh["registry"], "users")) == 1
+        # No request reaches the stopped replica once it has left the registry.
+        wait_until(lambda: {client.get(out).text for _ in range(4)} == {"users1"}, timeout=1.5)
+        assert all(client.get(out).status_code == 200 for _ in range(20))
+
+
+def test_unknown_service_is_a_503_and_ip_literals_404(mesh: dict[str, Any]) -> None:
+    caller = mesh["sidecar"]("web", free_port(), "--no-register")
+    out = f"http://127.0.0.1:{caller.outbound}/"
+    r = httpx.get(out, headers={"host": "nobody"}, timeout=10)
+    assert r.status_code == 503
+    r = httpx.get(out, headers={"host": "127.0.0.1"}, timeout=10)
+    assert r.status_code == 404
