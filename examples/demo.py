@@ -1,131 +1,48 @@
-"""meshgate demo: two example services behind the gateway.
+"""meshgate demo: a small service mesh behind the gateway.
 
     make demo                                    # = .venv/bin/python examples/demo.py
     .venv/bin/python examples/demo.py --http-port 8081
-    .venv/bin/python examples/demo.py --smoke    # try the routes itself, exit 0/1 (CI)
+    .venv/bin/python examples/demo.py --smoke    # play the scenario itself, exit 0/1 (CI)
 
-Starts examples/services/users.py and invoices.py on free ports, then
-`meshgate run examples/demo` with USERS_PORT / INVOICES_PORT / MESHGATE_HTTP_PORT
-in its environment (the admin port comes from MESHGATE_ADMIN_PORT, default 9876),
-waits until the admin API answers /ready, creates a demo user with an API key
-through the Admin API (consumers live in a temporary SQLite folder) and prints
-curl commands to try: /invoices/* answers 401 without the key, 200 with it,
-and 429 past five requests a minute. Ctrl-C (or SIGTERM) stops everything.
+Theory of operation
+-------------------
+Everything runs on loopback, each child in its own process group:
+
+1. ``meshgate registry`` on a free port (its data in a temporary folder);
+2. the replicas ``users-1``, ``users-2`` and ``invoices-1`` (examples/services),
+   each beside its own ``meshgate sidecar``, which registers the replica's
+   inbound port in the registry. Every app gets ``HTTP_PROXY`` = its sidecar's
+   outbound port, so invoices reaches ``http://users`` through the mesh;
+3. ``meshgate run examples/demo`` (http port MESHGATE_HTTP_PORT or 8080, admin
+   port MESHGATE_ADMIN_PORT or 9876) whose serviceEndpoints find both services
+   in the registry (REGISTRY_URL), with retries, outlier detection and health
+   checks. Consumers live in a temporary SQLite folder.
+
+Once the gateway answers /ready and sees every replica healthy, the demo
+creates a user with an API key through the Admin API and prints what runs
+where, curl commands, and the ``kill`` command that stops a users replica.
+``--smoke`` instead checks the routes, kills users-1 (its app with SIGKILL,
+then its sidecar with SIGTERM) while requests keep succeeding, and checks the
+rate limit. Ctrl-C (or SIGTERM) stops every child: the gateway, sidecars and
+apps first, the registry last.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import http.client
 import json
 import os
-import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
-from collections import deque
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-SERVICES = ROOT / "examples" / "services"
-LISTENING = re.compile(r"listening on http://\S+:(\d+)")
-NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+from demo_mesh import Child, DemoError, Mesh, fetch, start_mesh, stop_all
 
-
-class DemoError(Exception):
-    pass
-
-
-class Child:
-    """A subprocess whose output is echoed line by line, prefixed with its name."""
-
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.port: int | None = None  # from the "listening on" line, for the services
-        self.tail: deque[str] = deque(maxlen=50)
-        self.listening = threading.Event()  # set on the "listening on" line, or at exit
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, text=True, bufsize=1, start_new_session=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        self.reader = threading.Thread(target=self._pump, daemon=True)
-        self.reader.start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            line = line.rstrip()
-            self.tail.append(line)
-            if self.port is None and (match := LISTENING.search(line)):
-                self.port = int(match.group(1))
-                self.listening.set()
-            print(f"{self.name:>8} | {line}", flush=True)
-        self.listening.set()
-
-    def output(self) -> str:
-        self.reader.join(timeout=2)  # let the last lines of a dead process arrive
-        return "\n".join(self.tail) or "(no output)"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):  # the child and anything it started
-                os.killpg(self.proc.pid, signal.SIGTERM)
-
-    def reap(self, timeout: float = 5) -> None:
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            print(f"demo: {self.name} ignored SIGTERM for {timeout}s; killing it", flush=True)
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-
-def fetch(url: str, timeout: float = 5, headers: dict[str, str] | None = None,
-          body: dict[str, object] | None = None) -> tuple[int, str]:
-    """GET (or POST a JSON body to) url; (status, body), or (0, reason) without an answer."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers=dict(headers or {}))
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with NO_PROXY.open(request, timeout=timeout) as resp:
-            return resp.status, resp.read().decode(errors="replace")
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode(errors="replace")
-    except (OSError, http.client.HTTPException) as err:
-        return 0, str(err)
-
-
-def start_service(name: str, children: list[Child]) -> Child:
-    child = Child(name, [sys.executable, "-u", str(SERVICES / f"{name}.py"), "--port", "0"])
-    children.append(child)
-    if not child.listening.wait(10) or child.port is None:
-        raise DemoError(f"the {name} service did not start:\n{child.output()}")
-    return child
-
-
-def wait_ready(gateway: Child, admin_port: int, timeout: float = 30) -> None:
-    url = f"http://127.0.0.1:{admin_port}/ready"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if gateway.proc.poll() is not None:
-            raise DemoError(
-                f"the gateway exited with code {gateway.proc.returncode}:\n{gateway.output()}"
-            )
-        if fetch(url, timeout=1)[0] == 200:
-            return
-        time.sleep(0.2)
-    raise DemoError(f"no 200 from {url} after {timeout:.0f}s; gateway output:\n{gateway.output()}")
-
-
-RATE_LIMIT = 5   # examples/demo/gateway.config.yml: rate-limit max per minute
+RATE_LIMIT = 10        # examples/demo/gateway.config.yml: default max per consumer and minute
+SMOKE_RATE_LIMIT = 25  # --smoke raises it, so the failover requests fit in one window
 
 
 def create_demo_key(admin_port: int) -> str:
@@ -143,97 +60,159 @@ def create_demo_key(admin_port: int) -> str:
     return f"{created['keyId']}:{created['keySecret']}"
 
 
-def routes(host: str, http_port: int, admin_port: int,
-           key: str) -> list[tuple[str, int, str, dict[str, str]]]:
+def routes(mesh: Mesh, host: str, key: str) -> list[tuple[str, int, str, dict[str, str]]]:
     """(url, expected status, what it shows, headers): the banner's curl commands and smoke."""
-    gw = f"http://{host}:{http_port}"
+    gw, admin = f"http://{host}:{mesh.http_port}", f"http://{host}:{mesh.admin_port}"
     auth = {"Authorization": f"apiKey {key}"}
     return [
-        (f"{gw}/users/1", 200, "one user, from the users service", {}),
+        (f"{gw}/users/1", 200, "one user; servedBy names the replica (run it twice)", {}),
         (f"{gw}/users", 200, "all users", {}),
         (f"{gw}/users/42", 404, "the users service's own JSON 404, passed through", {}),
         (f"{gw}/nope", 404, "no apiEndpoint matches: the gateway's 404", {}),
         (f"{gw}/invoices/1", 401, "invoices need an API key", {}),
         (f"{gw}/invoices/1", 200, "one invoice, with the demo key", auth),
-        (f"http://{host}:{admin_port}/metrics", 200, "Prometheus metrics (admin API)", {}),
+        (f"{gw}/invoices/by-user/1", 200,
+         "user 1's invoices, and the user record invoices got from users via its sidecar", auth),
+        (f"http://{host}:{mesh.registry_port}/v1/services/users", 200,
+         "the registry: both users replicas (their sidecars' inbound ports)", {}),
+        (f"{admin}/clusters", 200, "the gateway's endpoints and their health (admin API)", {}),
+        (f"{admin}/metrics", 200, "Prometheus metrics (admin API)", {}),
     ]
 
 
-def smoke(http_port: int, admin_port: int, key: str) -> int:
-    failed = 0
-    for url, expected, _, headers in routes("127.0.0.1", http_port, admin_port, key):
-        failed += not check(url, expected, headers)
-    # The key already made one call this minute: the limit is reached, then 429.
-    url = f"http://127.0.0.1:{http_port}/invoices/2"
-    auth = {"Authorization": f"apiKey {key}"}
-    for _ in range(RATE_LIMIT - 1):
-        failed += not check(url, 200, auth)
-    failed += not check(url, 429, auth)
-    print(f"demo: smoke test {'FAILED' if failed else 'passed'}", flush=True)
-    return 1 if failed else 0
+class Smoke:
+    """The scenario as checks; counts the keyed /invoices calls against the rate limit."""
+
+    def __init__(self, mesh: Mesh, key: str, limit: int) -> None:
+        self.mesh = mesh
+        self.gw = f"http://127.0.0.1:{mesh.http_port}"
+        self.auth = {"Authorization": f"apiKey {key}"}
+        self.key = key
+        self.limit = limit
+        self.keyed = 0      # keyed /invoices requests so far (the rate limit counts them)
+        self.failed = 0
+
+    def check(self, url: str, expected: int, headers: dict[str, str] | None = None,
+              quiet: bool = False) -> object:
+        """GET url; counts a failure unless the status is expected. The decoded JSON, or None."""
+        headers = headers or {}
+        self.keyed += bool(headers) and "/invoices" in url
+        status, body = fetch(url, headers=headers)
+        ok = status == expected
+        self.failed += not ok
+        if not (ok and quiet):
+            first_line = body.strip().splitlines()[0][:80] if body.strip() else ""
+            keyed = " (with key)" if headers else ""
+            print(f"demo: {'ok  ' if ok else 'FAIL'} {status} (want {expected}) GET {url}"
+                  f"{keyed}  {first_line}", flush=True)
+        try:
+            return json.loads(body) if ok else None
+        except ValueError:
+            return None
+
+    def expect(self, condition: bool, what: str) -> None:
+        self.failed += not condition
+        print(f"demo: {'ok  ' if condition else 'FAIL'} {what}", flush=True)
+
+    def run(self) -> int:
+        for url, expected, _, headers in routes(self.mesh, "127.0.0.1", self.key):
+            self.check(url, expected, headers)
+        self.joined_through_the_mesh()
+        served = {self.served_by(f"{self.gw}/users/1") for _ in range(4)}
+        self.expect(served == {"users-1", "users-2"}, f"both users replicas answer: {served}")
+        self.failover()
+        self.rate_limit()
+        print(f"demo: smoke test {'FAILED' if self.failed else 'passed'}", flush=True)
+        return 1 if self.failed else 0
+
+    def joined_through_the_mesh(self) -> None:
+        data = self.check(f"{self.gw}/invoices/by-user/2", 200, self.auth)
+        user = data.get("user") if isinstance(data, dict) else None
+        invoices = data.get("invoices") if isinstance(data, dict) else None
+        self.expect(isinstance(user, dict) and user.get("name") == "Grace Hopper"
+                    and user.get("servedBy") in ("users-1", "users-2")
+                    and isinstance(invoices, list) and len(invoices) == 1,
+                    "invoices joined user 2 with the record a users replica sent")
+
+    def served_by(self, url: str, keyed: bool = False) -> str | None:
+        data = self.check(url, 200, self.auth if keyed else None, quiet=True)
+        if isinstance(data, dict) and isinstance(data.get("user"), dict):
+            data = data["user"]
+        return data.get("servedBy") if isinstance(data, dict) else None
+
+    def failover(self) -> None:
+        victim = self.mesh.replicas["users-1"]
+        print(f"demo: SIGKILL users-1's app (pid {victim.app.proc.pid}); "
+              "its sidecar stays registered", flush=True)
+        victim.app.kill(signal.SIGKILL)
+        self.all_served_by_users_2("after users-1's app died", 20)
+        print(f"demo: SIGTERM users-1's sidecar (pid {victim.sidecar.proc.pid})", flush=True)
+        victim.sidecar.kill(signal.SIGTERM)
+        status, body = fetch(f"http://127.0.0.1:{self.mesh.registry_port}/v1/services/users")
+        ids = [i.get("id") for i in json.loads(body)["instances"]] if status == 200 else body
+        self.expect(ids == ["users-2"], f"the registry lists only users-2: {ids}")
+        self.all_served_by_users_2("after users-1's sidecar deregistered", 10)
+
+    def all_served_by_users_2(self, when: str, count: int) -> None:
+        """count requests, half to /users, half to /invoices/by-user: users-2 answers all."""
+        served = []
+        for n in range(count // 2):
+            served.append(self.served_by(f"{self.gw}/users/{n % 3 + 1}"))
+            served.append(self.served_by(f"{self.gw}/invoices/by-user/{n % 2 + 1}", True))
+        bad = [s for s in served if s != "users-2"]
+        self.expect(not bad, f"{when}: {len(served) - len(bad)}/{len(served)} requests "
+                             "succeeded, served by users-2")
+
+    def rate_limit(self) -> None:
+        url = f"{self.gw}/invoices/1"
+        while self.keyed < self.limit:
+            self.check(url, 200, self.auth, quiet=True)
+        self.check(url, 429, self.auth)
 
 
-def check(url: str, expected: int, headers: dict[str, str]) -> bool:
-    status, body = fetch(url, headers=headers)
-    verdict = "ok  " if status == expected else "FAIL"
-    first_line = body.strip().splitlines()[0][:70] if body.strip() else ""
-    keyed = " (with key)" if headers else ""
-    print(f"demo: {verdict} {status} (want {expected}) GET {url}{keyed}  {first_line}",
-          flush=True)
-    return status == expected
-
-
-def banner(users: Child, invoices: Child, http_port: int, admin_port: int, key: str) -> str:
-    lines = [
-        "",
-        f"meshgate demo is up: gateway on :{http_port}, admin API on :{admin_port}",
-        f"  users service on :{users.port}, invoices service on :{invoices.port}",
-        f"  demo user 'demo' with API key {key}",
-        "",
-        "Try:",
-    ]
-    for url, expected, note, headers in routes("localhost", http_port, admin_port, key):
-        flag = "" if url.endswith("/metrics") else "-i "
+def banner(mesh: Mesh, key: str, limit: int) -> str:
+    users1 = mesh.replicas["users-1"]
+    lines = ["", "meshgate demo is up: a registry, three replicas with sidecars, one gateway",
+             "", f"  {'process':<18} {'pid':>7}  listens on"]
+    for child, where in mesh.layout():
+        lines.append(f"  {child.name:<18} {child.proc.pid:>7}  {where}")
+    lines += ["", f"  demo user 'demo' with API key {key}", "", "Try:"]
+    for url, expected, note, headers in routes(mesh, "localhost", key):
+        flag = "-s " if url.endswith(("/metrics", "/clusters")) else "-i "
         auth = "".join(f"-H '{k}: {v}' " for k, v in headers.items())
-        lines.append(f"  curl {flag}{auth}{url}")
-        lines.append(f"      # {expected}: {note}")
-    loop = (f"for i in $(seq {RATE_LIMIT + 1}); do curl -s -o /dev/null -w '%{{http_code}}\\n' "
-            f"-H 'Authorization: apiKey {key}' http://localhost:{http_port}/invoices/1; done")
-    lines += [f"  {loop}",
-              f"      # 200 until the key has made {RATE_LIMIT} calls this minute, then 429",
-              "", "Ctrl-C stops everything.", ""]
+        lines += [f"  curl {flag}{auth}{url}", f"      # {expected}: {note}"]
+    by_user = (f"curl -s -H 'Authorization: apiKey {key}' "
+               f"http://localhost:{mesh.http_port}/invoices/by-user/1")
+    limit_loop = (f"for i in $(seq {limit + 1}); do curl -s -o /dev/null -w '%{{http_code}} ' "
+                  f"-H 'Authorization: apiKey {key}' http://localhost:{mesh.http_port}"
+                  "/invoices/1; done; echo")
+    lines += [
+        "", "Stop a users replica; requests keep succeeding:",
+        f"  kill {users1.app.proc.pid}",
+        "      # users-1's app dies; its sidecar stays registered but answers 502",
+        f"  for i in 1 2 3 4; do curl -s http://localhost:{mesh.http_port}/users/1; echo; done",
+        f"  for i in 1 2 3; do {by_user}; echo; done",
+        "      # all 200 from users-2: retries, outlier detection and health checks hide users-1",
+        f"  kill {users1.sidecar.proc.pid}",
+        "      # users-1's sidecar deregisters, then drains; the registry lists users-2 only",
+        "", "Rate limit:", f"  {limit_loop}",
+        f"      # 200 until the key has made {limit} /invoices calls this minute, then 429",
+        "", "Ctrl-C stops everything.", ""]
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace, children: list[Child]) -> int:
-    meshgate = Path(sys.executable).parent / "meshgate"  # the venv's console script
-    if not meshgate.exists():
-        raise DemoError(f"{meshgate} not found; run `make install` first")
+    limit = int(os.environ.get("INVOICES_RATE_LIMIT") or (SMOKE_RATE_LIMIT if args.smoke
+                                                          else RATE_LIMIT))
     admin_port = int(os.environ.get("MESHGATE_ADMIN_PORT", "9876"))
-
-    users = start_service("users", children)
-    invoices = start_service("invoices", children)
-    env = {
-        **os.environ,
-        "USERS_PORT": str(users.port),
-        "INVOICES_PORT": str(invoices.port),
-        "MESHGATE_HTTP_PORT": str(args.http_port),
-        "MESHGATE_ADMIN_PORT": str(admin_port),
-        "MESHGATE_DATA_DIR": args.data_dir,
-        "PYTHONUNBUFFERED": "1",
-    }
-    gateway = Child("gateway", [str(meshgate), "run", "examples/demo"], env)
-    children.append(gateway)
-    wait_ready(gateway, admin_port)
+    mesh = start_mesh(children, Path(args.data_dir), args.http_port, admin_port,
+                      {"INVOICES_RATE_LIMIT": str(limit)})
     key = create_demo_key(admin_port)
-
     if args.smoke:
-        return smoke(args.http_port, admin_port, key)
-    print(banner(users, invoices, args.http_port, admin_port, key), flush=True)
-    while all(child.proc.poll() is None for child in children):
-        time.sleep(0.5)
-    dead = next(child for child in children if child.proc.poll() is not None)
-    raise DemoError(f"{dead.name} exited with code {dead.proc.returncode}:\n{dead.output()}")
+        return Smoke(mesh, key, limit).run()
+    print(banner(mesh, key, limit), flush=True)
+    mesh.watch()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,13 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--http-port", type=int, default=int(os.environ.get("MESHGATE_HTTP_PORT", "8080"))
     )
-    parser.add_argument("--smoke", action="store_true", help="try the routes, then exit 0/1")
+    parser.add_argument("--smoke", action="store_true",
+                        help="play the scenario with checks, then exit 0/1")
     args = parser.parse_args(argv)
-    args.data_dir = tempfile.mkdtemp(prefix="meshgate-demo-")   # the demo's consumers
+    args.data_dir = tempfile.mkdtemp(prefix="meshgate-demo-")  # consumers, registry snapshot
 
     for signum in (signal.SIGINT, signal.SIGTERM):  # both stop the demo like Ctrl-C does
         signal.signal(signum, signal.default_int_handler)
     children: list[Child] = []
+    started = time.monotonic()
     try:
         return run(args, children)
     except KeyboardInterrupt:
@@ -258,13 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for child in reversed(children):  # the gateway first
-            child.stop()
-        for child in reversed(children):
-            child.reap()
+        stop_all(children)
         shutil.rmtree(args.data_dir, ignore_errors=True)
         if children:
-            print("demo: stopped", flush=True)
+            print(f"demo: stopped after {time.monotonic() - started:.1f}s", flush=True)
 
 
 if __name__ == "__main__":

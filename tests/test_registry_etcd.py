@@ -18,9 +18,14 @@ import httpx
 import pytest
 
 from meshgate.etcdv3 import EtcdClient, EtcdError, LeaseNotFound, prefix_range_end
-from tests.support.etcd import EtcdServer, etcd_factory, etcd_server  # noqa: F401
+from tests.support import etcd as etcd_support
+from tests.support.etcd import EtcdServer
 from tests.support.gateway import free_port, wait_until
 from tests.test_registry import Events, RegistryProcess
+
+# The fixtures (they skip the test when etcd is not installed).
+etcd_server = etcd_support.etcd_server
+etcd_factory = etcd_support.etcd_factory
 
 
 def run(coro: Any, timeout: float = 20) -> Any:
@@ -183,7 +188,7 @@ def test_critical_and_revival_through_etcd(tmp_path: Path, etcd_server: EtcdServ
 
 @pytest.mark.slow
 def test_registry_resyncs_after_etcd_restart(
-        tmp_path: Path, etcd_factory: Callable[[], EtcdServer]) -> None:  # noqa: F811
+        tmp_path: Path, etcd_factory: Callable[[], EtcdServer]) -> None:
     etcd = etcd_factory()
     proc = _registry(tmp_path, etcd)
     try:

@@ -4,6 +4,10 @@ A service is an ``App`` with a few routes; each route is a plain function that
 takes a ``Request`` and returns ``(status, json_payload)``. Requests run in
 threads (``ThreadingHTTPServer``), so a handler may itself make blocking HTTP
 calls, e.g. to another service through a meshgate sidecar.
+
+Every app answers ``GET /health`` (for health checks) and knows its replica
+name (``--name``, default the service name), so a service run as several
+replicas can say which one answered.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ def error(status: int, message: str) -> Response:
 class App:
     def __init__(self, name: str) -> None:
         self.name = name
+        self.replica = name  # set by --name: which replica of the service this is
         self.routes: list[tuple[str, re.Pattern[str], Route]] = []
+        self.route("GET", "/health")(lambda req: (200, {"status": "ok", "replica": self.replica}))
 
     def route(self, method: str, pattern: str) -> Callable[[Route], Route]:
         """Register a handler; ``pattern`` looks like ``/users/{id}``."""
@@ -68,7 +74,9 @@ class App:
         parser = argparse.ArgumentParser(description=f"the {self.name} example service")
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+        parser.add_argument("--name", default=self.name, help="replica name (default: %(default)s)")
         args = parser.parse_args(argv)
+        self.replica = args.name
 
         handler = type("Handler", (JsonHandler,), {"app": self})
         server = ThreadingHTTPServer((args.host, args.port), handler)

@@ -1,6 +1,10 @@
 """Example service: users, kept in memory.
 
-Run: python examples/services/users.py --port 5001
+Run: python examples/services/users.py --port 5001 [--name users-1]
+
+A single user carries ``servedBy``, the replica that answered (``--name``), so
+callers can see the mesh balance requests over replicas. Each replica keeps
+its own copy of the data: a user created through one is unknown to the others.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ def get_user(req: Request) -> Response:
     user_id = req.params["id"]
     with lock:
         user = USERS.get(int(user_id)) if user_id.isdigit() else None
-    return (200, user) if user else error(404, f"user {user_id} not found")
+    if user is None:
+        return error(404, f"user {user_id} not found")
+    return 200, {**user, "servedBy": app.replica}
 
 
 @app.route("POST", "/users")
@@ -41,7 +47,7 @@ def create_user(req: Request) -> Response:
     with lock:
         new_id = max(USERS, default=0) + 1
         USERS[new_id] = {"id": new_id, "name": body["name"], "email": body["email"]}
-        return 201, USERS[new_id]
+        return 201, {**USERS[new_id], "servedBy": app.replica}
 
 
 if __name__ == "__main__":

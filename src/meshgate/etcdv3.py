@@ -11,8 +11,9 @@ as base64 and 64-bit integers as decimal strings, which ``_int`` folds back.
 One ``httpx.AsyncClient`` carries every call. The client knows several
 endpoints and sticks to the one that last worked; a transport failure
 (refused, reset, timeout) moves on to the next, and only when every endpoint
-failed does the call raise ``EtcdError``. An HTTP error answer from a live
-member is not retried elsewhere: it is etcd's verdict, raised as ``EtcdError``.
+failed does the call raise ``EtcdError``. A 5xx answer (a member without a
+leader) also moves on; any other error answer is etcd's verdict on the
+request, raised as ``EtcdError`` at once.
 
 ``watch_prefix`` opens one watch stream and yields each non-empty batch of
 events as ``("put" | "delete", key, value)`` tuples (``watch_prefix_revisions``
@@ -106,11 +107,15 @@ class EtcdClient:
             except httpx.TransportError as exc:
                 failures.append(f"{self.endpoints[index]}: {exc!r}")
                 continue
-            self._current = index
             try:
                 data = response.json()
             except ValueError:
                 data = response.text
+            if response.status_code >= 500:     # e.g. a member without a leader: next one
+                failures.append(f"{self.endpoints[index]}: HTTP {response.status_code}: "
+                                f"{_error_text(data)}")
+                continue
+            self._current = index
             if response.status_code != 200:
                 raise EtcdError(f"etcd {path}: HTTP {response.status_code}: {_error_text(data)}")
             if not isinstance(data, dict):

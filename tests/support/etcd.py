@@ -7,9 +7,10 @@ Theory of operation
 ``{"health": "true"}`` (or the deadline passes, then it raises with the log).
 ``stop()`` terminates it (``kill()`` SIGKILLs it).
 
-Fixtures, usable from any test module by importing them::
+Fixtures, usable from any test module by binding them at module level::
 
-    from tests.support.etcd import etcd_server, etcd_factory  # noqa: F401
+    from tests.support import etcd as etcd_support
+    etcd_server = etcd_support.etcd_server
 
     def test_x(etcd_server: EtcdServer) -> None:
         client = EtcdClient([etcd_server.url])

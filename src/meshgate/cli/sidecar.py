@@ -66,7 +66,7 @@ def sidecar(
             "service": service, "appPort": app_port, "inboundPort": inbound_port,
             "outboundPort": outbound_port, "bind": bind, "address": address,
             "instanceId": instance_id or f"{service}-{socket.gethostname()}-{inbound_port}",
-            "zone": zone, "version": version, "ttl": ttl, "register": not no_register,
+            "zone": zone, "version": version, "ttl": ttl, "selfRegister": not no_register,
             "registry": registry or os.environ.get("MESHGATE_REGISTRY")})
     except ValidationError as exc:
         typer.echo(f"meshgate sidecar: {exc.errors()[0]['msg']}", err=True)

@@ -218,7 +218,7 @@ class SidecarConfig(MeshModel):
     version: str = ""
     tags: list[str] = Field(default_factory=list)
     ttl: Millis = Field(10000, description="Registration TTL; heartbeats every third of it")
-    register: bool = Field(True, description="Register this instance in the registry")
+    selfRegister: bool = Field(True, description="Register this instance in the registry")
     registry: str | None = Field(None, description="Registry URL (default $MESHGATE_REGISTRY)")
     outbound: dict[str, Any] = Field(
         default_factory=dict,

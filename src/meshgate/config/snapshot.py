@@ -76,6 +76,8 @@ def _build_clusters(cfg: LoadedConfig, ctx: WorkerContext,
         known = ctx.endpoint_sets.get(name)
         if cluster.dynamic and known is not None:
             cluster.set_endpoints(known)    # the control plane's last word, until its next
+        elif cluster.dynamic and not cluster.endpoints:
+            cluster.awaiting_first = True   # discovery has not answered yet: park, don't 503
     return clusters, keys
 
 

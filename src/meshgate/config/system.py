@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field
 
-from meshgate.config.base import EGModel, Millis, Port, empty_if_none
+from meshgate.config.base import EGModel, MeshModel, Millis, Port, empty_if_none
 
 
 class RedisSentinel(EGModel):
@@ -79,6 +79,23 @@ class CliConfig(EGModel):
     verbose: bool = False
 
 
+class RegistryServe(MeshModel):
+    """Run the built-in registry inside ``meshgate run`` (the master serves it)."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8500
+    dataDir: str | None = Field(None, description="Snapshot folder (memory store)")
+    store: Literal["memory", "etcd"] = "memory"
+    etcd: list[str] = Field(default_factory=list, description="etcd endpoint URLs")
+    etcdPrefix: str = "/meshgate/registry"
+
+
+class RegistryConfig(MeshModel):
+    url: str | None = Field(None, description="Registry URL used by `type: registry` "
+                                              "discovery and sidecars ($MESHGATE_REGISTRY)")
+    serve: RegistryServe | None = Field(None, description="Embed the registry in this process")
+
+
 def _plugins(value: Any) -> Any:
     if not isinstance(value, dict):
         return empty_if_none(value)
@@ -101,6 +118,7 @@ class SystemConfig(EGModel):
     plugins: Annotated[dict[str, dict[str, Any]], BeforeValidator(_plugins)] = Field(
         default_factory=dict)
     cli: Annotated[CliConfig, Section] = Field(default_factory=CliConfig)
+    registry: RegistryConfig | None = None
 
     @property
     def uses_redis(self) -> bool:

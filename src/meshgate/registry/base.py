@@ -20,9 +20,10 @@ timeout)``: one shared ``asyncio.Event`` is set and replaced on each change, so
 any number of waiters costs nothing until something changes; each re-checks
 its own index and sleeps again if its service did not move.
 
-Reads are served as encoded JSON cached per service index and joined into the
-full listing, so a listing of thousands of instances is re-encoded only for
-the services that changed. (``lastHeartbeat`` in a listing may therefore lag
+Reads are served as encoded JSON: each instance keeps its own encoding (made
+when it is stored, dropped by ``changed()``), a service's list is cached per
+service index, and the full listing joins those, so even a first listing of
+ten thousand instances only concatenates bytes. (``lastHeartbeat`` in a listing may therefore lag
 until the next change of its service; heartbeats alone are not changes.)
 """
 
@@ -101,6 +102,16 @@ class Instance:
     status: str = PASSING
     registered_at: int = field(default_factory=now_ms)
     last_heartbeat: int = field(default_factory=now_ms)
+    encoded_json: bytes | None = field(default=None, repr=False)
+
+    def encoded(self) -> bytes:
+        """``to_json()`` encoded, kept until ``changed()`` says the instance moved."""
+        if self.encoded_json is None:
+            self.encoded_json = dumps(self.to_json())
+        return self.encoded_json
+
+    def changed(self) -> None:
+        self.encoded_json = None
 
     @classmethod
     def from_spec(cls, service: str, instance_id: str, spec: InstanceSpec,
@@ -209,8 +220,9 @@ class BaseStore:
         cached = self._fragments.get(service)
         if cached is not None and cached[0] == index:
             return cached[1]
-        encoded = dumps(self.instances(service))
-        if service in self._services:
+        found = self._services.get(service, {})
+        encoded = b"[" + b",".join(found[i].encoded() for i in sorted(found)) + b"]"
+        if found:
             self._fragments[service] = (index, encoded)
         return encoded
 
@@ -233,6 +245,7 @@ class BaseStore:
     # -- changes (subclasses call these) ----------------------------------------
 
     def _put(self, instance: Instance, index: int) -> None:
+        instance.encoded()      # encoded at write time: a cold listing only joins bytes
         self._services.setdefault(instance.service, {})[instance.id] = instance
         self._changed_service(instance.service, index)
 

@@ -107,6 +107,7 @@ class EmbeddedRegistry:
             await self.store.start()
         except BaseException:
             sock.close()
+            await self.store.close()
             raise
         config = uvicorn.Config(self.app, log_level="warning", lifespan="off",
                                 access_log=False, ws="none", timeout_graceful_shutdown=2)

@@ -126,6 +126,7 @@ class MemoryStore(BaseStore):
 
     def _refresh(self, instance: Instance) -> Instance:
         instance.last_heartbeat = now_ms()
+        instance.changed()
         self._arm(instance)
         return instance
 
@@ -170,6 +171,7 @@ class MemoryStore(BaseStore):
             self._changed_state()
         elif now >= critical_at and instance.status == PASSING:
             instance.status = CRITICAL
+            instance.changed()
             self._changed_service(service, self.index + 1)
             self._changed_state()
             self._remind(remove_at, service, instance_id)

@@ -31,6 +31,7 @@ from meshgate.admin.app import admin_server, create_admin_app
 from meshgate.config.loader import ConfigError, LoadedConfig, load_config
 from meshgate.discovery.manager import DiscoveryManager
 from meshgate.registry.client import Registration, RegistryClient
+from meshgate.registry.server import EmbeddedRegistry
 from meshgate.server.control import Channel, encode_config
 from meshgate.sidecar.outbound import outbound_service, registry_url
 from meshgate.telemetry.metrics import merge
@@ -69,6 +70,7 @@ class Master:
         self.subscriptions: set[str] = set()    # services sidecar workers call outbound
         self.registration: Any = None           # sidecar mode: this instance's registration
         self.overlay: Any = None                # sidecar mode: applied to every loaded config
+        self.embedded_registry: Any = None      # system registry.serve
 
     # -- Supervisor protocol for the admin app -----------------------------
     def is_ready(self) -> bool:
@@ -287,9 +289,26 @@ class Master:
         if not self.workers:
             self.stopped.set()
 
+    async def _start_registry(self) -> None:
+        """system.config.yml ``registry.serve``: the registry runs in this process."""
+        registry = self.config.system.registry
+        serve = registry.serve if registry is not None else None
+        if serve is None:
+            return
+        self.embedded_registry = EmbeddedRegistry(
+            serve.host, serve.port, store=serve.store, data_dir=serve.dataDir,
+            etcd_endpoints=serve.etcd, etcd_prefix=serve.etcdPrefix)
+        await self.embedded_registry.start()
+        log.info("registry serving on http://%s:%d", serve.host, self.embedded_registry.port)
+
+    async def _stop_registry(self) -> None:
+        if self.embedded_registry is not None:
+            await self.embedded_registry.stop()
+            self.embedded_registry = None
+
     async def _register(self) -> None:
         side = self.config.gateway.sidecar
-        if side is None or not side.register:
+        if side is None or not side.selfRegister:
             return
         url = registry_url(self.config) or "http://127.0.0.1:8500"
         fields: dict[str, Any] = {"ttl": side.ttl, "zone": side.zone, "version": side.version,
@@ -330,10 +349,12 @@ class Master:
             admin = admin_server(app, admin_cfg.host, admin_cfg.port)
             admin_task = loop.create_task(admin.serve(sockets=[sock]))
         try:
+            await self._start_registry()
             await self.discovery.apply(self._discovered())
         except Exception as exc:
             log.error("discovery could not start: %s", exc)
             await _stop_admin(admin, admin_task)
+            await self._stop_registry()
             return 1
         for i in range(self.count):
             if self.stopping:
@@ -366,6 +387,7 @@ class Master:
         await self._wait_workers()
         await _stop_admin(admin, admin_task)
         await self.discovery.stop()
+        await self._stop_registry()
         if self.store is not None:
             await self.store.close()
         log.info("stopped")

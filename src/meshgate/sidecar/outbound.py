@@ -46,9 +46,15 @@ def registry_url(cfg: Any) -> str | None:
     side = cfg.gateway.sidecar
     if side is not None and side.registry:
         return str(side.registry)
-    registry = getattr(cfg.system, "registry", None)
-    url = getattr(registry, "url", None) if registry is not None else None
-    return url or os.environ.get("MESHGATE_REGISTRY")
+    registry = cfg.system.registry
+    if registry is not None:
+        if registry.url:
+            return str(registry.url)
+        if registry.serve is not None:
+            host = registry.serve.host
+            host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+            return f"http://{host}:{registry.serve.port}"
+    return os.environ.get("MESHGATE_REGISTRY")
 
 
 def outbound_service(cfg: SidecarConfig, name: str, registry_url: str | None) -> ServiceEndpoint:

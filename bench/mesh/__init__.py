@@ -1,0 +1,1 @@
+"""Parts of ``bench/mesh_bench.py``: load clients, process stack, scenarios."""
