@@ -25,6 +25,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/mesh_bench.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples

@@ -16,7 +16,8 @@ Everything runs on loopback, each child in its own process group:
 3. ``meshgate run examples/demo`` (http port MESHGATE_HTTP_PORT or 8080, admin
    port MESHGATE_ADMIN_PORT or 9876) whose serviceEndpoints find both services
    in the registry (REGISTRY_URL), with retries, outlier detection and health
-   checks. Consumers live in a temporary SQLite folder.
+   checks. Consumers live in a temporary SQLite folder. /invoices/* allows a
+   consumer INVOICES_RATE_LIMIT (10) requests a minute; --smoke sets 25.
 
 Once the gateway answers /ready and sees every replica healthy, the demo
 creates a user with an API key through the Admin API and prints what runs
@@ -39,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from demo_mesh import Child, DemoError, Mesh, fetch, start_mesh, stop_all
+from demo_mesh import Child, DemoError, Mesh, fetch, say, start_mesh, stop_all
 
 RATE_LIMIT = 10        # examples/demo/gateway.config.yml: default max per consumer and minute
 SMOKE_RATE_LIMIT = 25  # --smoke raises it, so the failover requests fit in one window
@@ -96,15 +97,15 @@ class Smoke:
               quiet: bool = False) -> object:
         """GET url; counts a failure unless the status is expected. The decoded JSON, or None."""
         headers = headers or {}
-        self.keyed += bool(headers) and "/invoices" in url
+        keyed = "Authorization" in headers
+        self.keyed += keyed and "/invoices" in url
         status, body = fetch(url, headers=headers)
         ok = status == expected
         self.failed += not ok
         if not (ok and quiet):
             first_line = body.strip().splitlines()[0][:80] if body.strip() else ""
-            keyed = " (with key)" if headers else ""
-            print(f"demo: {'ok  ' if ok else 'FAIL'} {status} (want {expected}) GET {url}"
-                  f"{keyed}  {first_line}", flush=True)
+            say(f"demo: {'ok  ' if ok else 'FAIL'} {status} (want {expected}) GET {url}"
+                f"{' (with key)' if keyed else ''}  {first_line}")
         try:
             return json.loads(body) if ok else None
         except ValueError:
@@ -112,7 +113,7 @@ class Smoke:
 
     def expect(self, condition: bool, what: str) -> None:
         self.failed += not condition
-        print(f"demo: {'ok  ' if condition else 'FAIL'} {what}", flush=True)
+        say(f"demo: {'ok  ' if condition else 'FAIL'} {what}")
 
     def run(self) -> int:
         for url, expected, _, headers in routes(self.mesh, "127.0.0.1", self.key):
@@ -122,7 +123,7 @@ class Smoke:
         self.expect(served == {"users-1", "users-2"}, f"both users replicas answer: {served}")
         self.failover()
         self.rate_limit()
-        print(f"demo: smoke test {'FAILED' if self.failed else 'passed'}", flush=True)
+        say(f"demo: smoke test {'FAILED' if self.failed else 'passed'}")
         return 1 if self.failed else 0
 
     def joined_through_the_mesh(self) -> None:
@@ -134,24 +135,35 @@ class Smoke:
                     and isinstance(invoices, list) and len(invoices) == 1,
                     "invoices joined user 2 with the record a users replica sent")
 
-    def served_by(self, url: str, keyed: bool = False) -> str | None:
-        data = self.check(url, 200, self.auth if keyed else None, quiet=True)
+    def served_by(self, url: str, keyed: bool = False, host: str | None = None) -> str | None:
+        """GET url, expecting 200: the servedBy of the user record in the answer."""
+        headers = {**(self.auth if keyed else {}), **({"Host": host} if host else {})}
+        data = self.check(url, 200, headers, quiet=True)
         if isinstance(data, dict) and isinstance(data.get("user"), dict):
             data = data["user"]
         return data.get("servedBy") if isinstance(data, dict) else None
 
     def failover(self) -> None:
         victim = self.mesh.replicas["users-1"]
-        print(f"demo: SIGKILL users-1's app (pid {victim.app.proc.pid}); "
-              "its sidecar stays registered", flush=True)
+        say(f"demo: SIGKILL users-1's app (pid {victim.app.proc.pid}); "
+            "its sidecar stays registered")
         victim.app.kill(signal.SIGKILL)
+        self.outbound_hides_users_1()
         self.all_served_by_users_2("after users-1's app died", 20)
-        print(f"demo: SIGTERM users-1's sidecar (pid {victim.sidecar.proc.pid})", flush=True)
+        say(f"demo: SIGTERM users-1's sidecar (pid {victim.sidecar.proc.pid})")
         victim.sidecar.kill(signal.SIGTERM)
         status, body = fetch(f"http://127.0.0.1:{self.mesh.registry_port}/v1/services/users")
         ids = [i.get("id") for i in json.loads(body)["instances"]] if status == 200 else body
         self.expect(ids == ["users-2"], f"the registry lists only users-2: {ids}")
         self.all_served_by_users_2("after users-1's sidecar deregistered", 10)
+
+    def outbound_hides_users_1(self) -> None:
+        """The invoices replica's own view: its sidecar's outbound port retries elsewhere."""
+        proxy = f"http://127.0.0.1:{self.mesh.replicas['invoices-1'].outbound}"
+        served = [self.served_by(f"{proxy}/users/1", host="users") for _ in range(10)]
+        bad = [s for s in served if s != "users-2"]
+        self.expect(not bad, f"invoices-1's sidecar, Host: users: {len(served) - len(bad)}/"
+                             f"{len(served)} requests succeeded, served by users-2")
 
     def all_served_by_users_2(self, when: str, count: int) -> None:
         """count requests, half to /users, half to /invoices/by-user: users-2 answers all."""
@@ -202,15 +214,15 @@ def banner(mesh: Mesh, key: str, limit: int) -> str:
 
 
 def run(args: argparse.Namespace, children: list[Child]) -> int:
-    limit = int(os.environ.get("INVOICES_RATE_LIMIT") or (SMOKE_RATE_LIMIT if args.smoke
-                                                          else RATE_LIMIT))
+    limit = (SMOKE_RATE_LIMIT if args.smoke
+             else int(os.environ.get("INVOICES_RATE_LIMIT") or RATE_LIMIT))
     admin_port = int(os.environ.get("MESHGATE_ADMIN_PORT", "9876"))
     mesh = start_mesh(children, Path(args.data_dir), args.http_port, admin_port,
                       {"INVOICES_RATE_LIMIT": str(limit)})
     key = create_demo_key(admin_port)
     if args.smoke:
         return Smoke(mesh, key, limit).run()
-    print(banner(mesh, key, limit), flush=True)
+    say(banner(mesh, key, limit))
     mesh.watch()
     return 0
 
@@ -242,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         stop_all(children)
         shutil.rmtree(args.data_dir, ignore_errors=True)
         if children:
-            print(f"demo: stopped after {time.monotonic() - started:.1f}s", flush=True)
+            say(f"demo: stopped after {time.monotonic() - started:.1f}s")
 
 
 if __name__ == "__main__":

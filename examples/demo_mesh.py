@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 Each process is a ``Child``: started in its own session (so the terminal's
 Ctrl-C reaches only the demo, which then stops every process group itself),
-its output echoed line by line behind its name, its port read from its
-"listening on http://host:port" line when it picks one itself.
+its output echoed line by line behind its name (but for the routine lines of
+heartbeats and health checks), its port read from its "listening on
+http://host:port" line when it picks one itself.
 
 ``start_mesh`` starts, in this order: the registry (port 0); the apps (port
 0, with ``HTTP_PROXY`` = the outbound port chosen for their sidecar, so they
@@ -45,8 +46,18 @@ SIDECAR_CONFIG = "examples/demo/sidecar"     # outbound retries / outlier detect
 REPLICAS = (("users-1", "users"), ("users-2", "users"), ("invoices-1", "invoices"))
 SIDECAR_TTL_MS = 3000     # a sidecar killed with SIGKILL turns critical after this
 LISTENING = re.compile(r"listening on http://\S+:(\d+)")
+ROUTINE = re.compile(r'httpx: HTTP Request: |"GET /health ')  # heartbeats, health checks
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 LOOPBACK = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+
+
+_say_lock = threading.Lock()
+
+
+def say(line: str) -> None:
+    """Print one whole line: the children's echo threads print too."""
+    with _say_lock:
+        print(line, flush=True)
 
 
 class DemoError(Exception):
@@ -80,7 +91,8 @@ class Child:
             if self.port is None and (match := LISTENING.search(line)):
                 self.port = int(match.group(1))
                 self.listening.set()
-            print(f"{self.name:>16} | {line}", flush=True)
+            if not ROUTINE.search(line):  # kept in the tail, not echoed
+                say(f"{self.name:>18} | {line}")
         self.listening.set()
 
     def wait_listening(self, timeout: float = 15) -> int:
@@ -119,7 +131,7 @@ class Child:
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            print(f"demo: {self.name} ignored SIGTERM for {timeout}s; killing it", flush=True)
+            say(f"demo: {self.name} ignored SIGTERM for {timeout}s; killing it")
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
@@ -212,8 +224,8 @@ class Mesh:
             for child in self.children:
                 if not child.alive() and child.name not in noted:
                     noted.add(child.name)
-                    print(f"demo: {child.name} exited with code {child.proc.returncode}; "
-                          "the mesh routes around it", flush=True)
+                    say(f"demo: {child.name} exited with code {child.proc.returncode}; "
+                        "the mesh routes around it")
             time.sleep(0.5)
 
 

@@ -1,4 +1,9 @@
-"""The demo (examples/demo.py) end to end, and the example services on their own."""
+"""The demo (examples/demo.py) end to end, and the example services on their own.
+
+The demo tests run the whole mesh -- registry, three replicas with their
+sidecars, the gateway -- as real processes, so they are marked slow (each
+takes some 8 s). The service tests start single example services.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,18 @@ import contextlib
 import http.client
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.gateway import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -38,24 +48,103 @@ def run_to_end(proc: subprocess.Popen[str], timeout: float) -> str:
         pytest.fail(f"{proc.args!r} did not finish in {timeout}s:\n{out}")
 
 
-@pytest.mark.timeout(90)
-def test_demo_smoke() -> None:
+def demo(*args: str) -> tuple[subprocess.Popen[str], int]:
+    """Start examples/demo.py on free ports; (process, gateway http port)."""
+    http_port = free_port()
     env = {**os.environ, "MESHGATE_ADMIN_PORT": str(free_port())}
-    cmd = [sys.executable, str(EXAMPLES / "demo.py"), "--smoke", "--http-port", str(free_port())]
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+        [sys.executable, str(EXAMPLES / "demo.py"), "--http-port", str(http_port), *args],
+        cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    return proc, http_port
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_demo_smoke_plays_the_scenario() -> None:
+    proc, http_port = demo("--smoke")
     out = run_to_end(proc, timeout=60)
     assert proc.returncode == 0, out
-    assert "smoke test passed" in out
+    assert "smoke test passed" in out and "FAIL" not in out, out
+    for line in ("invoices joined user 2 with the record a users replica sent",
+                 "invoices-1's sidecar, Host: users: 10/10 requests succeeded",
+                 "after users-1's app died: 20/20 requests succeeded, served by users-2",
+                 "the registry lists only users-2",
+                 "429 (want 429)"):
+        assert line in out, out
+    assert "ignored SIGTERM" not in out, out
+    with pytest.raises(ConnectionRefusedError):     # the gateway is gone with the demo
+        socket.create_connection(("127.0.0.1", http_port), timeout=5).close()
+
+
+class Output:
+    """The lines a process prints, collected by a thread as they come."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self.thread.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_demo_banner_kill_command_and_sigterm_stop_everything() -> None:
+    proc, http_port = demo()
+    output = Output(proc)
+    try:
+        wait_until(lambda: "Ctrl-C stops everything." in output.lines or proc.poll() is not None,
+                   timeout=45, interval=0.1)
+        text = output.text()
+        assert proc.poll() is None, text
+        pids = {m[1]: int(m[2]) for m in re.finditer(r"^  (\S+)\s+(\d+)  ", text, re.M)}
+        assert set(pids) == {"registry", "users-1", "users-1/sidecar", "users-2",
+                             "users-2/sidecar", "invoices-1", "invoices-1/sidecar", "gateway"}
+        kill = re.search(r"^  kill (\d+)$", text, re.M)
+        assert kill is not None and int(kill[1]) == pids["users-1"], text
+
+        os.kill(pids["users-1"], signal.SIGTERM)       # what the banner tells the user to do
+        wait_until(lambda: "demo: users-1 exited" in output.text(), timeout=10)
+        for _ in range(6):
+            status, user = get(http_port, "/users/1")
+            assert status == 200 and isinstance(user, dict), user
+            assert user["servedBy"] == "users-2"
+        assert proc.poll() is None                     # a replica's death does not end the demo
+
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output.thread.join(timeout=5)
+    assert proc.returncode == 0, output.text()
+    assert output.lines[-1].startswith("demo: stopped"), output.text()
+    wait_until(lambda: all(gone(pid) for pid in pids.values()), timeout=5)
 
 
 @contextlib.contextmanager
-def service(name: str) -> Iterator[int]:
+def service(name: str, *args: str, env: dict[str, str] | None = None) -> Iterator[int]:
     """Start examples/services/<name>.py on a free port; yields the port."""
     proc = subprocess.Popen(
-        [sys.executable, "-u", str(EXAMPLES / "services" / f"{name}.py"), "--port", "0"],
+        [sys.executable, "-u", str(EXAMPLES / "services" / f"{name}.py"), "--port", "0", *args],
         text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )  # fmt: skip
     try:
         assert proc.stdout is not None
@@ -109,6 +198,17 @@ def test_users_service_over_one_keep_alive_connection() -> None:
         assert conn.sock is sock  # one keep-alive connection served all four requests
 
 
+def test_replica_name_shows_in_served_by_and_health() -> None:
+    with service("users", "--name", "users-7") as port:
+        status, user = get(port, "/users/2")
+        assert status == 200 and isinstance(user, dict)
+        assert user["servedBy"] == "users-7"
+        assert get(port, "/health") == (200, {"status": "ok", "replica": "users-7"})
+        status, users = get(port, "/users")
+        assert status == 200 and isinstance(users, list)
+        assert all("servedBy" not in u for u in users)   # the list is plain data
+
+
 def test_invoices_service() -> None:
     with service("invoices") as port:
         status, invoice = get(port, "/invoices/1")
@@ -119,3 +219,37 @@ def test_invoices_service() -> None:
         assert status == 200 and isinstance(invoices, list) and invoice in invoices
         assert get(port, "/invoices/77") == (404, {"error": "invoice 77 not found"})
         assert get(port, "/nowhere")[0] == 404
+        assert get(port, "/health") == (200, {"status": "ok", "replica": "invoices"})
+
+
+def test_invoices_by_user_joins_the_user_from_users_url() -> None:
+    with service("users", "--name", "users-a") as users_port:
+        users_url = {"USERS_URL": f"http://127.0.0.1:{users_port}", "NO_PROXY": "*",
+                     "no_proxy": "*"}
+        with service("invoices", env=users_url) as port:
+            status, joined = get(port, "/invoices/by-user/2")
+            assert status == 200 and isinstance(joined, dict)
+            assert joined["user"] == {"id": 2, "name": "Grace Hopper",
+                                      "email": "grace@example.com", "servedBy": "users-a"}
+            assert [i["id"] for i in joined["invoices"]] == [3]
+            assert get(port, "/invoices/by-user/9") == (404, {"error": "user 9 not found"})
+            assert get(port, "/invoices/by-user/x") == (404, {"error": "user x not found"})
+    # users is gone: invoices says so with a 502 of its own
+    with service("invoices", env=users_url) as port:
+        status, body = get(port, "/invoices/by-user/1")
+        assert status == 502 and isinstance(body, dict)
+        assert body["error"].startswith("the users service failed")
+
+
+def test_invoices_calls_users_by_name_through_http_proxy() -> None:
+    # The users service itself plays the proxy: it serves absolute-form targets
+    # (GET http://users/users/1) by their path, so the request must arrive there.
+    with service("users", "--name", "via-proxy") as users_port:
+        proxy = f"http://127.0.0.1:{users_port}"
+        env = {"USERS_URL": "http://users", "HTTP_PROXY": proxy, "http_proxy": proxy,
+               "NO_PROXY": "", "no_proxy": ""}
+        with service("invoices", env=env) as port:
+            status, joined = get(port, "/invoices/by-user/1")
+        assert status == 200 and isinstance(joined, dict)
+        assert joined["user"]["servedBy"] == "via-proxy"
+        assert len(joined["invoices"]) == 2

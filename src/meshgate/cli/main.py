@@ -65,6 +65,7 @@ def run(
 
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s master %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)    # registry watches
     try:
         directory = find_config_dir(config_dir)
         load_config(directory)

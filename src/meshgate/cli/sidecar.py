@@ -61,6 +61,7 @@ def sidecar(
 
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s sidecar %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)    # heartbeats, watches
     try:
         side = SidecarConfig.model_validate({
             "service": service, "appPort": app_port, "inboundPort": inbound_port,

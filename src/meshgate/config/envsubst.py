@@ -17,7 +17,8 @@ Differences from EG, all on the side of saying so instead of guessing:
 * ``$${VAR}`` is an escape that yields a literal ``${VAR}``;
 * references inside YAML comments are left alone (so commented-out lines
   cannot fail the load);
-* ``${VAR:-}`` means "empty if unset".
+* ``${VAR:-}`` means "empty if unset"; as in the shell, ``${VAR:-default}``
+  also takes the default when ``VAR`` is set but empty.
 
 A substituted value may contain newlines; ``Substituted.source_line`` maps a
 line of the output back to the line of the file the user wrote.
@@ -99,9 +100,10 @@ def _substitute_line(line: str, limit: int, env: Mapping[str, str], file: str,
         escape, name, default = match.group(1), match.group(2), match.group(3)
         if escape:
             return match.group(0)[1:]
-        if name in env:
-            return env[name]
-        if default is not None:
+        value = env.get(name)
+        if value or (value is not None and default is None):
+            return value
+        if default is not None:          # as the shell's ':-': unset or empty
             return default
         raise ConfigError(file, number, None,
                           f"environment variable {name} is not set "

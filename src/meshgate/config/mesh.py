@@ -205,15 +205,16 @@ class OutlierDetection(MeshModel):
 class SidecarConfig(MeshModel):
     """``meshgate sidecar``: one service instance's inbound and outbound listeners."""
 
-    service: str = Field(description="The service this instance belongs to")
-    appPort: int = Field(ge=1, le=65535, description="Port of the local app")
+    service: str = Field("", description="The service this instance belongs to (set by the "
+                                         "command line)")
+    appPort: int = Field(0, ge=0, le=65535, description="Port of the local app (command line)")
     appHost: str = Field("127.0.0.1", description="Host of the local app")
     inboundPort: int = Field(15006, ge=0, le=65535, description="Traffic for this instance")
     outboundPort: int = Field(15001, ge=0, le=65535,
                               description="The app's calls to other services")
     bind: str = Field("127.0.0.1", description="Address both listeners bind")
     address: str = Field("127.0.0.1", description="Address registered for this instance")
-    instanceId: str = Field(description="Instance id in the registry")
+    instanceId: str = Field("", description="Instance id in the registry (command line)")
     zone: str = ""
     version: str = ""
     tags: list[str] = Field(default_factory=list)

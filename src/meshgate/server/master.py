@@ -308,7 +308,7 @@ class Master:
 
     async def _register(self) -> None:
         side = self.config.gateway.sidecar
-        if side is None or not side.selfRegister:
+        if side is None or not side.selfRegister or not side.service:
             return
         url = registry_url(self.config) or "http://127.0.0.1:8500"
         fields: dict[str, Any] = {"ttl": side.ttl, "zone": side.zone, "version": side.version,

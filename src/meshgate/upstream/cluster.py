@@ -225,8 +225,8 @@ class Cluster:
                 self.parked = [p for p in self.parked if p not in late]
                 for ex, _ in late:
                     if not ex.done:
-                        ex.responder.respond(ex, 503, b"Service Unavailable: no endpoints "
-                                                      b"known for this service\n")
+                        ex.responder.respond(ex, 503, b"Service Unavailable: no healthy "
+                                                      b"upstream (no endpoints known)\n")
         if self.outlier is not None:
             self.outlier.sweep(now)
 
