@@ -139,7 +139,20 @@ class Forward:
         self.extra_headers += b"eg-request-id: " + _ID_PREFIX + b"-"
         self.rewrites_path = self.strip_path or self.ignore_path or (
             self.prepend_path and cluster.has_base_path)
-        self.guarded = cluster.guarded or bool(self.request_timeout)
+        # Attempt timeouts, decided once (seconds, 0 = none): an attempt's own
+        # limit, and the first attempt's, capped by the overall requestTimeout.
+        policy = cluster.retry
+        if self.timeout is not None:
+            self.per_try = self.timeout
+        elif policy is not None and policy.per_try:
+            self.per_try = policy.per_try
+        else:
+            self.per_try = cluster.response_timeout
+        self.overall = self.request_timeout or cluster.request_timeout
+        self.first_timeout = (min(self.per_try, self.overall) if self.per_try and self.overall
+                              else self.per_try or self.overall)
+        # Without retries an overall deadline is just the one attempt's: no Call needed.
+        self.guarded = cluster.guarded or (policy is not None and bool(self.overall))
 
     def __call__(self, ex: Exchange) -> bool:
         cluster = self.cluster
@@ -154,9 +167,7 @@ class Forward:
                 ex.responder.respond(ex, 503, b"Service Unavailable: no healthy upstream\n")
             return True
         head, chunked = self.head(ex, ep)
-        pool = ep.pool
-        timeout = self.timeout
-        pool.send(ex, head, chunked, pool.response_timeout if timeout is None else timeout)
+        ep.pool.send(ex, head, chunked, self.first_timeout)
         return True
 
     def head(self, ex: Exchange, ep: Endpoint) -> tuple[bytes, bool]:

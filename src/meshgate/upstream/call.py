@@ -57,13 +57,13 @@ class Call:
         self.attached = False
         self.committed = False
         self.retrying = False             # counted in the active-retries gauges
-        self.sent = 0.0
+        self.sent = ex.started
         self.timer: Any = None
-        timeout = proxy.request_timeout or cluster.request_timeout
-        self.deadline = ex.started + timeout if timeout else 0.0
+        overall = proxy.overall
+        self.deadline = ex.started + overall if overall else 0.0
         self.saved: list[bytes] | None = None
         self.saved_bytes = 0
-        if self.policy is not None and ex.body_expected:
+        if ex.body_expected and self.policy is not None:
             length = ex.header(b"content-length")
             if length is None or (length.isdigit() and int(length) <= self.policy.max_body):
                 self.saved = []
@@ -81,37 +81,42 @@ class Call:
         cluster.active += 1
         ex.retry = self
         ex.on_done = self._done if ex.on_done is None else _chain(ex.on_done, self._done)
-        self._attempt(None)
+        ep = cluster.single or cluster.pick(ex, None)
+        if ep is None:
+            self._no_endpoint(None)
+            return True
+        self.ep = ep
+        head, chunked = self.proxy.head(ex, ep)
+        ep.pool.send(ex, head, chunked, self.proxy.first_timeout)
         return True
 
     def _attempt(self, exclude: Endpoint | None) -> None:
+        """A retry (or a parked request's first attempt)."""
         ex = self.ex
         if ex.done:
             return
         cluster = self.cluster
         ep = cluster.single or cluster.pick(ex, exclude)
         if ep is None:
-            if cluster.awaiting_first:
-                cluster.park(ex, lambda: self._attempt(exclude))
-                return
-            self.committed = True
-            ex.responder.respond(ex, 503, _NO_HEALTHY)
+            self._no_endpoint(exclude)
             return
         self.ep = ep
         head, chunked = self.proxy.head(ex, ep)
-        pool = ep.pool
-        now = cluster.ctx.loop.time()
-        self.sent = now
-        per_try = self.proxy.timeout
-        if per_try is None:
-            per_try = (self.policy.per_try if self.policy is not None and self.policy.per_try
-                       else pool.response_timeout)
-        elapsed = now - ex.started
-        timeout = elapsed + per_try if per_try else 0.0
+        now = self.sent = cluster.ctx.loop.time()
+        per_try = self.proxy.per_try
+        timeout = (now - ex.started) + per_try if per_try else 0.0
         if self.deadline:
             overall = self.deadline - ex.started
             timeout = min(timeout, overall) if timeout else overall
-        pool.send(ex, head, chunked, timeout)
+        ep.pool.send(ex, head, chunked, timeout)
+
+    def _no_endpoint(self, exclude: Endpoint | None) -> None:
+        cluster = self.cluster
+        if cluster.awaiting_first:
+            cluster.park(self.ex, lambda: self._attempt(exclude))
+            return
+        self.committed = True
+        self.ex.responder.respond(self.ex, 503, _NO_HEALTHY)
 
     def _done(self, ex: Exchange) -> None:
         if self.timer is not None:
@@ -142,8 +147,12 @@ class Call:
             ep.latency_count += 1
             if cluster.balancer.wants_latency:
                 cluster.balancer.observe(ep, rtt, status < 500)
-            if cluster.outlier is not None:
-                cluster.outlier.result(ep, status)
+            outlier = cluster.outlier
+            if outlier is not None:
+                if status < 500 and not ep.consecutive_5xx and not ep.consecutive_gateway:
+                    ep.requests += 1          # the common case, inline
+                else:
+                    outlier.result(ep, status)
         policy = self.policy
         if (not self.committed and policy is not None and status in policy.statuses
                 and self._may_retry("status")):
@@ -195,7 +204,7 @@ class Call:
     def _remaining(self) -> float:
         ex = self.ex
         now = self.cluster.ctx.loop.time()
-        per_try = self.ep.pool.response_timeout if self.ep is not None else 0.0
+        per_try = self.proxy.per_try
         timeout = (now - ex.started) + per_try if per_try else 0.0
         if self.deadline:
             overall = self.deadline - ex.started

@@ -14,9 +14,10 @@ endpoints in panic. With one endpoint and nothing to decide, ``single`` lets
 the proxy skip the call.
 
 A cluster is ``guarded`` when a request needs more than one write: retries,
-an overall timeout, circuit breakers, outlier detection or a latency-aware
-balancer. The proxy then runs the request through a ``Call``
-(``upstream/call.py``); an unguarded cluster costs nothing of that.
+circuit breakers, outlier detection or a latency-aware balancer. The proxy
+then runs the request through a ``Call`` (``upstream/call.py``); an
+unguarded cluster costs nothing of that, and an overall ``requestTimeout``
+without retries is just the one attempt's deadline.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ class Cluster:
                         else OutlierDetector(svc.outlierDetection, self))
         self.active = 0               # requests in flight through a Call
         self.active_retries = 0
-        self.guarded = bool(self.retry or self.limits or self.outlier or self.request_timeout
+        self.guarded = bool(self.retry or self.limits or self.outlier
                             or self.balancer.wants_latency)
         self.endpoints: list[Endpoint] = []
         self.by_key: dict[str, Endpoint] = {}
