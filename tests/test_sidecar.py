@@ -69,7 +69,7 @@ def mesh(tmp_path: Path, backend_factory: Any) -> Iterator[dict[str, Any]]:
 
     yield {"registry": registry, "sidecar": sidecar, "backend": backend_factory}
     for s in started:
-        s.stop(signal.SIGKILL)
+        s.stop()            # SIGTERM: deregisters, drains, removes its scratch folder
     registry.stop()
 
 
@@ -126,3 +126,16 @@ def test_unknown_service_is_a_503_and_ip_literals_404(mesh: dict[str, Any]) -> N
     assert r.status_code == 503
     r = httpx.get(out, headers={"host": "127.0.0.1"}, timeout=10)
     assert r.status_code == 404
+
+
+def test_app_death_deregisters_and_recovery_registers_again(mesh: dict[str, Any]) -> None:
+    app = mesh["backend"]("users0")
+    port = app.port
+    mesh["sidecar"]("users", port, "--app-health-path", "/status/200")
+    wait_until(lambda: len(_instances(mesh["registry"], "users")) == 1, timeout=5)
+    app.process.kill()
+    app.process.wait()
+    # Two failed checks a second apart: gone from the registry long before the TTL.
+    wait_until(lambda: not _instances(mesh["registry"], "users"), timeout=4)
+    mesh["backend"]("users0", "--port", str(port))
+    wait_until(lambda: len(_instances(mesh["registry"], "users")) == 1, timeout=5)

@@ -50,6 +50,9 @@ def sidecar(
     zone: Annotated[str, typer.Option(help="Zone (locality) of this instance")] = "",
     version: Annotated[str, typer.Option(help="Version label of this instance")] = "",
     ttl: Annotated[int, typer.Option(min=100, help="Registration TTL in ms")] = 10000,
+    app_health_path: Annotated[str | None, typer.Option(
+        "--app-health-path",
+        help="HTTP path that checks the app (default: a TCP connect to --app-port)")] = None,
     no_register: Annotated[bool, typer.Option("--no-register",
                                               help="Do not register this instance")] = False,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1)] = 1,
@@ -68,7 +71,8 @@ def sidecar(
             "outboundPort": outbound_port, "bind": bind, "address": address,
             "instanceId": instance_id or f"{service}-{socket.gethostname()}-{inbound_port}",
             "zone": zone, "version": version, "ttl": ttl, "selfRegister": not no_register,
-            "registry": registry or os.environ.get("MESHGATE_REGISTRY")})
+            "registry": registry or os.environ.get("MESHGATE_REGISTRY"),
+            "appHealthPath": app_health_path})
     except ValidationError as exc:
         typer.echo(f"meshgate sidecar: {exc.errors()[0]['msg']}", err=True)
         raise typer.Exit(2) from None

@@ -30,10 +30,10 @@ from meshgate.admin.adminkey import install_admin_key
 from meshgate.admin.app import admin_server, create_admin_app
 from meshgate.config.loader import ConfigError, LoadedConfig, load_config
 from meshgate.discovery.manager import DiscoveryManager
-from meshgate.registry.client import Registration, RegistryClient
 from meshgate.registry.server import EmbeddedRegistry
 from meshgate.server.control import Channel, encode_config
 from meshgate.sidecar.outbound import outbound_service, registry_url
+from meshgate.sidecar.registration import InstanceRegistration
 from meshgate.telemetry.metrics import merge
 
 log = logging.getLogger("meshgate.master")
@@ -307,26 +307,24 @@ class Master:
             self.embedded_registry = None
 
     async def _register(self) -> None:
+        """Sidecar mode: keep this instance registered while the local app is up."""
         side = self.config.gateway.sidecar
         if side is None or not side.selfRegister or not side.service:
             return
         url = registry_url(self.config) or "http://127.0.0.1:8500"
-        fields: dict[str, Any] = {"ttl": side.ttl, "zone": side.zone, "version": side.version,
-                                  "tags": side.tags}
-        self.registration = Registration(RegistryClient(url), side.service, side.instanceId,
-                                         side.address, side.inboundPort, **fields)
+        self.registration = InstanceRegistration(side, url)
         await self.registration.start()
-        log.info("registered %s/%s at %s:%d in %s", side.service, side.instanceId,
-                 side.address, side.inboundPort, url)
+        log.info("registering %s/%s at %s:%d in %s once the app on port %d answers",
+                 side.service, side.instanceId, side.address, side.inboundPort, url,
+                 side.appPort)
 
     async def _deregister_then_drain(self) -> None:
         registration = self.registration
         try:
-            await asyncio.wait_for(registration.stop(deregister=True), 3.0)
+            await asyncio.wait_for(registration.stop(), 3.0)
             log.info("deregistered %s/%s", registration.service, registration.instance_id)
         except Exception as exc:      # the TTL removes us anyway
             log.warning("deregistration failed: %s", exc)
-        await registration.client.close()
         self._drain()
 
     async def run(self) -> int:

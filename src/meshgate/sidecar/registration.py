@@ -1,0 +1,87 @@
+"""A sidecar keeps its instance registered only while the local app is up.
+
+Theory of operation
+-------------------
+The master of a sidecar checks the local app (``appHealthPath``: an HTTP GET
+that must answer 2xx/3xx; without it, a TCP connect) every
+``appHealthInterval``, with the same ``HealthChecker`` the clusters use. The
+instance is registered (and heartbeated, see ``registry.client``) only while
+the app passes: when it fails twice in a row -- the app crashed, was
+SIGKILLed, hangs -- the sidecar deregisters at once, so callers stop
+choosing it within a watch round trip rather than a TTL; when the app passes
+again it registers again. An app that is not up yet when the sidecar starts
+is registered as soon as its first check passes.
+
+``stop()`` (SIGTERM) deregisters before the sidecar drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from meshgate.config.mesh import HealthCheck, SidecarConfig
+from meshgate.discovery import EndpointSpec
+from meshgate.registry.client import Registration, RegistryClient
+from meshgate.upstream.health import HealthChecker
+
+log = logging.getLogger("meshgate.sidecar")
+
+
+class InstanceRegistration:
+    def __init__(self, side: SidecarConfig, registry_url: str) -> None:
+        self.side = side
+        self.client = RegistryClient(registry_url)
+        fields: dict[str, Any] = {"ttl": side.ttl, "zone": side.zone,
+                                  "version": side.version, "tags": side.tags}
+        self.registration = Registration(self.client, side.service, side.instanceId,
+                                         side.address, side.inboundPort, **fields)
+        check = HealthCheck.model_validate({
+            "type": "http" if side.appHealthPath else "tcp",
+            "path": side.appHealthPath or "/",
+            "interval": side.appHealthInterval, "timeout": side.appHealthInterval,
+            "healthyThreshold": 1, "unhealthyThreshold": 2})
+        self.app = EndpointSpec(host=side.appHost, port=side.appPort)
+        self.checker = HealthChecker(side.service, check, self._changed)
+        self.checker.set_targets([self.app])
+        self.registered = False
+        self.pending: asyncio.Task[None] | None = None
+
+    @property
+    def service(self) -> str:
+        return self.side.service
+
+    @property
+    def instance_id(self) -> str:
+        return self.side.instanceId
+
+    async def start(self) -> None:
+        await self.checker.start()
+
+    def _changed(self) -> None:
+        up = self.checker.is_healthy(self.app.key)
+        previous = self.pending
+
+        async def apply() -> None:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            if up and not self.registered:
+                await self.registration.start()
+                self.registered = True
+                log.info("app is up: registered %s/%s", self.service, self.instance_id)
+            elif not up and self.registered:
+                self.registered = False
+                await self.registration.stop(deregister=True)
+                log.warning("app is down: deregistered %s/%s", self.service, self.instance_id)
+
+        self.pending = asyncio.get_running_loop().create_task(apply())
+
+    async def stop(self) -> None:
+        await self.checker.stop()
+        if self.pending is not None:
+            await asyncio.gather(self.pending, return_exceptions=True)
+        if self.registered:
+            self.registered = False
+            await self.registration.stop(deregister=True)
+        await self.client.close()
