@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,23 +11,9 @@ import pytest
 from meshgate.discovery import DISCOVERY, ProviderContext
 from meshgate.discovery.dns import DnsParams, DnsProvider, split_host_port
 from tests.support import dnsmasq
+from tests.support.aio import eventually, run
 
 pytestmark = pytest.mark.skipif(not dnsmasq.available(), reason="dnsmasq is not installed")
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.02)
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(coro)
 
 
 @pytest.fixture

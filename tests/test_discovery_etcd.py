@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -13,24 +10,10 @@ import pytest
 from meshgate.discovery import DISCOVERY, ProviderContext
 from meshgate.discovery.etcd import EtcdParams, EtcdProvider, parse_instance
 from meshgate.etcdv3 import EtcdClient
+from tests.support.aio import eventually, run
 from tests.support.etcd import EtcdServer, etcd_factory, etcd_server  # noqa: F401
 
 PREFIX = "/services/users/"
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.02)
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(coro)
 
 
 def instance(port: int, **extra: Any) -> bytes:

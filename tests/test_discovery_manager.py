@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,26 +16,12 @@ from meshgate.discovery.manager import DiscoveryManager
 from meshgate.etcdv3 import EtcdClient
 from tests.conftest import ROOT, Backend
 from tests.support import dnsmasq
+from tests.support.aio import eventually, run
 from tests.support.etcd import EtcdServer, etcd_factory, etcd_server  # noqa: F401
 from tests.support.gateway import free_port
 
 CHECK = {"path": "/name", "interval": 100, "timeout": 300, "healthyThreshold": 1,
          "unhealthyThreshold": 1}
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.02)
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(coro)
 
 
 class Recorder:

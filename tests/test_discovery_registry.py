@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import pytest
 from meshgate.discovery import DISCOVERY, ProviderContext
 from meshgate.discovery.registry import RegistryParams, RegistryProvider, registry_url
 from tests.conftest import ROOT
+from tests.support.aio import eventually, run
 from tests.support.gateway import free_port
 
 SERVE = ("import asyncio, sys\n"
@@ -61,21 +60,6 @@ class RegistryProcess:
     def deregister(self, ident: str) -> None:
         httpx.delete(f"{self.url}/v1/services/users/instances/{ident}",
                      timeout=5).raise_for_status()
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.02)
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(coro)
 
 
 @pytest.fixture

@@ -24,24 +24,13 @@ import pytest
 from meshgate.config.mesh import HealthCheck
 from meshgate.discovery import EndpointSpec
 from meshgate.upstream.health import HealthChecker
+from tests.support.aio import eventually as until
 from tests.support.gateway import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-    """Poll ``predicate`` on the loop until it is truthy or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.005)
 
 
 def endpoint(port: int, scheme: str = "http") -> EndpointSpec:

@@ -9,8 +9,6 @@ worker). The Express Gateway Admin API routes mount here too.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any, Protocol
 
 import uvicorn
@@ -19,6 +17,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from meshgate.admin import config_api, consumers
+from meshgate.server.embed import EmbeddedServer
 from meshgate.telemetry.metrics import Collector
 
 
@@ -62,15 +61,7 @@ def create_admin_app(master: Supervisor) -> FastAPI:
     return app
 
 
-class AdminServer(uvicorn.Server):
-    """uvicorn inside the master's loop; the master owns the signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def admin_server(app: FastAPI, host: str, port: int) -> AdminServer:
+def admin_server(app: FastAPI, host: str, port: int) -> EmbeddedServer:
     config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                             lifespan="off", access_log=False)
-    return AdminServer(config)
+    return EmbeddedServer(config)

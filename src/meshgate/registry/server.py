@@ -21,8 +21,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -36,6 +35,7 @@ from meshgate.registry.base import (
     BaseStore,
 )
 from meshgate.registry.store import MemoryStore
+from meshgate.server.embed import EmbeddedServer, bind
 
 log = logging.getLogger("meshgate.registry")
 StoreKind = Literal["memory", "etcd"]
@@ -57,26 +57,6 @@ def create_store(store: StoreKind = "memory", *, data_dir: str | Path | None = N
     raise ValueError(f"unknown registry store {store!r} (memory or etcd)")
 
 
-class _Server(uvicorn.Server):
-    """uvicorn inside the host's loop; the host owns the signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def bind(host: str, port: int) -> socket.socket:
-    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(info[0], socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(info[4])
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 class EmbeddedRegistry:
     """The registry API served from the caller's event loop."""
 
@@ -91,7 +71,7 @@ class EmbeddedRegistry:
             store, data_dir=data_dir, etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix,
             deregister_critical_after_ms=deregister_critical_after_ms)
         self.app = create_registry_app(self.store, keepalive=keepalive)
-        self._server: _Server | None = None
+        self._server: EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -111,7 +91,7 @@ class EmbeddedRegistry:
             raise
         config = uvicorn.Config(self.app, log_level="warning", lifespan="off",
                                 access_log=False, ws="none", timeout_graceful_shutdown=2)
-        self._server = _Server(config)
+        self._server = EmbeddedServer(config)
         self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:
             if self._task.done():

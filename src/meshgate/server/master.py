@@ -32,6 +32,7 @@ from meshgate.config.loader import ConfigError, LoadedConfig, load_config
 from meshgate.discovery.manager import DiscoveryManager
 from meshgate.registry.server import EmbeddedRegistry
 from meshgate.server.control import Channel, encode_config
+from meshgate.server.embed import bind
 from meshgate.sidecar.outbound import outbound_service, registry_url
 from meshgate.sidecar.registration import InstanceRegistration
 from meshgate.telemetry.metrics import merge
@@ -78,19 +79,7 @@ class Master:
                 and all(w.ready for w in self.workers.values()))
 
     async def collect_metrics(self) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        futures = []
-        for handle in self.workers.values():
-            if not handle.ready:
-                continue
-            n = next(self.ids)
-            fut: asyncio.Future[dict[str, Any]] = loop.create_future()
-            handle.pending[n] = fut
-            handle.channel.send({"op": "metrics", "id": n})
-            futures.append(fut)
-        done = await asyncio.gather(*(asyncio.wait_for(f, 2.0) for f in futures),
-                                    return_exceptions=True)
-        merged = merge(d for d in done if isinstance(d, dict))
+        merged = merge(await self._ask_workers("metrics"))
         merged["gauges"]["meshgate_config_reloads"] = self.reloads
         merged["control"] = self.discovery.metrics()
         return merged
@@ -336,7 +325,7 @@ class Master:
         admin_task: asyncio.Future[None] = loop.create_future()
         if admin_cfg is not None:
             try:
-                sock = _bind(admin_cfg.host, admin_cfg.port)
+                sock = bind(admin_cfg.host, admin_cfg.port)
             except OSError as exc:
                 log.error("admin API cannot listen on %s:%s: %s",
                           admin_cfg.host, admin_cfg.port, exc.strerror or exc)
@@ -409,18 +398,6 @@ class Master:
         admin = f"http://{gw.admin.host}:{gw.admin.port}" if gw.admin else "off"
         log.info("meshgate serving %s with %d worker(s); admin API %s",
                  ", ".join(where) or "no listener", self.count, admin)
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(info[0], socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(info[4])
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 async def _stop_admin(admin: Any, task: asyncio.Future[None]) -> None:
