@@ -103,6 +103,7 @@ class SlowStart(MeshModel):
 
 
 LB_TYPES = ("round-robin", "least-request", "random", "ring-hash", "maglev", "peak-ewma")
+LbType = Literal["round-robin", "least-request", "random", "ring-hash", "maglev", "peak-ewma"]
 
 
 def _lb_shorthand(value: Any) -> Any:
@@ -110,8 +111,7 @@ def _lb_shorthand(value: Any) -> Any:
 
 
 class LoadBalancer(MeshModel):
-    type: Literal["round-robin", "least-request", "random", "ring-hash", "maglev",
-                  "peak-ewma"] = "round-robin"
+    type: LbType = "round-robin"
     choiceCount: int = Field(2, ge=2, description="least-request: endpoints sampled per pick")
     hashOn: HashOn | None = Field(None, description="ring-hash / maglev: what to hash")
     minimumRingSize: int = Field(1024, ge=1, description="ring-hash: ring entries")
@@ -132,8 +132,8 @@ class LoadBalancer(MeshModel):
         return self
 
 
-LoadBalancerField = Annotated[LoadBalancer, BeforeValidator(_lb_shorthand,
-                                                           json_schema_input_type=str | dict)]
+LoadBalancerField = Annotated[
+    LoadBalancer, BeforeValidator(_lb_shorthand, json_schema_input_type=LbType | LoadBalancer)]
 
 # -- retries, timeouts, circuit breakers, outliers -----------------------------------
 
