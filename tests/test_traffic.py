@@ -142,3 +142,20 @@ def _plain(backends: list[Any]) -> dict[str, Any]:
         "pipelines": {"main": {"apiEndpoints": ["api"], "policies": [
             {"proxy": [{"action": {"serviceEndpoint": "backend"}}]}]}},
     }
+
+
+def test_mirror_copies_small_bodies_and_skips_large_ones(backend_factory, gateway_factory):
+    main, shadow = backend_factory("main"), backend_factory("shadow")
+    cfg = _split_config(main, shadow, {"serviceEndpoint": "invoices-v1",
+                                       "mirror": {"serviceEndpoint": "invoices-v2"}})
+    gw = gateway_factory(cfg)
+    with httpx.Client(base_url=gw.url, timeout=10) as client:
+        for _ in range(10):
+            r = client.post("/echo", content=b"y" * 1000)
+            assert r.status_code == 200
+            assert dict((k.lower(), v) for k, v in r.json()["headers"])["content-length"] == "1000"
+        assert client.post("/echo", content=b"z" * 100_000).status_code == 200
+    wait_until(lambda: int(httpx.get(shadow.url + "/_ctl/bytes", timeout=5).text) == 10_000,
+               timeout=5)
+    assert _count(shadow) == 10
+    assert "meshgate_mirror_skipped_total" in gw.metrics()

@@ -25,7 +25,7 @@ Faults for resilience tests, for every request but ``/_ctl/*``: ``--fail
 STATUS`` answers STATUS (or ``reset`` closes the connection unanswered),
 ``--delay MS`` answers MS later; ``/_ctl/fail/STATUS``, ``/_ctl/fail/off``
 and ``/_ctl/delay/MS`` change them while the backend runs; ``/_ctl/count`` tells
-how many requests it has seen.
+how many requests it has seen, ``/_ctl/bytes`` how many body bytes it read.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> t
             if size == 0:
                 while (await reader.readline()) not in (b"\r\n", b""):
                     pass
+                SERVED[1] += total
                 return total, crc
             data = await reader.readexactly(size)
             await reader.readexactly(2)
@@ -72,6 +73,7 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> t
         remaining -= len(data)
         total += len(data)
         crc = zlib.crc32(data, crc)
+    SERVED[1] += total
     return total, crc
 
 
@@ -83,15 +85,15 @@ def _response(status: int, body: bytes, extra: str = "", ctype: str = "text/plai
 
 
 FAULTS: dict[str, str | int | None] = {"fail": None, "delay": 0}
-SERVED = [0]       # requests seen, but /_ctl/*; read with /_ctl/count
+SERVED = [0, 0]    # requests seen (but /_ctl/*), body bytes read: /_ctl/count, /_ctl/bytes
 
 
 async def _fault(path: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  headers: dict[str, str]) -> bool | None:
     """Control paths and injected faults; True: answered, False: connection gone."""
-    if path == "/_ctl/count":
+    if path in ("/_ctl/count", "/_ctl/bytes"):
         await _read_body(reader, headers)
-        writer.write(_response(200, b"%d" % SERVED[0]))
+        writer.write(_response(200, b"%d" % SERVED[0 if path == "/_ctl/count" else 1]))
         return True
     if path.startswith("/_ctl/"):
         _, _, what, value = path.split("/", 3)

@@ -18,8 +18,10 @@ per target (``meshgate_split_decisions``).
 ``Mirror`` sends a copy of a share of requests to another serviceEndpoint,
 fire-and-forget: the copy has its own Exchange whose responder discards
 everything, ``-shadow`` appended to its Host (as Envoy does), and its
-failures never reach the client. Requests with a body are not mirrored (the
-body streams to the primary only); they are counted as skipped.
+failures never reach the client. A request body of up to 64 KiB (with a
+Content-Length) is copied as it streams to the primary (``_Tee``, installed
+through ``ex.body_tee``); longer or chunked bodies are not mirrored and are
+counted as skipped.
 """
 
 from __future__ import annotations
@@ -152,18 +154,57 @@ class Mirror:
         self.name = shadow.name
 
     def __call__(self, ex: Exchange) -> Any:
-        result = self.primary(ex)
         if self.share >= 1.0 or random.random() < self.share:
             if ex.body_expected:
-                self.metrics.count("meshgate_mirror_skipped", (self.name, "body"))
-            else:
-                self._copy(ex)
-        return result
+                length = ex.header(b"content-length")
+                if length is None or not length.isdigit() or int(length) > MIRROR_MAX_BODY:
+                    self.metrics.count("meshgate_mirror_skipped", (self.name, "body"))
+                    return self.primary(ex)
+            self._copy(ex)
+        return self.primary(ex)
 
     def _copy(self, ex: Exchange) -> None:
         headers = [(k, v + b"-shadow") if k == b"host" else (k, v) for k, v in ex.headers]
         copy = Exchange(_DISCARD, ex.method, ex.path, headers, ex.authority, ex.scheme,
-                        ex.client_addr, ex.http_version, False, ex.started)
+                        ex.client_addr, ex.http_version, ex.body_expected, ex.started)
         copy.route = ex.route
+        if ex.body_expected:
+            ex.body_tee = _Tee(copy)
         self.metrics.count("meshgate_mirror_requests", (self.name,))
         self.shadow(copy)
+
+
+MIRROR_MAX_BODY = 65536      # larger (or chunked) bodies are not mirrored
+
+
+class _Tee:
+    """The body sink of a mirrored request: the primary's, plus a copy for the shadow."""
+
+    __slots__ = ("copy", "primary")
+
+    def __init__(self, copy: Exchange) -> None:
+        self.copy = copy
+        self.primary: Any = None
+
+    def body_data(self, data: bytes) -> None:
+        self.primary.body_data(data)
+        copy = self.copy
+        if copy.body_sink is not None:
+            copy.body_sink.body_data(data)
+        elif copy.body_buffer is None:
+            copy.body_buffer = [data]
+        else:
+            copy.body_buffer.append(data)
+
+    def body_end(self, trailers: Headers | None) -> None:
+        self.primary.body_end(trailers)
+        copy = self.copy
+        copy.body_done = True
+        copy.trailers = trailers
+        if copy.body_sink is not None:
+            copy.body_sink.body_end(trailers)
+
+    def body_abort(self) -> None:
+        self.primary.body_abort()
+        if self.copy.body_sink is not None:
+            self.copy.body_sink.body_abort()

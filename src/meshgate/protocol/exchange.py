@@ -89,6 +89,7 @@ class Exchange:
         "body_done",
         "body_expected",
         "body_sink",
+        "body_tee",
         "client_addr",
         "cluster_name",
         "done",
@@ -127,6 +128,7 @@ class Exchange:
         self.body_expected = body_expected  # a body follows the head
         self.expect_continue = False
         self.body_sink: BodySink | None = None
+        self.body_tee: Any = None           # a copy of the body also goes there (mirroring)
         self.body_buffer: list[bytes] | None = None   # data seen before a sink attached
         self.body_done = not body_expected
         self.trailers: Headers | None = None
@@ -165,6 +167,10 @@ class Exchange:
     # -- request body ------------------------------------------------------
     def attach_body_sink(self, sink: BodySink) -> None:
         """Route the request body (buffered part first) to ``sink``."""
+        tee = self.body_tee
+        if tee is not None:                 # a mirror wants a copy: it passes the body on
+            tee.primary = sink
+            sink = tee
         self.body_sink = sink
         buffered = self.body_buffer
         if buffered is not None:
