@@ -33,6 +33,7 @@ class Sidecar:
             [*MESHGATE, "sidecar", "--service", service, "--app-port", str(app_port),
              "--inbound-port", str(self.inbound), "--outbound-port", str(self.outbound),
              "--registry", registry, "--instance-id", f"{service}-{self.inbound}",
+             "--admin-port", str(self.admin),
              "--ttl", "2000", *args],
             stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT)
         wait_until(self._up, timeout=15)
@@ -92,6 +93,11 @@ def test_outbound_by_host_and_as_http_proxy(mesh: dict[str, Any]) -> None:
     with httpx.Client(proxy=out, timeout=10) as client:
         r = client.get("http://users/echo")
     assert r.status_code == 200 and r.json()["path"] == "/echo"
+    # The sidecar's own Admin API: metrics of the outbound calls, the users cluster.
+    admin = f"http://127.0.0.1:{caller.admin}"
+    assert 'service_endpoint="users"' in httpx.get(admin + "/metrics", timeout=5).text
+    workers = httpx.get(admin + "/clusters", timeout=5).json()["users"]["workers"]
+    assert len(workers[0]) == 2
 
 
 def test_inbound_forwards_to_the_local_app_and_registers(mesh: dict[str, Any]) -> None:

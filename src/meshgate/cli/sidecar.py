@@ -53,6 +53,9 @@ def sidecar(
     app_health_path: Annotated[str | None, typer.Option(
         "--app-health-path",
         help="HTTP path that checks the app (default: a TCP connect to --app-port)")] = None,
+    admin_port: Annotated[int | None, typer.Option(
+        "--admin-port", min=0, max=65535,
+        help="Admin API port (/metrics, /clusters, /ready); default: none")] = None,
     no_register: Annotated[bool, typer.Option("--no-register",
                                               help="Do not register this instance")] = False,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1)] = 1,
@@ -72,7 +75,7 @@ def sidecar(
             "instanceId": instance_id or f"{service}-{socket.gethostname()}-{inbound_port}",
             "zone": zone, "version": version, "ttl": ttl, "selfRegister": not no_register,
             "registry": registry or os.environ.get("MESHGATE_REGISTRY"),
-            "appHealthPath": app_health_path})
+            "appHealthPath": app_health_path, "adminPort": admin_port})
     except ValidationError as exc:
         typer.echo(f"meshgate sidecar: {exc.errors()[0]['msg']}", err=True)
         raise typer.Exit(2) from None

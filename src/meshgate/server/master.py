@@ -89,7 +89,7 @@ class Master:
         replies = await self._ask_workers("clusters")
         control = self.discovery.clusters()
         out: dict[str, Any] = {}
-        for name in self.config.gateway.serviceEndpoints:
+        for name in [*self.config.gateway.serviceEndpoints, *sorted(self.subscriptions)]:
             workers = [r.get(name, []) for r in replies]
             out[name] = {"controlPlane": control.get(name), "workers": workers}
         return out

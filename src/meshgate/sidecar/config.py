@@ -9,6 +9,8 @@ what differs is the config, rewritten by ``apply_sidecar`` after every load
 * ``sidecar`` is set from the command line (the workers open the outbound
   listener from it, the master registers the instance);
 * the ``http`` listener is the inbound port, unless the folder sets one;
+  the Admin API (``/metrics``, ``/clusters``) listens on ``adminPort`` when
+  given and the folder has no ``admin`` section;
 * a serviceEndpoint ``local`` points at the app (``appHost:appPort``);
 * with no pipelines in the folder, one pipeline ``inbound`` proxies every
   request to ``local`` -- so a sidecar needs no config at all. A folder's own
@@ -22,7 +24,13 @@ from typing import Any
 
 from meshgate.config.loader import LoadedConfig
 from meshgate.config.mesh import SidecarConfig
-from meshgate.config.model import ApiEndpoint, HttpConfig, Pipeline, ServiceEndpoint
+from meshgate.config.model import (
+    AdminConfig,
+    ApiEndpoint,
+    HttpConfig,
+    Pipeline,
+    ServiceEndpoint,
+)
 
 LOCAL = "local"
 
@@ -32,6 +40,8 @@ def apply_sidecar(loaded: LoadedConfig, side: SidecarConfig) -> LoadedConfig:
     update: dict[str, Any] = {"sidecar": side}
     if gw.http is None:
         update["http"] = HttpConfig(port=side.inboundPort, hostname=side.bind)
+    if gw.admin is None and side.adminPort is not None:
+        update["admin"] = AdminConfig(port=side.adminPort, host=side.bind)
     services = dict(gw.serviceEndpoints)
     services.setdefault(LOCAL, ServiceEndpoint.model_validate(
         {"url": f"http://{side.appHost}:{side.appPort}"}))
