@@ -159,3 +159,35 @@ def test_mirror_copies_small_bodies_and_skips_large_ones(backend_factory, gatewa
                timeout=5)
     assert _count(shadow) == 10
     assert "meshgate_mirror_skipped_total" in gw.metrics()
+
+
+def test_split_weights_change_through_the_admin_api_under_load(backend_factory,
+                                                               gateway_factory):
+    import threading
+
+    v1, v2 = backend_factory("v1"), backend_factory("v2")
+    gw = gateway_factory(_split_config(v1, v2, {"split": SPLIT}))
+    statuses: Counter[int] = Counter()
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=gw.url, timeout=10) as client:
+            while not stop.is_set():
+                statuses[client.get("/name").status_code] += 1
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        wait_until(lambda: sum(statuses.values()) > 50, timeout=5)
+        body = {"apiEndpoints": ["api"], "policies": [{"proxy": [{"action": {"split": [
+            {"serviceEndpoint": "invoices-v1", "weight": 0},
+            {"serviceEndpoint": "invoices-v2", "weight": 100}]}}]}]}
+        r = httpx.put(gw.admin_url + "/pipelines/main", json=body, timeout=10)
+        assert r.status_code in (200, 201, 204), r.text
+        with httpx.Client(base_url=gw.url, timeout=10) as client:
+            wait_until(lambda: all(client.get("/name").text == "v2" for _ in range(20)),
+                       timeout=10)
+    finally:
+        stop.set()
+        worker.join()
+    assert set(statuses) == {200}, statuses
