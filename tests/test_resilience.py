@@ -165,3 +165,56 @@ def test_ejected_endpoint_returns_after_its_ejection_time(backend_factory, gatew
         assert after_ejection == {"good": 10}
         assert first["injected failure\n"] == 2
         wait_until(lambda: client.get("/name").text == "flaky", timeout=5)
+
+
+def test_max_connections_is_shared_by_the_endpoints(backend_factory, gateway_factory):
+    backends = [backend_factory(f"b{i}") for i in range(2)]
+    cfg = proxy_config([b.url for b in backends], service={
+        "circuitBreakers": {"maxConnections": 1}})
+    gw = gateway_factory(cfg)
+    with httpx.Client(base_url=gw.url, timeout=5) as client:
+        names = Counter(client.get("/name").text for _ in range(10))
+    # Each endpoint in turn takes the one connection slot from the other's idle one.
+    assert names == {"b0": 5, "b1": 5}
+
+
+def test_request_timeout_reaches_a_request_queued_for_a_connection(backend_factory,
+                                                                   gateway_factory):
+    slow = backend_factory("slow")
+    cfg = proxy_config(slow.url, service={"pool": {"maxConnections": 1},
+                                          "retry": {"retryOn": ["connect-failure"]}},
+                       proxy_action={"requestTimeout": 400})
+    # /slow/* holds the only connection, with no deadline of its own.
+    cfg["apiEndpoints"]["hold"] = {"host": "*", "paths": ["/slow/*"]}
+    cfg["apiEndpoints"] = {"hold": cfg["apiEndpoints"].pop("hold"), **cfg["apiEndpoints"]}
+    cfg["pipelines"]["hold"] = {"apiEndpoints": ["hold"], "policies": [
+        {"proxy": [{"action": {"serviceEndpoint": "backend"}}]}]}
+    gw = gateway_factory(cfg)
+
+    def call(path: str) -> tuple[int, float]:
+        started = time.monotonic()
+        r = httpx.get(gw.url + path, timeout=10)
+        return r.status_code, time.monotonic() - started
+
+    with ThreadPoolExecutor(2) as pool:
+        holding = pool.submit(call, "/slow/1500")
+        wait_until(lambda: "meshgate_upstream_connections 1.0" in gw.metrics(), timeout=5)
+        queued = pool.submit(call, "/name")
+        status, elapsed = queued.result()
+        assert status == 504 and elapsed < 1.0
+        assert holding.result()[0] == 200
+
+
+def test_mirror_to_a_guarded_cluster_releases_its_counters(backend_factory, gateway_factory):
+    from tests.test_traffic import _split_config
+
+    main, shadow = backend_factory("main"), backend_factory("shadow")
+    cfg = _split_config(main, shadow, {"serviceEndpoint": "invoices-v1",
+                                       "mirror": {"serviceEndpoint": "invoices-v2"}})
+    cfg["serviceEndpoints"]["invoices-v2"]["circuitBreakers"] = {"maxRequests": 2}
+    gw = gateway_factory(cfg)
+    with httpx.Client(base_url=gw.url, timeout=10) as client:
+        for _ in range(10):
+            assert client.get("/name").status_code == 200
+    wait_until(lambda: _count(shadow) == 10, timeout=5)
+    assert _metric(gw, "meshgate_upstream_overflow_total") == 0

@@ -224,6 +224,8 @@ class SidecarConfig(MeshModel):
     appHealthPath: str | None = Field(
         None, description="HTTP path checking the local app (default: a TCP connect)")
     appHealthInterval: Millis = Field(1000, description="How often the local app is checked")
+    drainDelay: Millis = Field(500, description="After deregistering on SIGTERM, keep serving "
+                                                 "this long before draining (callers update)")
     adminPort: int | None = Field(None, ge=0, le=65535,
                                   description="Admin API (/metrics, /clusters) on bind:port")
     outbound: dict[str, Any] = Field(

@@ -118,18 +118,19 @@ class _Discard:
         pass
 
     def end_response(self, ex: Exchange, trailers: Headers | None) -> None:
-        ex.done = True
+        _finish(ex)
 
     def respond(self, ex: Exchange, status: int, body: bytes,
                 headers: Headers | None = None) -> None:
-        ex.status = status
-        ex.done = True
+        if not ex.done:
+            ex.status = status
+            _finish(ex)
 
     def flush(self, ex: Exchange) -> None:
         pass
 
     def abort(self, ex: Exchange) -> None:
-        ex.done = True
+        _finish(ex)
 
     def pause_body(self, ex: Exchange) -> None:
         pass
@@ -139,6 +140,15 @@ class _Discard:
 
     def set_response_source(self, ex: Exchange, source: Any) -> None:
         ex.source = source
+
+
+def _finish(ex: Exchange) -> None:
+    """The copy ended: once, as a codec would end it (a Call releases its counters)."""
+    if not ex.done:
+        ex.done = True
+        ex.source = None
+        if ex.on_done is not None:
+            ex.on_done(ex)
 
 
 _DISCARD = _Discard()
@@ -169,7 +179,11 @@ class Mirror:
                         ex.client_addr, ex.http_version, ex.body_expected, ex.started)
         copy.route = ex.route
         if ex.body_expected:
-            ex.body_tee = _Tee(copy)
+            tee = ex.body_tee = _Tee(copy)
+            # Should the original end before its body did (refused, client gone),
+            # the copy must not wait for the rest of it.
+            ex.on_done = tee.original_done if ex.on_done is None else _both(
+                ex.on_done, tee.original_done)
         self.metrics.count("meshgate_mirror_requests", (self.name,))
         self.shadow(copy)
 
@@ -206,5 +220,23 @@ class _Tee:
 
     def body_abort(self) -> None:
         self.primary.body_abort()
-        if self.copy.body_sink is not None:
-            self.copy.body_sink.body_abort()
+        self._abort_copy()
+
+    def original_done(self, ex: Exchange) -> None:
+        if not self.copy.body_done:
+            self._abort_copy()
+
+    def _abort_copy(self) -> None:
+        copy = self.copy
+        if copy.body_sink is not None:
+            copy.body_sink.body_abort()
+        elif copy.source is not None:
+            copy.source.abort()
+        _finish(copy)
+
+
+def _both(first: Any, second: Any) -> Any:
+    def both(ex: Exchange) -> None:
+        first(ex)
+        second(ex)
+    return both

@@ -95,7 +95,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._req_chunked = chunked_body
         self._req_done = not ex.body_expected
         self.timeout = timeout
-        self.deadline = ex.started + timeout if timeout else 0.0
+        if timeout:                 # from the request's arrival, or this attempt's start
+            call = ex.retry
+            self.deadline = (ex.started if call is None else call.sent) + timeout
+        else:
+            self.deadline = 0.0
         ex.source = self
         self.transport.write(head)
         if ex.body_expected:
@@ -290,7 +294,7 @@ def upstream_failed(ex: Exchange, conn: UpstreamConnection | None, kind: str, st
 
     ``kind`` names what went wrong in Envoy's retry vocabulary: ``connect-failure``,
     ``reset``, ``timeout``, ``protocol``, ``stale`` (a reused connection closed
-    before answering).
+    before answering), ``removed`` (discovery removed the endpoint it waited for).
     """
     call = ex.retry
     if call is not None and call.failed(conn, kind):

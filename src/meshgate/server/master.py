@@ -314,6 +314,8 @@ class Master:
             log.info("deregistered %s/%s", registration.service, registration.instance_id)
         except Exception as exc:      # the TTL removes us anyway
             log.warning("deregistration failed: %s", exc)
+        # Callers learn of it through their watches; until then keep answering.
+        await asyncio.sleep(registration.side.drainDelay / 1000.0)
         self._drain()
 
     async def run(self) -> int:

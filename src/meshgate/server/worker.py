@@ -45,6 +45,7 @@ class Worker:
         self.metrics = Metrics()
         self.ctx = WorkerContext(self.loop, self.metrics)
         self.servers: list[asyncio.Server] = []
+        self.outbound_server: asyncio.Server | None = None
         self.stopped = asyncio.Event()
         self.reloads = 0
 
@@ -78,9 +79,11 @@ class Worker:
         self.ctx.outbound = OutboundRouter(
             self.ctx, side, registry,
             lambda name: self.channel.send({"op": "subscribe", "service": name}))
-        self.servers.append(await self.loop.create_server(
+        # Not in self.servers: while the inbound side drains, the app may still
+        # need to call other services to finish its work.
+        self.outbound_server = await self.loop.create_server(
             lambda: H1Server(self.ctx, b"http", outbound=True), side.bind, side.outboundPort,
-            reuse_port=True, backlog=2048))
+            reuse_port=True, backlog=2048)
 
     def _clusters(self) -> dict[str, Any]:
         clusters = dict(self.ctx.snapshot.clusters)
@@ -157,6 +160,8 @@ class Worker:
             log.error("reload failed, keeping the running config: %s", exc)
             return {"op": "reloaded", "ok": False, "error": str(exc)}
         self.ctx.swap(snapshot)
+        if self.ctx.outbound is not None:
+            self.ctx.outbound.reset()
         self.reloads += 1
         return {"op": "reloaded", "ok": True}
 

@@ -8,10 +8,12 @@ or as a plain HTTP proxy request (``GET http://users/path``, what
 Exchange whose authority is ``users``. The ``OutboundRouter`` maps that
 service name to a route whose pipeline proxies to a cluster of the same name.
 
-Clusters are made on first use: the service's endpoints come from the
-registry through the master (the worker sends it ``subscribe``), with the
-sidecar's ``outbound`` settings (retries, balancer, health checks ...) as the
-serviceEndpoint definition. Requests that arrive before the first endpoint
+A name that is a serviceEndpoint of the sidecar's config uses that
+serviceEndpoint (static urls, its own discovery). Other clusters are made on
+first use: the service's endpoints come from the registry through the
+master (the worker sends it ``subscribe``), with the sidecar's ``outbound``
+settings (retries, balancer, health checks ...) as the serviceEndpoint
+definition. Requests that arrive before the first endpoint
 set are parked on the cluster (``Cluster.park``) and sent when it arrives, or
 answered 503 if it does not come within the park timeout.
 
@@ -86,20 +88,27 @@ class OutboundRouter:
         if not _SERVICE.match(authority) or _IP.match(authority) or authority == b"localhost":
             return None
         name = authority.decode()
-        svc = outbound_service(self.cfg, name, self.registry_url)
-        cluster = build_cluster(self.ctx, name, svc, {})
-        known = self.ctx.endpoint_sets.get(name)
-        if known is not None:
-            cluster.set_endpoints(known)
-        else:
-            cluster.awaiting_first = True
-        self.clusters[name] = cluster
-        self.subscribe(name)
+        cluster = self.ctx.snapshot.clusters.get(name)
+        if cluster is None:        # not a serviceEndpoint of the config: ask the registry
+            svc = outbound_service(self.cfg, name, self.registry_url)
+            cluster = build_cluster(self.ctx, name, svc, {})
+            known = self.ctx.endpoint_sets.get(name)
+            if known is not None:
+                cluster.set_endpoints(known)
+            else:
+                cluster.awaiting_first = True
+            self.clusters[name] = cluster
+            self.subscribe(name)
         bctx = BuildContext({name: cluster}, None, "outbound", [], self.ctx.services)
         forward = Forward(ProxyParams.model_validate({"serviceEndpoint": name}), name, bctx)
         pipeline = CompiledPipeline("outbound", (Step("proxy", None, forward),))
         return Route(order=0, endpoint="outbound", pipeline=pipeline, host="*", path="/*",
                      methods=None, metric_key=("outbound", "outbound"))
+
+    def reset(self) -> None:
+        """After a reload: routes to the config's serviceEndpoints are made again."""
+        self.routes = {k: r for k, r in self.routes.items()
+                       if r is not None and k.decode() in self.clusters}
 
     def endpoints(self, name: str, endpoints: list[dict[str, Any]]) -> None:
         cluster = self.clusters.get(name)

@@ -42,9 +42,9 @@ _NO_HEALTHY = b"Service Unavailable: no healthy upstream\n"
 
 
 class Call:
-    __slots__ = ("attached", "attempts", "cluster", "committed", "conn", "deadline", "ep",
-                 "ex", "policy", "proxy", "retrying", "saved", "saved_bytes", "sent",
-                 "timer")
+    __slots__ = ("attached", "attempts", "cluster", "committed", "conn", "deadline",
+                 "deadline_timer", "ep", "ex", "policy", "proxy", "retrying", "saved",
+                 "saved_bytes", "sent", "timer")
 
     def __init__(self, proxy: Any, cluster: Cluster, ex: Exchange) -> None:
         self.proxy = proxy
@@ -61,6 +61,7 @@ class Call:
         self.timer: Any = None
         overall = proxy.overall
         self.deadline = ex.started + overall if overall else 0.0
+        self.deadline_timer: Any = None
         self.saved: list[bytes] | None = None
         self.saved_bytes = 0
         if ex.body_expected and self.policy is not None:
@@ -81,6 +82,10 @@ class Call:
         cluster.active += 1
         ex.retry = self
         ex.on_done = self._done if ex.on_done is None else _chain(ex.on_done, self._done)
+        if self.deadline and self.policy is not None:
+            # The overall deadline holds wherever the request is: queued for a
+            # connection, connecting, parked, between attempts.
+            self.deadline_timer = cluster.ctx.loop.call_at(self.deadline, self._expire)
         ep = cluster.single or cluster.pick(ex, None)
         if ep is None:
             self._no_endpoint(None)
@@ -102,13 +107,32 @@ class Call:
             return
         self.ep = ep
         head, chunked = self.proxy.head(ex, ep)
-        now = self.sent = cluster.ctx.loop.time()
+        ep.pool.send(ex, head, chunked, self._attempt_timeout())
+
+    def _attempt_timeout(self) -> float:
+        """Seconds this attempt (starting now) may take: perTry, capped by the deadline."""
+        now = self.sent = self.cluster.ctx.loop.time()
         per_try = self.proxy.per_try
-        timeout = (now - ex.started) + per_try if per_try else 0.0
-        if self.deadline:
-            overall = self.deadline - ex.started
-            timeout = min(timeout, overall) if timeout else overall
-        ep.pool.send(ex, head, chunked, timeout)
+        if not self.deadline:
+            return per_try
+        left = max(0.001, self.deadline - now)
+        return min(per_try, left) if per_try else left
+
+    def _expire(self) -> None:
+        """requestTimeout: 504 unless the response has started (it then streams on)."""
+        self.deadline_timer = None
+        ex = self.ex
+        if ex.done or ex.status or self.committed:
+            return
+        self.committed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        source = ex.source
+        if source is not None:
+            source.abort()
+        self.cluster.ctx.metrics.count("meshgate_upstream_timeouts", (self.cluster.name,))
+        ex.responder.respond(ex, 504, b"Gateway Timeout\n")
 
     def _no_endpoint(self, exclude: Endpoint | None) -> None:
         cluster = self.cluster
@@ -122,6 +146,9 @@ class Call:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.deadline_timer is not None:
+            self.deadline_timer.cancel()
+            self.deadline_timer = None
         cluster = self.cluster
         cluster.active -= 1
         limits = cluster.limits
@@ -169,9 +196,16 @@ class Call:
             return False
         cluster = self.cluster
         ep = self.ep
-        if kind == "stale":
-            # The keep-alive race is not the endpoint's fault and costs no retry.
+        if kind == "removed":
+            # Discovery removed the endpoint this request waited for: pick again.
             if self.saved is not None or not ex.body_expected:
+                self._attempt(None)
+                return True
+            kind = "connect-failure"
+        elif kind == "stale":
+            # The keep-alive race is not the endpoint's fault and costs no retry,
+            # but the upstream may have seen the request: idempotent ones only.
+            if not ex.body_expected or (self.saved is not None and ex.method in IDEMPOTENT):
                 self.conn = None
                 ex.source = None
                 if ep is None:
@@ -199,17 +233,7 @@ class Call:
 
     def _resend(self, ep: Endpoint) -> None:
         head, chunked = self.proxy.head(self.ex, ep)
-        ep.pool.retry(self.ex, head, chunked, self._remaining())
-
-    def _remaining(self) -> float:
-        ex = self.ex
-        now = self.cluster.ctx.loop.time()
-        per_try = self.proxy.per_try
-        timeout = (now - ex.started) + per_try if per_try else 0.0
-        if self.deadline:
-            overall = self.deadline - ex.started
-            timeout = min(timeout, overall) if timeout else overall
-        return timeout
+        ep.pool.retry(self.ex, head, chunked, self._attempt_timeout())
 
     # -- retries -----------------------------------------------------------------
     def _may_retry(self, kind: str) -> bool:
@@ -276,10 +300,20 @@ class Call:
             self.attached = True
             ex.attach_body_sink(self)         # buffered chunks come through body_data
             return
-        for chunk in self.saved or ():
+        saved = self.saved
+        if saved is None:
+            # The body outgrew the replay buffer while no attempt was connected:
+            # the start of it is gone, so this attempt cannot be sent whole.
+            conn.abort()
+            self.committed = True
+            ex.responder.respond(ex, 502, b"Bad Gateway: request body too long to retry\n")
+            return
+        for chunk in saved:
             conn.body_data(chunk)
         if ex.body_done:
             conn.body_end(ex.trailers)
+        else:
+            ex.responder.resume_body(ex)      # the failed attempt may have paused the client
 
     def body_data(self, data: bytes) -> None:
         saved = self.saved

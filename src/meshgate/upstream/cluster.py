@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshgate.cluster")
 PARK_TIMEOUT = 3.0      # seconds a request waits for an on-demand cluster's first endpoints
+_NO_ENDPOINTS = b"Service Unavailable: no healthy upstream (no endpoints known)\n"
 
 
 @dataclass(eq=False)
@@ -167,15 +168,15 @@ class Cluster:
                 ep.added = now          # back from unhealthy: slow start again (as Envoy)
             ep.healthy = healthy
             fresh[key] = ep
-        for key, ep in self.by_key.items():
-            if key not in fresh:
-                ep.pool.close()
+        removed = [ep for key, ep in self.by_key.items() if key not in fresh]
         self.by_key = fresh
         self.endpoints = list(fresh.values())
         self.has_base_path = any(ep.base_path for ep in self.endpoints)
-        self.refresh()
-        if self.awaiting_first:
-            self.awaiting_first = False
+        self.refresh()              # first, so requests failed over below pick anew
+        for ep in removed:
+            ep.pool.close(removed=True)
+        self.awaiting_first = False
+        if self.parked:
             parked, self.parked = self.parked, []
             for ex, resume in parked:
                 if not ex.done:
@@ -196,6 +197,8 @@ class Cluster:
                     host if secure else None, self.connect_timeout, self.response_timeout,
                     self.max_connections, self.max_idle, self.idle_timeout)
         pool.limits = self.limits
+        if self.limits is not None:
+            self.limits.pools.append(pool)
         url = spec.get("url") or f"{scheme}://{authority}{path}"
         return Endpoint(url, host, port, scheme, authority.encode(), path.encode(), pool,
                         key=spec["key"], added=now)
@@ -212,8 +215,13 @@ class Cluster:
 
     # -- upkeep ---------------------------------------------------------------
     def close(self) -> None:
+        """Retired by a reload: pools finish their work; parked requests get 503."""
         for ep in self.endpoints:
             ep.pool.close()
+        parked, self.parked = self.parked, []
+        for ex, _ in parked:
+            if not ex.done:
+                ex.responder.respond(ex, 503, _NO_ENDPOINTS)
 
     def sweep(self, now: float) -> None:
         for ep in self.endpoints:
@@ -226,8 +234,7 @@ class Cluster:
                 self.parked = [p for p in self.parked if p not in late]
                 for ex, _ in late:
                     if not ex.done:
-                        ex.responder.respond(ex, 503, b"Service Unavailable: no healthy "
-                                                      b"upstream (no endpoints known)\n")
+                        ex.responder.respond(ex, 503, _NO_ENDPOINTS)
         if self.outlier is not None:
             self.outlier.sweep(now)
 

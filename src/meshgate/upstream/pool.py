@@ -54,9 +54,10 @@ class Pool:
         self.errors = 0                       # ... with a 5xx status
 
     def _can_open(self) -> bool:
+        if self.open >= self.max_connections:
+            return False
         limits = self.limits
-        return self.open < self.max_connections and (
-            limits is None or limits.connections < limits.max_connections)
+        return limits is None or limits.connections < limits.max_connections or limits.reclaim()
 
     def _opening(self) -> None:
         self.open += 1
@@ -65,8 +66,10 @@ class Pool:
 
     def _gone(self) -> None:
         self.open -= 1
-        if self.limits is not None:
-            self.limits.connections -= 1
+        limits = self.limits
+        if limits is not None:
+            limits.connections -= 1
+            limits.wake(self)     # a waiter of another endpoint may use the freed slot
 
     def _dequeued(self) -> None:
         if self.limits is not None:
@@ -152,7 +155,7 @@ class Pool:
 
     def _serve_waiting(self) -> None:
         waiting = self.waiting
-        while waiting and self._can_open():
+        while waiting and self._can_open() and waiting:
             ex, head, chunked, timeout = waiting.popleft()
             self._dequeued()
             if not ex.done:
@@ -165,15 +168,24 @@ class Pool:
         for conn in stale:
             conn._close()
 
-    def close(self) -> None:
+    def close(self, removed: bool = False) -> None:
+        """Close idle connections; busy ones close when their exchange ends.
+
+        On a reload (``removed`` False) waiters are still served as busy
+        connections come back. An endpoint that discovery removed fails its
+        waiters (kind ``removed``): a Call picks another endpoint for free, an
+        unguarded request gets 503.
+        """
         self.closed = True
+        if self.limits is not None and self in self.limits.pools:
+            self.limits.pools.remove(self)
         for conn in list(self.idle):
             conn._close()
-        while self.waiting:          # an endpoint removed by discovery: waiters go elsewhere
+        while removed and self.waiting:
             ex, _, _, _ = self.waiting.popleft()
             self._dequeued()
             if not ex.done:
-                upstream_failed(ex, None, "connect-failure", 503,
+                upstream_failed(ex, None, "removed", 503,
                                 b"Service Unavailable: endpoint removed\n")
 
 
@@ -181,7 +193,8 @@ class Limits:
     """A cluster's circuit breakers (Envoy's thresholds), shared by its pools."""
 
     __slots__ = ("connections", "max_connections", "max_pending", "max_requests",
-                 "max_retries", "on_overflow", "pending", "requests", "retries")
+                 "max_retries", "on_overflow", "pending", "pools", "requests", "retries",
+                 "waking")
 
     def __init__(self, max_connections: int, max_pending: int, max_requests: int,
                  max_retries: int, on_overflow: Callable[[str], None]) -> None:
@@ -194,6 +207,36 @@ class Limits:
         self.requests = 0
         self.retries = 0
         self.on_overflow = on_overflow
+        self.pools: list[Pool] = []      # the cluster's, to share freed connection slots
+        self.waking = False              # no re-entry while slots are being handed out
+
+    def reclaim(self) -> bool:
+        """At maxConnections: close another endpoint's idle connection to make room."""
+        if self.waking:
+            return False
+        for pool in self.pools:
+            if pool.idle:
+                self.waking = True
+                try:
+                    pool.idle.pop(0)._close()      # the coldest; _gone frees its slot
+                finally:
+                    self.waking = False
+                return self.connections < self.max_connections
+        return False
+
+    def wake(self, freed: Pool) -> None:
+        """A connection slot was freed: serve a waiter of any pool of the cluster."""
+        if self.waking or not self.pending or self.connections >= self.max_connections:
+            return
+        self.waking = True
+        try:
+            for pool in self.pools:
+                if pool.waiting and pool is not freed:
+                    pool._serve_waiting()
+                    if self.connections >= self.max_connections:
+                        return
+        finally:
+            self.waking = False
 
     def overflow(self, ex: Exchange, which: str) -> None:
         """Over a limit: 503 at once, counted, never retried."""
