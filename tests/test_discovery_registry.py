@@ -165,3 +165,13 @@ def test_registry_down_keeps_the_set_then_resyncs(registry: RegistryProcess) -> 
             await p.stop()
 
     run(scenario())
+
+
+def test_instance_weight_comes_from_metadata() -> None:
+    from meshgate.discovery.registry import instance_spec
+
+    base = {"address": "127.0.0.1", "port": 80, "status": "passing"}
+    assert instance_spec({**base, "metadata": {"weight": "5"}}).weight == 5
+    assert instance_spec({**base, "metadata": {"weight": "999"}}).weight == 128
+    assert instance_spec({**base, "metadata": {"weight": "x"}}).weight == 1
+    assert instance_spec(base).weight == 1

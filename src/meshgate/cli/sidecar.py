@@ -49,6 +49,8 @@ def sidecar(
         "--instance-id", help="Instance id (default: SERVICE-HOST-INBOUND_PORT)")] = None,
     zone: Annotated[str, typer.Option(help="Zone (locality) of this instance")] = "",
     version: Annotated[str, typer.Option(help="Version label of this instance")] = "",
+    weight: Annotated[int, typer.Option(min=1, max=128,
+                                        help="Balancing weight of this instance")] = 1,
     ttl: Annotated[int, typer.Option(min=100, help="Registration TTL in ms")] = 10000,
     app_health_path: Annotated[str | None, typer.Option(
         "--app-health-path",
@@ -73,7 +75,8 @@ def sidecar(
             "service": service, "appPort": app_port, "inboundPort": inbound_port,
             "outboundPort": outbound_port, "bind": bind, "address": address,
             "instanceId": instance_id or f"{service}-{socket.gethostname()}-{inbound_port}",
-            "zone": zone, "version": version, "ttl": ttl, "selfRegister": not no_register,
+            "zone": zone, "version": version, "weight": weight, "ttl": ttl,
+            "selfRegister": not no_register,
             "registry": registry or os.environ.get("MESHGATE_REGISTRY"),
             "appHealthPath": app_health_path, "adminPort": admin_port})
     except ValidationError as exc:

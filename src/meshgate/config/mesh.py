@@ -218,6 +218,7 @@ class SidecarConfig(MeshModel):
     zone: str = ""
     version: str = ""
     tags: list[str] = Field(default_factory=list)
+    weight: int = Field(1, ge=1, le=128, description="Balancing weight of this instance")
     ttl: Millis = Field(10000, description="Registration TTL; heartbeats every third of it")
     selfRegister: bool = Field(True, description="Register this instance in the registry")
     registry: str | None = Field(None, description="Registry URL (default $MESHGATE_REGISTRY)")

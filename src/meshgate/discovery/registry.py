@@ -7,7 +7,8 @@ The provider holds one server-sent-events stream open on
 with the whole instance list at once and after every change, and a
 ``: keep-alive`` comment when idle; each snapshot becomes one endpoint set.
 An instance whose ``status`` is ``critical`` (missed heartbeats) is reported
-with ``healthy=False``, or left out when ``onlyPassing`` is set.
+with ``healthy=False``, or left out when ``onlyPassing`` is set. A
+``weight`` in an instance's metadata (1-128) is its balancing weight.
 
 When the stream cannot be opened, breaks, ends, or stays silent for longer
 than a few keep-alive periods (a half-open connection), the provider keeps
@@ -76,8 +77,10 @@ def instance_spec(item: dict[str, Any]) -> EndpointSpec:
     if isinstance(tags, list) and tags:
         pairs.append(("tags", ",".join(str(t) for t in tags)))
     port = int(item["port"])
+    weight = metadata.get("weight", 1) if isinstance(metadata, dict) else 1
     return EndpointSpec(
         host=str(item["address"]), port=port, scheme=str(item.get("scheme") or "http"),
+        weight=min(128, max(1, int(weight) if str(weight).isdigit() else 1)),
         zone=str(item.get("zone") or ""), version=str(item.get("version") or ""),
         id=str(item.get("id") or f"{item['address']}:{port}"),
         healthy=item.get("status", "passing") == "passing",

@@ -35,6 +35,8 @@ class InstanceRegistration:
         self.client = RegistryClient(registry_url)
         fields: dict[str, Any] = {"ttl": side.ttl, "zone": side.zone,
                                   "version": side.version, "tags": side.tags}
+        if side.weight != 1:
+            fields["metadata"] = {"weight": str(side.weight)}
         self.registration = Registration(self.client, side.service, side.instanceId,
                                          side.address, side.inboundPort, **fields)
         check = HealthCheck.model_validate({
