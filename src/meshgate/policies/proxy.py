@@ -154,6 +154,10 @@ class Forward:
         # Without retries an overall deadline is just the one attempt's: no Call needed.
         self.guarded = cluster.guarded or (policy is not None and bool(self.overall))
 
+    @staticmethod
+    def request_id() -> int:
+        return next(_ids)
+
     def __call__(self, ex: Exchange) -> bool:
         cluster = self.cluster
         ex.cluster_name = self.name
@@ -170,8 +174,11 @@ class Forward:
         ep.pool.send(ex, head, chunked, self.first_timeout)
         return True
 
-    def head(self, ex: Exchange, ep: Endpoint) -> tuple[bytes, bool]:
-        """The request head for ``ep``, and whether the body goes chunked."""
+    def head(self, ex: Exchange, ep: Endpoint, rid: int = 0) -> tuple[bytes, bool]:
+        """The request head for ``ep``, and whether the body goes chunked.
+
+        ``rid`` keeps one request id over a Call's attempts (0: a new one).
+        """
         path = ex.path
         if self.rewrites_path:
             path = self._rewrite(ex, ep, path)
@@ -209,7 +216,7 @@ class Forward:
         if chunked:
             append(b"transfer-encoding: chunked\r\n")
         append(self.extra_headers)          # ... and "eg-request-id: <prefix>-"
-        append(b"%x\r\n\r\n" % next(_ids))
+        append(b"%x\r\n\r\n" % (rid or next(_ids)))
         return b"".join(lines), chunked
 
     def _rewrite(self, ex: Exchange, ep: Endpoint, path: bytes) -> bytes:

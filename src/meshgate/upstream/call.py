@@ -43,7 +43,7 @@ _NO_HEALTHY = b"Service Unavailable: no healthy upstream\n"
 
 class Call:
     __slots__ = ("attached", "attempts", "cluster", "committed", "conn", "deadline",
-                 "deadline_timer", "ep", "ex", "policy", "proxy", "retrying", "saved",
+                 "deadline_timer", "ep", "ex", "policy", "proxy", "retrying", "rid", "saved",
                  "saved_bytes", "sent", "timer")
 
     def __init__(self, proxy: Any, cluster: Cluster, ex: Exchange) -> None:
@@ -62,6 +62,7 @@ class Call:
         overall = proxy.overall
         self.deadline = ex.started + overall if overall else 0.0
         self.deadline_timer: Any = None
+        self.rid = proxy.request_id()     # one eg-request-id for every attempt
         self.saved: list[bytes] | None = None
         self.saved_bytes = 0
         if ex.body_expected and self.policy is not None:
@@ -91,7 +92,7 @@ class Call:
             self._no_endpoint(None)
             return True
         self.ep = ep
-        head, chunked = self.proxy.head(ex, ep)
+        head, chunked = self.proxy.head(ex, ep, self.rid)
         ep.pool.send(ex, head, chunked, self.proxy.first_timeout)
         return True
 
@@ -106,7 +107,7 @@ class Call:
             self._no_endpoint(exclude)
             return
         self.ep = ep
-        head, chunked = self.proxy.head(ex, ep)
+        head, chunked = self.proxy.head(ex, ep, self.rid)
         ep.pool.send(ex, head, chunked, self._attempt_timeout())
 
     def _attempt_timeout(self) -> float:
@@ -232,7 +233,7 @@ class Call:
         return False
 
     def _resend(self, ep: Endpoint) -> None:
-        head, chunked = self.proxy.head(self.ex, ep)
+        head, chunked = self.proxy.head(self.ex, ep, self.rid)
         ep.pool.retry(self.ex, head, chunked, self._attempt_timeout())
 
     # -- retries -----------------------------------------------------------------
