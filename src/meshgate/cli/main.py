@@ -77,11 +77,18 @@ def run(
 
 @app.command()
 def validate(config_dir: ConfigDirArg = None) -> None:
-    """Check CONFIG_DIR without serving it."""
+    """Check CONFIG_DIR without serving it: the files, then building every policy."""
+    from meshgate.config.check import check_build
+
     try:
         cfg = load_config(find_config_dir(config_dir))
     except ConfigError as exc:
         raise _config_error(exc) from None
+    failures = check_build(cfg)
+    if failures:
+        for failure in failures:
+            typer.echo(f"meshgate: invalid config: {failure}", err=True)
+        raise typer.Exit(2)
     gw = cfg.gateway
     typer.echo(f"{cfg.gateway_path}: ok ({len(gw.apiEndpoints)} apiEndpoints, "
                f"{len(gw.serviceEndpoints)} serviceEndpoints, {len(gw.pipelines)} pipelines)")

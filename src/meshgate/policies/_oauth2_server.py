@@ -13,7 +13,10 @@ answers and status codes:
   ``client_credentials``; ``password`` (``username`` / ``password`` of a
   user's basic-auth credential; with a refresh token);
   ``authorization_code`` (``code``, ``redirect_uri`` if the authorization
-  request named one; one use only; with a refresh token);
+  request named one, ``code_verifier`` if it carried a PKCE challenge; one
+  use only, atomically: the code is taken from the store in one step, so of
+  several requests racing with it exactly one gets tokens; with a refresh
+  token);
   ``refresh_token`` (a new access token for the same client, scopes and
   user). The answer is ``{access_token, refresh_token?, expires_in,
   token_type: "Bearer"}`` with ``Cache-Control: no-store``; errors are
@@ -27,6 +30,16 @@ answers and status codes:
   credential; a browser shows its login prompt on the 401) and treats that
   as consent, then redirects (302) with ``code`` (query) or the token
   (fragment).
+
+PKCE (RFC 7636, ``_pkce``): a code request may carry ``code_challenge`` and
+``code_challenge_method`` (``S256``, or ``plain`` by default; else
+``invalid_request``); they are kept with the code, and the exchange must
+then send the matching ``code_verifier``, else ``invalid_grant`` -- also
+when a verifier comes for a code issued without a challenge (OAuth 2.1,
+against PKCE downgrade). A refused exchange leaves the code usable. With
+the policy's ``requirePkce``, a code request without a challenge is
+``invalid_request``. Client authentication is unchanged: PKCE adds to the
+client secret, it does not replace it.
 
 Tokens follow system.config.yml: opaque store tokens (``id|secret``, found
 again for the same client, scopes and user as EG's ``findOrSave`` did) or,
@@ -48,6 +61,7 @@ import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from meshgate.policies._auth import REALM, basic_credentials, query_param
+from meshgate.policies._pkce import challenge_props, verifier_error
 from meshgate.policies.jwt_auth import read_key_material
 from meshgate.store.model import now_ms
 
@@ -139,10 +153,12 @@ class Minter:
 
 
 class AuthorizationServer:
-    def __init__(self, store: Any, minter: Minter, gate: Gate) -> None:
+    def __init__(self, store: Any, minter: Minter, gate: Gate,
+                 require_pkce: bool = False) -> None:
         self.store = store
         self.minter = minter
         self.gate = gate                 # for 503s when the store fails
+        self.require_pkce = require_pkce
 
     def route(self, ex: Exchange) -> Awaitable[bool | None] | bool | None:
         """Handle ``/oauth2/token`` and ``/oauth2/authorize``; None for other paths."""
@@ -230,8 +246,14 @@ class AuthorizationServer:
         code = await self.store.verify_token(presented, "authorization_code")
         redirect = code.props.get("redirectUri") if code is not None else None
         if (code is None or code.consumer_id != client_id
-                or (redirect is not None and form.get("redirect_uri") != redirect)
-                or not await self.store.revoke_token(presented)):     # one use only
+                or (redirect is not None and form.get("redirect_uri") != redirect)):
+            raise OAuthError("invalid_grant", "Invalid authorization code")
+        refused = verifier_error(code.props, form.get("code_verifier") or None)
+        if refused is not None:
+            raise OAuthError("invalid_grant", refused)
+        # One use only: the check above may have read a cached answer; taking the code
+        # from the store is what decides, atomically, which request gets the tokens.
+        if await self.store.consume_token(presented, "authorization_code") is None:
             raise OAuthError("invalid_grant", "Invalid authorization code")
         props = {"grant": "authorization_code",
                  "authenticatedUserId": code.props.get("authenticatedUserId")}
@@ -261,6 +283,7 @@ class AuthorizationServer:
             raise OAuthError("unsupported_response_type", f"Unsupported response type: {kind}")
         if not client_id:
             raise OAuthError("invalid_request", "Missing required parameter: client_id")
+        pkce = self._challenge(query) if kind == "code" else {}
         pair = basic_credentials(ex.header(b"authorization"))
         user = await self.store.verify("basic-auth", *pair) if pair else None
         if user is None:
@@ -277,7 +300,7 @@ class AuthorizationServer:
             raise OAuthError("unauthorized_client", "Unauthorized client")
         state = {"state": query["state"]} if "state" in query else {}
         if kind == "code":
-            props = {"authenticatedUserId": user.consumer_id}
+            props = {"authenticatedUserId": user.consumer_id, **pkce}
             if query.get("redirect_uri"):
                 props["redirectUri"] = redirect
             _, code = await self.store.issue_token("authorization_code", client.consumer_id,
@@ -290,6 +313,19 @@ class AuthorizationServer:
             location = _join(redirect, "#", {**body, **state})
         if not ex.done:
             ex.respond(302, b"", [(b"location", location.encode("latin-1", "replace"))])
+
+
+    def _challenge(self, query: dict[str, str]) -> dict[str, str]:
+        """The PKCE props a code request asks to keep with its code (RFC 7636 4.3)."""
+        try:
+            props = challenge_props(query.get("code_challenge"),
+                                    query.get("code_challenge_method"))
+        except ValueError as exc:
+            raise OAuthError("invalid_request", str(exc)) from None
+        if not props and self.require_pkce:
+            raise OAuthError("invalid_request",
+                             "Missing required parameter: code_challenge (PKCE is required)")
+        return props
 
 
 def _join(uri: str, sep: str, params: dict[str, Any]) -> str:

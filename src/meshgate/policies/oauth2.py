@@ -31,7 +31,10 @@ its ``jwt`` params when given (EG's only way), else with system.config.yml's
 (an active oauth2 client) and the scopes the token's. JWTs cannot be revoked
 before they expire; deactivating the client stops them.
 
-``passThrough`` as in every auth policy (``_auth``).
+``passThrough`` as in every auth policy (``_auth``). ``requirePkce`` makes
+the authorization server refuse code requests without a PKCE
+``code_challenge``; as ``/oauth2/*`` is served by the config's first oauth2
+step, that step's setting is the one that counts there.
 
 Hot path: a known token is answered from the store's verification cache
 without a coroutine; the token endpoint and cache misses await.
@@ -71,6 +74,9 @@ class OAuth2Params(ParamsModel):
     passThrough: bool = Field(False, description="Go on anonymous instead of answering 401")
     jwt: JwtParams | None = Field(
         None, description="jwt policy params for JWT access tokens (accessTokens.tokenType jwt)")
+    requirePkce: bool = Field(
+        False, description="Refuse authorization-code requests without a PKCE code_challenge "
+                           "(RFC 7636)")
 
 
 class OAuth2:
@@ -80,7 +86,7 @@ class OAuth2:
                          f'Bearer realm="{REALM}", error="invalid_token"',
                          strip=b"authorization")
         minter = Minter(ctx, self.store)
-        self.server = AuthorizationServer(self.store, minter, self.gate)
+        self.server = AuthorizationServer(self.store, minter, self.gate, params.requirePkce)
         self.gateway_routes = [("/oauth2/*", self.server.route)]
         self.memo = Memo()
         self.jwt: JwtAuth | None = None

@@ -15,6 +15,9 @@ credential keys``, ...). A ``Backend`` offers only what both engines do well:
 * ``apply(ops)`` an atomic batch of ``Put`` / ``Delete``. A ``Put`` may
   demand its key be new (``if_absent``) and name index values that must be
   unique; a clash rolls the whole batch back and raises ``Clash``;
+* ``take(table, key, check)`` read a document and delete it in one atomic
+  step if ``check(doc)`` holds (single-use things: of several processes
+  taking the same key at once, exactly one gets the document);
 * ``version()`` a counter bumped by every batch applied with ``bump=True``.
   Readers in other processes poll it to learn that their caches are stale.
 
@@ -25,7 +28,7 @@ The EG semantics (validation, cascades, secrets) live above, in
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -71,6 +74,9 @@ class Backend(Protocol):
     async def scan(self, table: str, after: int, count: int) -> tuple[list[Doc], int]: ...
 
     async def apply(self, ops: Sequence[Op], bump: bool = True) -> None: ...
+
+    async def take(self, table: str, key: str, check: Callable[[Doc], bool],
+                   bump: bool = True) -> Doc | None: ...
 
     async def version(self) -> int: ...
 

@@ -19,14 +19,16 @@ A batch is applied optimistically: WATCH the documents it touches and the
 unique index sets it claims, read them, check ``if_absent`` / uniqueness,
 then MULTI ... EXEC; a concurrent writer makes EXEC fail and the batch is
 retried. Documents remember their index values, so a replace or delete
-removes exactly the entries it made.
+removes exactly the entries it made. ``take`` (read, check and delete a
+single-use document) is the same dance on one key: of several clients
+taking it at once, one EXEC succeeds and the others read it gone.
 """
 
 from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -121,6 +123,30 @@ class RedisBackend:
                 except WatchError:
                     await pipe.reset()
             raise RuntimeError("redis: too much contention, the write was not applied")
+
+    async def take(self, table: str, key: str, check: Callable[[Doc], bool],
+                   bump: bool = True) -> Doc | None:
+        # WATCH, read, check, then MULTI ... EXEC: if another client took (or changed)
+        # the document in between, EXEC fails and the retry reads it gone.
+        doc_key = self._doc(table, key)
+        async with self.client.pipeline(transaction=True) as pipe:
+            for _ in range(RETRIES):
+                try:
+                    await pipe.watch(doc_key)
+                    old = _wrapped(await pipe.get(doc_key))
+                    if old is None or not check(old["d"]):
+                        await pipe.unwatch()
+                        return None
+                    pipe.multi()
+                    self._queue(pipe, Delete(table, key), old, 0)
+                    if bump:
+                        pipe.incr(self.prefix + "version")
+                    await pipe.execute()
+                    doc: Doc = old["d"]
+                    return doc
+                except WatchError:
+                    await pipe.reset()
+            raise RuntimeError("redis: too much contention, the take was not applied")
 
     async def _check(self, pipe: Any, ops: Sequence[Op], olds: list[dict[str, Any] | None],
                      claims: list[tuple[Put, str, str]]) -> None:

@@ -10,7 +10,8 @@ readers never wait for a writer.
 
 Two threads per process run the sqlite calls so the event loop never
 blocks: a *reader* (point look-ups, scans, the version poll) and a *writer*
-(``BEGIN IMMEDIATE`` batches). Each owns one connection. Several processes
+(``BEGIN IMMEDIATE`` batches; ``take`` selects and deletes inside one such
+transaction). Each owns one connection. Several processes
 (the master's Admin API, workers issuing OAuth2 tokens) may write the same
 file; SQLite serialises them, waiting up to ``busy_timeout``.
 
@@ -153,8 +154,7 @@ class SqliteBackend:
                 if isinstance(op, Put):
                     self._put(conn, op)
                 elif isinstance(op, Delete):
-                    conn.execute("DELETE FROM docs WHERE tbl = ? AND key = ?", (op.table, op.key))
-                    conn.execute("DELETE FROM idx WHERE tbl = ? AND key = ?", (op.table, op.key))
+                    self._delete(conn, op.table, op.key)
             if bump:
                 conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'version'")
             conn.execute("COMMIT")
@@ -162,6 +162,39 @@ class SqliteBackend:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    async def take(self, table: str, key: str, check: Callable[[Doc], bool],
+                   bump: bool = True) -> Doc | None:
+        return await self._run("writer", self._take, table, key, check, bump)
+
+    def _take(self, table: str, key: str, check: Callable[[Doc], bool],
+              bump: bool) -> Doc | None:
+        # BEGIN IMMEDIATE holds the file's write lock from the read to the delete, and
+        # in WAL mode it reads the latest commit: of several processes taking the same
+        # key, one finds the document and the others find it gone.
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT doc FROM docs WHERE tbl = ? AND key = ?",
+                               (table, key)).fetchone()
+            doc: Doc | None = json.loads(row[0]) if row else None
+            if doc is None or not check(doc):
+                conn.execute("ROLLBACK")
+                return None
+            self._delete(conn, table, key)
+            if bump:
+                conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'version'")
+            conn.execute("COMMIT")
+            return doc
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _delete(conn: sqlite3.Connection, table: str, key: str) -> None:
+        conn.execute("DELETE FROM docs WHERE tbl = ? AND key = ?", (table, key))
+        conn.execute("DELETE FROM idx WHERE tbl = ? AND key = ?", (table, key))
 
     @staticmethod
     def _put(conn: sqlite3.Connection, op: Put) -> None:

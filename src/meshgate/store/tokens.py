@@ -11,6 +11,10 @@ The secret is stored twice: as a SHA-256 digest to verify it, and sealed so
 that ``find_token`` can hand an existing live token out again, as EG's
 ``findOrSave`` did (the same client asking twice gets the same token).
 
+``consume_token`` verifies and deletes in one atomic backend step
+(``Backend.take``), so a single-use token -- an authorization code -- is
+handed out once however many requests present it at the same moment.
+
 Issuing a token does not bump the store's change counter (nothing can have
 cached an answer about a token that did not exist), so busy OAuth2 servers do
 not flush every gateway's caches; revoking one does.
@@ -123,6 +127,36 @@ class TokensMixin(StoreCore):
             return False
         await self._write([Delete(TOKENS, token_id)])
         return True
+
+    async def consume_token(self, presented: str, kind: str) -> Token | None:
+        """Verify and delete in one atomic step (single use): the live token of ``kind``
+        presented as ``id|secret``, or None -- for all but one of several concurrent
+        callers, and when it does not match (then it stays). Its consumer is checked
+        after: an inactive one gives None, the token being consumed all the same."""
+        token_id, secret = _split(presented)
+        if not token_id or not secret:
+            return None
+        digest = token_digest(secret)
+
+        def matches(doc: Doc) -> bool:
+            return (doc.get("kind") == kind and doc["expiresAt"] > now_ms()
+                    and hmac.compare_digest(doc["secretHash"], digest))
+
+        self._ensure_poller()
+        # A consumed code needs no cache flush: whatever a cache says about it, only
+        # this step hands it out. Other kinds may be cached as valid: flush them.
+        bump = kind != "authorization_code"
+        doc = await self.backend.take(TOKENS, token_id, matches, bump=bump)
+        if doc is None:
+            return None
+        if bump:
+            self.cache.flush()
+        consumer = await self._active_consumer(doc["consumerId"], by_username=False)
+        if consumer is None:
+            return None
+        token = _token(doc)
+        return Token(token.id, token.kind, token.consumer_id, token.scopes, token.expires_at,
+                     token.props, consumer)
 
     async def tokens_of(self, consumer_id: str, kind: str | None = None) -> list[Token]:
         now = now_ms()
