@@ -113,6 +113,10 @@ class TokensMixin(StoreCore):
         if (doc is None or doc["kind"] != kind or doc["expiresAt"] <= now_ms()
                 or not hmac.compare_digest(doc["secretHash"], token_digest(secret))):
             return None
+        return await self._with_consumer(doc)
+
+    async def _with_consumer(self, doc: Doc) -> Token | None:
+        """The token of ``doc`` with its consumer, or None if that one is inactive."""
         consumer = await self._active_consumer(doc["consumerId"], by_username=False)
         if consumer is None:
             return None
@@ -151,12 +155,7 @@ class TokensMixin(StoreCore):
             return None
         if bump:
             self.cache.flush()
-        consumer = await self._active_consumer(doc["consumerId"], by_username=False)
-        if consumer is None:
-            return None
-        token = _token(doc)
-        return Token(token.id, token.kind, token.consumer_id, token.scopes, token.expires_at,
-                     token.props, consumer)
+        return await self._with_consumer(doc)
 
     async def tokens_of(self, consumer_id: str, kind: str | None = None) -> list[Token]:
         now = now_ms()
