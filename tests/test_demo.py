@@ -22,16 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gateway import wait_until
+from tests.support.gateway import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_to_end(proc: subprocess.Popen[str], timeout: float) -> str:

@@ -8,6 +8,7 @@ starts ``meshgate run`` and waits until ``/ready`` answers 200.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,7 +23,35 @@ import yaml
 MESHGATE = [sys.executable, "-m", "meshgate"]
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_EPHEMERAL = _ephemeral_range()
+
+
 def free_port() -> int:
+    """A port free on 127.0.0.1 for a server a test starts next.
+
+    Chosen below the kernel's ephemeral range: ports handed out with bind(0)
+    come from that range, and so do the local ports of every outgoing
+    connection, so one of those could take the port before the server binds
+    it. Below the range only another free_port() can, and random choice makes
+    that unlikely.
+    """
+    low = max(1024, _EPHEMERAL[0] - 12000)
+    for _ in range(200):
+        port = random.randrange(low, _EPHEMERAL[0])
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
