@@ -210,9 +210,12 @@ class Fault:
         self.abort_header = bool(abort and abort.headerControlled)
         self.abort_status = abort.httpStatus if abort else None
         self.abort_grpc = abort.grpcStatus if abort else None
-        self.reads_headers = self.delay_header or self.abort_header
-        self.has_delay = delay is not None and (self.delay_header or self.delay_fixed > 0)
-        self.has_abort = abort is not None
+        # A percentage header can only lower the configured one: at 0 a fault never fires.
+        self.has_delay = (delay is not None and self.delay_pct > 0
+                          and (self.delay_header or self.delay_fixed > 0))
+        self.has_abort = abort is not None and self.abort_pct > 0
+        self.reads_headers = ((self.has_delay and self.delay_header)
+                              or (self.has_abort and self.abort_header))
         self.max_active = params.maxActiveFaults
         self.active: _Active = ctx.services.get(f"fault-active:{ctx.pipeline}", _Active)
         self.count = _counter(ctx)

@@ -26,7 +26,6 @@ others with one pool write, as before.
 
 from __future__ import annotations
 
-import itertools
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +35,7 @@ from meshgate.config.mesh import HashOn
 from meshgate.policies import POLICIES, Action, BuildContext, PolicySpec
 from meshgate.policies._split import Mirror, Split
 from meshgate.protocol.hop import HOP_BY_HOP
-from meshgate.upstream.call import Call
+from meshgate.upstream.call import Call, request_ids
 
 if TYPE_CHECKING:
     from meshgate.protocol.exchange import Exchange
@@ -103,7 +102,6 @@ class ProxyParams(BaseModel):
 # Client headers we never copy verbatim: hop-by-hop, and the ones we rewrite.
 _SPECIAL = HOP_BY_HOP | {b"host", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
                          b"x-forwarded-host", b"eg-request-id"}
-_ids = itertools.count(1)
 _ID_PREFIX = b"%x" % (os.getpid() ^ int.from_bytes(os.urandom(4), "big"))
 
 
@@ -153,10 +151,6 @@ class Forward:
                               else self.per_try or self.overall)
         # Without retries an overall deadline is just the one attempt's: no Call needed.
         self.guarded = cluster.guarded or (policy is not None and bool(self.overall))
-
-    @staticmethod
-    def request_id() -> int:
-        return next(_ids)
 
     def __call__(self, ex: Exchange) -> bool:
         cluster = self.cluster
@@ -216,7 +210,7 @@ class Forward:
         if chunked:
             append(b"transfer-encoding: chunked\r\n")
         append(self.extra_headers)          # ... and "eg-request-id: <prefix>-"
-        append(b"%x\r\n\r\n" % (rid or next(_ids)))
+        append(b"%x\r\n\r\n" % (rid or next(request_ids)))
         return b"".join(lines), chunked
 
     def _rewrite(self, ex: Exchange, ep: Endpoint, path: bytes) -> bytes:

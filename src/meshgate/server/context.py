@@ -27,6 +27,7 @@ class WorkerContext:
         self.services = Services()               # resources shared by policies
         self.connections: set[Any] = set()       # H1Server protocols
         self.upstream_conns: set[Any] = set()    # every open upstream connection
+        self.timed_calls: set[Any] = set()       # Calls with an overall deadline (requestTimeout)
         self.endpoint_sets: dict[str, list[Any]] = {}   # control plane's, per cluster
         self.outbound: Any = None                # sidecar mode: the OutboundRouter
         self.draining = False

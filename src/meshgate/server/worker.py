@@ -107,6 +107,9 @@ class Worker:
                     if c.ex is not None and c.deadline and c.deadline <= now]
             for conn in late:
                 conn.expire()
+            if ctx.timed_calls:
+                for call in [c for c in ctx.timed_calls if c.deadline <= now]:
+                    call.expire()
             for client in list(ctx.connections):
                 client.tick(now, ctx.head_timeout, ctx.idle_timeout)
 

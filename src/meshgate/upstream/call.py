@@ -28,6 +28,7 @@ capped by it). ``on_done`` releases the counters however the exchange ends.
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any
 
 from meshgate.protocol.http1_client import upstream_failed
@@ -39,12 +40,13 @@ if TYPE_CHECKING:
     from meshgate.upstream.cluster import Cluster, Endpoint
 
 _NO_HEALTHY = b"Service Unavailable: no healthy upstream\n"
+request_ids = itertools.count(1)    # the counter part of eg-request-id, per worker
 
 
 class Call:
-    __slots__ = ("attached", "attempts", "cluster", "committed", "conn", "deadline",
-                 "deadline_timer", "ep", "ex", "policy", "proxy", "retrying", "rid", "saved",
-                 "saved_bytes", "sent", "timer")
+    __slots__ = ("attached", "attempts", "cluster", "committed", "conn", "deadline", "ep",
+                 "ex", "policy", "proxy", "retrying", "rid", "saved", "saved_bytes", "sent",
+                 "timer")
 
     def __init__(self, proxy: Any, cluster: Cluster, ex: Exchange) -> None:
         self.proxy = proxy
@@ -61,8 +63,7 @@ class Call:
         self.timer: Any = None
         overall = proxy.overall
         self.deadline = ex.started + overall if overall else 0.0
-        self.deadline_timer: Any = None
-        self.rid = proxy.request_id()     # one eg-request-id for every attempt
+        self.rid = next(request_ids)      # one eg-request-id for every attempt
         self.saved: list[bytes] | None = None
         self.saved_bytes = 0
         if ex.body_expected and self.policy is not None:
@@ -85,8 +86,9 @@ class Call:
         ex.on_done = self._done if ex.on_done is None else _chain(ex.on_done, self._done)
         if self.deadline and self.policy is not None:
             # The overall deadline holds wherever the request is: queued for a
-            # connection, connecting, parked, between attempts.
-            self.deadline_timer = cluster.ctx.loop.call_at(self.deadline, self._expire)
+            # connection, connecting, parked, between attempts. The worker's
+            # sweep enforces it (no timer per request).
+            cluster.ctx.timed_calls.add(self)
         ep = cluster.single or cluster.pick(ex, None)
         if ep is None:
             self._no_endpoint(None)
@@ -119,9 +121,9 @@ class Call:
         left = max(0.001, self.deadline - now)
         return min(per_try, left) if per_try else left
 
-    def _expire(self) -> None:
-        """requestTimeout: 504 unless the response has started (it then streams on)."""
-        self.deadline_timer = None
+    def expire(self) -> None:
+        """requestTimeout passed: 504 unless the response has started (it streams on)."""
+        self.cluster.ctx.timed_calls.discard(self)
         ex = self.ex
         if ex.done or ex.status or self.committed:
             return
@@ -147,9 +149,8 @@ class Call:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.deadline_timer is not None:
-            self.deadline_timer.cancel()
-            self.deadline_timer = None
+        if self.deadline:
+            self.cluster.ctx.timed_calls.discard(self)
         cluster = self.cluster
         cluster.active -= 1
         limits = cluster.limits
