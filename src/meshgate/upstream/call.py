@@ -22,8 +22,10 @@ the request unretriable.
 
 Retries wait a jittered backoff, go to another endpoint when there is one,
 must fit the retry budget and the ``maxRetries`` breaker, and stop at the
-overall ``requestTimeout`` (504 if it expires; each attempt's timeout is
-capped by it). ``on_done`` releases the counters however the exchange ends.
+overall ``requestTimeout`` (504 if it expires before the response starts,
+wherever the request is -- the worker's sweep checks ``ctx.timed_calls``;
+each attempt's timeout is capped by it). ``on_done`` releases the counters
+however the exchange ends.
 """
 
 from __future__ import annotations
