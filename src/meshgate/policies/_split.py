@@ -27,48 +27,24 @@ counted as skipped.
 from __future__ import annotations
 
 import random
-import zlib
 from bisect import bisect_right
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
+from meshgate.config.mesh import HashOn
 from meshgate.protocol.exchange import Exchange
+from meshgate.upstream.balancer._hashkey import key_function, key_hash
 
 if TYPE_CHECKING:
-    from meshgate.config.mesh import HashOn
     from meshgate.policies import Action, BuildContext
     from meshgate.protocol.exchange import Headers
 
 
-def _cookie(ex: Exchange, name: bytes) -> bytes | None:
-    for k, v in ex.headers:
-        if k == b"cookie":
-            for part in v.split(b";"):
-                key, _, value = part.strip().partition(b"=")
-                if key == name:
-                    return value
-    return None
-
-
-def _query(ex: Exchange, name: bytes) -> bytes | None:
-    q = ex.path.find(b"?")
-    if q < 0:
-        return None
-    for part in ex.path[q + 1:].split(b"&"):
-        key, _, value = part.partition(b"=")
-        if key == name:
-            return value
-    return None
-
-
-def hash_key(on: HashOn, ex: Exchange) -> bytes | None:
-    if on.header:
-        return ex.header(on.header.lower().encode())
-    if on.cookie:
-        return _cookie(ex, on.cookie.encode())
-    if on.queryParameter:
-        return _query(ex, on.queryParameter.encode())
-    return ex.client_addr
+def _matcher(match: Any) -> list[tuple[Any, bytes]]:
+    """(key extractor, expected value) for every header and cookie of a ``match``."""
+    wanted = [({"header": k}, v) for k, v in match.headers.items()]
+    wanted += [({"cookie": k}, v) for k, v in match.cookies.items()]
+    return [(key_function(HashOn.model_validate(on)), v.encode()) for on, v in wanted]
 
 
 class Split:
@@ -77,22 +53,19 @@ class Split:
         self.weights = [t.weight for _, t in targets]
         self.cumulative = list(accumulate(self.weights))
         self.total = self.cumulative[-1]
-        self.sticky: HashOn | None = params.stickyBy
-        self.matchers = [
-            (fwd, [(k.lower().encode(), v.encode()) for k, v in t.match.headers.items()],
-             [(k.encode(), v.encode()) for k, v in t.match.cookies.items()])
-            for fwd, t in targets if t.match is not None]
+        sticky: HashOn | None = params.stickyBy
+        self.sticky_key = key_function(sticky) if sticky is not None else None
+        self.matchers = [(fwd, _matcher(t.match)) for fwd, t in targets if t.match is not None]
         self.pipeline = ctx.pipeline
 
     def choose(self, ex: Exchange) -> Any:
-        for fwd, headers, cookies in self.matchers:
-            if all(ex.header(k) == v for k, v in headers) and all(
-                    _cookie(ex, k) == v for k, v in cookies):
+        for fwd, wanted in self.matchers:
+            if all(key(ex) == value for key, value in wanted):
                 return fwd
-        if self.sticky is not None:
-            key = hash_key(self.sticky, ex)
+        if self.sticky_key is not None:
+            key = self.sticky_key(ex)
             if key is not None:
-                point = zlib.crc32(key) % self.total
+                point = key_hash(key) % self.total
                 return self.forwards[bisect_right(self.cumulative, point)]
         return self.forwards[bisect_right(self.cumulative, random.random() * self.total)]
 

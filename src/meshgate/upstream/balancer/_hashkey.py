@@ -25,6 +25,7 @@ Both are uniform over ``[0, 2**32)``, which is all a ring or a table needs.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from hashlib import blake2b
 from typing import TYPE_CHECKING
@@ -34,7 +35,9 @@ from zlib import crc32
 if TYPE_CHECKING:
     from meshgate.config.mesh import HashOn
     from meshgate.protocol.exchange import Exchange
+    from meshgate.upstream.cluster import Endpoint
 
+_random = random.random
 KeyFunction = Callable[["Exchange | None"], "bytes | None"]
 
 
@@ -131,3 +134,23 @@ def _query_key(name: bytes) -> KeyFunction:
             return None
         return query_value(path[q + 1:], name)
     return query_key
+
+
+def random_pick(eps: list[Endpoint], exclude: Endpoint | None) -> Endpoint:
+    """A request without the key: any endpoint (Envoy), avoiding ``exclude``."""
+    n = len(eps)
+    i = min(int(_random() * n), n - 1)
+    ep = eps[i]
+    return eps[(i + 1) % n] if ep is exclude else ep
+
+
+def next_other(slots: list[Endpoint], i: int, exclude: Endpoint) -> Endpoint:
+    """The first slot after ``i`` (wrapping) that is not ``exclude``."""
+    m = len(slots)
+    for _ in range(m):
+        i += 1
+        if i == m:
+            i = 0
+        if slots[i] is not exclude:
+            return slots[i]
+    return exclude

@@ -30,12 +30,17 @@ tens of milliseconds, paid only when the eligible set changes.
 from __future__ import annotations
 
 import heapq
-import random
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from meshgate.upstream.balancer import BALANCERS, Balancer, BalancerSpec
-from meshgate.upstream.balancer._hashkey import key_function, key_hash, point_hash
+from meshgate.upstream.balancer._hashkey import (
+    key_function,
+    key_hash,
+    next_other,
+    point_hash,
+    random_pick,
+)
 from meshgate.upstream.balancer.ring_hash import identity
 
 if TYPE_CHECKING:
@@ -43,7 +48,6 @@ if TYPE_CHECKING:
     from meshgate.protocol.exchange import Exchange
     from meshgate.upstream.cluster import Endpoint
 
-_random = random.random
 
 
 def is_prime(n: int) -> bool:
@@ -135,22 +139,12 @@ class Maglev(Balancer):
         key = self._key(ex)
         eps = self._eps
         if key is None:
-            n = len(eps)
-            i = min(int(_random() * n), n - 1)
-            ep = eps[i]
-            return eps[(i + 1) % n] if ep is exclude else ep
+            return random_pick(eps, exclude)
         i = key_hash(key) % self.table_size
         ep = slots[i]
         if ep is exclude and len(eps) > 1:
-            size = self.table_size
-            for _ in range(size):
-                i += 1
-                if i == size:
-                    i = 0
-                if slots[i] is not exclude:
-                    return slots[i]
+            return next_other(slots, i, exclude)
         return ep
-
 
 BALANCERS.add(BalancerSpec(
     "maglev", Maglev, "Maglev consistent hashing over hashOn (O(1) lookup table)."))

@@ -33,12 +33,17 @@ fixed, as in Envoy).
 
 from __future__ import annotations
 
-import random
 from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 from meshgate.upstream.balancer import BALANCERS, Balancer, BalancerSpec
-from meshgate.upstream.balancer._hashkey import key_function, key_hash, point_hash
+from meshgate.upstream.balancer._hashkey import (
+    key_function,
+    key_hash,
+    next_other,
+    point_hash,
+    random_pick,
+)
 
 if TYPE_CHECKING:
     from meshgate.config.mesh import LoadBalancer
@@ -47,7 +52,6 @@ if TYPE_CHECKING:
 
 MAX_RING = 1 << 18        # cap on ring points unless minimumRingSize asks for more
 
-_random = random.random
 
 
 def points_per_weight(total_weight: int, min_ring: int) -> int:
@@ -101,28 +105,14 @@ class RingHash(Balancer):
         key = self._key(ex)
         eps = self._eps
         if key is None:
-            n = len(eps)
-            i = min(int(_random() * n), n - 1)
-            ep = eps[i]
-            return eps[(i + 1) % n] if ep is exclude else ep
+            return random_pick(eps, exclude)
         i = bisect_left(self._hashes, key_hash(key))
         if i == len(owners):
             i = 0
         ep = owners[i]
         if ep is exclude and len(eps) > 1:
-            return self._next_other(i, exclude)
+            return next_other(owners, i, exclude)
         return ep
-
-    def _next_other(self, i: int, exclude: Endpoint) -> Endpoint:
-        owners = self._owners
-        m = len(owners)
-        for _ in range(m):
-            i += 1
-            if i == m:
-                i = 0
-            if owners[i] is not exclude:
-                return owners[i]
-        return exclude
 
 
 BALANCERS.add(BalancerSpec(
