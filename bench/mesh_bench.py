@@ -30,11 +30,9 @@ import argparse
 import json
 import re
 import shlex
-import signal
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 
 import procs
 import report
@@ -172,23 +170,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = _parse(argv)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
-    group = procs.ProcGroup()
-    try:
-        return run(args, group)
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    finally:
-        group.stop_all()
+    return procs.main_guarded(run, _parse(argv))
 
 
 if __name__ == "__main__":

@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
-import signal
 import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from types import FrameType
 
 import measure
 import procs
@@ -133,23 +131,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = _parse(argv)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
-    group = procs.ProcGroup()
-    try:
-        return run(args, group)
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    finally:
-        group.stop_all()
+    return procs.main_guarded(run, _parse(argv))
 
 
 if __name__ == "__main__":
