@@ -60,7 +60,7 @@ def test_registry_changes_reach_the_gateway_within_a_second(backend_factory, gat
 
 
 def test_registry_loss_keeps_the_last_endpoints(backend_factory, gateway_factory, tmp_path):
-    from tests.test_registry import RegistryProcess
+    from tests.support.registry import RegistryProcess
 
     registry = RegistryProcess(tmp_path)
     cfg = _config()

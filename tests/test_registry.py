@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,69 +20,8 @@ import pytest
 
 from meshgate.registry.client import Registration, RegistryClient
 from meshgate.registry.server import EmbeddedRegistry
-from tests.support.gateway import MESHGATE, free_port, wait_until
-
-
-class RegistryProcess:
-    """``meshgate registry`` on a free loopback port, healthy before use."""
-
-    def __init__(self, directory: Path, *args: str, port: int | None = None) -> None:
-        self.directory = directory
-        self.args = list(args)
-        self.port = port or free_port()
-        self.log_path = directory / f"registry-{self.port}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [*MESHGATE, "registry", "--port", str(self.port), *self.args],
-            stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_until(self.healthy, timeout=15)
-        except TimeoutError:
-            self.stop(signal.SIGKILL)
-            raise RuntimeError(f"registry did not start:\n{self.log()}") from None
-
-    def healthy(self) -> bool:
-        if self.process is not None and self.process.poll() is not None:
-            raise RuntimeError(f"registry exited {self.process.returncode}:\n{self.log()}")
-        try:
-            return httpx.get(self.url + "/v1/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else None
-        self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            return None
-
-    # -- sync helpers for tests -------------------------------------------------
-    def put(self, service: str, instance_id: str, **body: Any) -> httpx.Response:
-        body.setdefault("address", "10.0.0.1")
-        body.setdefault("port", 8080)
-        return httpx.put(f"{self.url}/v1/services/{service}/instances/{instance_id}",
-                         json=body, timeout=5)
-
-    def get(self, path: str, **params: Any) -> httpx.Response:
-        return httpx.get(self.url + path, params=params, timeout=30)
-
-    def instances(self, service: str) -> list[dict[str, Any]]:
-        return list(self.get(f"/v1/services/{service}").json()["instances"])
+from tests.support.gateway import wait_until
+from tests.support.registry import Events, RegistryProcess
 
 
 @pytest.fixture(scope="module")
@@ -228,23 +166,6 @@ def test_blocking_query_times_out_and_ignores_other_services(
     started = time.monotonic()
     registry.get("/v1/services/quiet", index=10**9, wait="5s")
     assert time.monotonic() - started < 1
-
-
-class Events:
-    """The ``snapshot`` events of one SSE response, read as needed."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.lines = response.aiter_lines()
-
-    async def next(self) -> dict[str, Any]:
-        kind = None
-        async for line in self.lines:
-            if line.startswith("event: "):
-                kind = line[7:]
-            elif line.startswith("data: "):
-                assert kind == "snapshot"
-                return dict(json.loads(line[6:]))
-        raise AssertionError("stream ended")
 
 
 def test_sse_watch_delivers_changes_quickly(registry: RegistryProcess) -> None:

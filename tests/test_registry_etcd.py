@@ -21,7 +21,7 @@ from meshgate.etcdv3 import EtcdClient, EtcdError, LeaseNotFound, prefix_range_e
 from tests.support import etcd as etcd_support
 from tests.support.etcd import EtcdServer
 from tests.support.gateway import free_port, wait_until
-from tests.test_registry import Events, RegistryProcess
+from tests.support.registry import Events, RegistryProcess
 
 # The fixtures (they skip the test when etcd is not installed).
 etcd_server = etcd_support.etcd_server

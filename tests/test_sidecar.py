@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.gateway import MESHGATE, free_port, wait_until
-from tests.test_registry import RegistryProcess
+from tests.support.gateway import MESHGATE, free_port, stop_process, wait_until
+from tests.support.registry import RegistryProcess
 
 
 class Sidecar:
@@ -49,13 +49,7 @@ class Sidecar:
             return False
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, sig)
 
 
 @pytest.fixture

@@ -140,14 +140,20 @@ class Gateway:
         return [self.process.pid, *map(int, out)]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else None
-        self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return stop_process(self.process, sig, timeout)
+
+
+def stop_process(process: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM,
+                 timeout: float = 15) -> int | None:
+    """Signal a process and wait for it; SIGKILL if it outlives ``timeout``."""
+    if process is None or process.poll() is not None:
+        return process.returncode if process else None
+    process.send_signal(sig)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
 
 
 def proxy_config(upstream: str | list[str], *, policies: list[Any] | None = None,
