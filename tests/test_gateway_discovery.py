@@ -76,3 +76,24 @@ def test_registry_loss_keeps_the_last_endpoints(backend_factory, gateway_factory
     wait_until(lambda: "meshgate_discovery_stale" in gw.metrics() and any(
         line.startswith("meshgate_discovery_stale{") and line.endswith(" 1.0")
         for line in gw.metrics().splitlines()), timeout=5)
+
+
+def test_active_health_checks_take_endpoints_out_and_back(backend_factory, gateway_factory):
+    good, sick = backend_factory("good"), backend_factory("sick", "--fail", "503")
+    cfg = _config()
+    cfg["serviceEndpoints"]["users"] = {
+        "urls": [good.url, sick.url],
+        "healthCheck": {"path": "/name", "interval": 100, "unhealthyThreshold": 1,
+                        "healthyThreshold": 1}}
+    gw = gateway_factory(cfg)
+    with httpx.Client(base_url=gw.url, timeout=10) as client:
+        wait_until(lambda: {client.get("/name").text for _ in range(6)} == {"good"}, timeout=5)
+        before = _count(sick)
+        assert all(client.get("/name").text == "good" for _ in range(20))
+        assert _count(sick) - before <= 2          # only its health checks
+        view = httpx.get(gw.admin_url + "/clusters", timeout=5).json()["users"]
+        health = {ep["key"]: ep["healthy"] for ep in view["controlPlane"]["endpoints"]}
+        assert health == {f"http://127.0.0.1:{good.port}": True,
+                          f"http://127.0.0.1:{sick.port}": False}
+        httpx.get(sick.url + "/_ctl/fail/off", timeout=5)
+        wait_until(lambda: "sick" in {client.get("/name").text for _ in range(6)}, timeout=5)

@@ -83,8 +83,6 @@ def test_post_is_not_retried_but_put_replays_its_body(backend_factory, gateway_f
         puts = [client.put("/echo", content=body) for _ in range(10)]
     assert posts[500] >= 4            # round-robin gives the bad one every other POST
     assert all(r.status_code == 200 for r in puts)
-    lengths = {r.json()["headers"] and len(body) for r in puts}
-    assert lengths == {5000}
     assert all(dict((k.lower(), v) for k, v in r.json()["headers"])["content-length"] == "5000"
                for r in puts)
 

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.support.gateway import wait_until
 
@@ -191,3 +192,17 @@ def test_split_weights_change_through_the_admin_api_under_load(backend_factory,
         stop.set()
         worker.join()
     assert set(statuses) == {200}, statuses
+
+
+@pytest.mark.parametrize("kind", ["ring-hash", "maglev"])
+def test_hashing_balancers_keep_a_key_on_one_endpoint(kind, backend_factory, gateway_factory):
+    backends = [backend_factory(f"b{i}") for i in range(3)]
+    cfg = _plain(backends)
+    cfg["serviceEndpoints"]["backend"]["loadBalancer"] = {"type": kind,
+                                                          "hashOn": {"header": "x-user"}}
+    gw = gateway_factory(cfg)
+    with httpx.Client(base_url=gw.url, timeout=10) as client:
+        seen = {u: {client.get("/name", headers={"x-user": f"u{u}"}).text for _ in range(4)}
+                for u in range(40)}
+    assert all(len(names) == 1 for names in seen.values())
+    assert {next(iter(n)) for n in seen.values()} == {"b0", "b1", "b2"}
