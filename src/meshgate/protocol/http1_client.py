@@ -40,6 +40,7 @@ class _HeadResponseDone(Exception):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_closed",
+        "_head_out",
         "_got_bytes",
         "_interim",
         "_req_chunked",
@@ -80,6 +81,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._interim = False
         self._got_bytes = False
         self._closed = False
+        self._head_out = b""            # a bodiless request's head, waiting in ctx.batch
         self.forgotten = False          # the pool no longer counts it
         self.timeout = 0.0
 
@@ -101,10 +103,21 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self.deadline = 0.0
         ex.source = self
+        if not ex.body_expected:    # nothing follows: send with the rest of this pass
+            self._head_out = head
+            self.pool.ctx.batch.add(self)
+            return
         self.transport.write(head)
         if ex.body_expected:
             call = ex.retry         # a Call keeps the body for replay and hands it on
             (ex if call is None else call).attach_body_sink(self)
+
+    def send_queued(self) -> None:
+        head = self._head_out
+        if head:
+            self._head_out = b""
+            if not self._closed and self.transport is not None:
+                self.transport.write(head)
 
     # -- BodySink: the request body ----------------------------------------
     def body_data(self, data: bytes) -> None:

@@ -54,6 +54,7 @@ class H1Server(asyncio.Protocol):
     __slots__ = (
         "_bad_head", "_body_expected", "_chunked", "_clock", "_closing", "_current", "_expect",
         "_head_bytes", "_headers", "_host", "_out", "_parsing", "_paused_reading", "_queue",
+        "_queued",
         "_tick_mark", "_tick_since", "_url", "_write_paused", "ctx", "nreq", "outbound", "parser",
         "peer", "phase", "scheme", "transport",
     )
@@ -79,6 +80,7 @@ class H1Server(asyncio.Protocol):
         self._queue: deque[Exchange] | None = None
         self._chunked = False                    # response to the client is chunked
         self._out: list[bytes] = []
+        self._queued = False                     # _out waits in ctx.batch
         self.phase = IDLE
         self.nreq = 0
         self._tick_mark = (-1, -1)
@@ -310,11 +312,17 @@ class H1Server(asyncio.Protocol):
                 self._out.append(b"0\r\n" + tail + b"\r\n")
             else:
                 self._out.append(b"0\r\n\r\n")
+        if not self._queued:               # sent with the rest of this pass's writes
+            self._queued = True
+            self.ctx.batch.add(self)
+        self._finish(ex)
+
+    def send_queued(self) -> None:
+        self._queued = False
         out = self._out
-        if out and self.transport is not None:
+        if out and not self._closing and self.transport is not None:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
-        self._finish(ex)
 
     def flush(self, ex: Exchange) -> None:
         out = self._out
@@ -359,7 +367,8 @@ class H1Server(asyncio.Protocol):
         if ex.expect_continue:
             ex.expect_continue = False
             if self.transport is not None and not ex.status:
-                self.transport.write(_CONTINUE)
+                self._out.append(_CONTINUE)
+                self.send_queued()
         if ex is self._parsing and (self._queue is None or not self._queue):
             self._resume_reading()
 
@@ -419,9 +428,11 @@ class H1Server(asyncio.Protocol):
             self._close()
 
     def _close(self) -> None:
-        self._closing = True
         if self.transport is not None:
+            if self._out and not self._closing:
+                self.send_queued()
             self.transport.close()
+        self._closing = True
 
     def drain(self) -> None:
         """Graceful stop: close if idle, otherwise after the current response."""

@@ -12,6 +12,7 @@ import email.utils
 from typing import TYPE_CHECKING, Any
 
 from meshgate.policies import Services
+from meshgate.protocol.batch import WriteBatch
 
 if TYPE_CHECKING:
     from meshgate.config.snapshot import Snapshot
@@ -25,6 +26,7 @@ class WorkerContext:
         self.loop = loop
         self.metrics = metrics
         self.services = Services()               # resources shared by policies
+        self.batch = WriteBatch(loop)            # writes sent after each pass over ready sockets
         self.connections: set[Any] = set()       # H1Server protocols
         self.upstream_conns: set[Any] = set()    # every open upstream connection
         self.timed_calls: set[Any] = set()       # Calls with an overall deadline (requestTimeout)
