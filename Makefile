@@ -6,7 +6,11 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test test-fast bench lint clean
 
-$(STAMP): pyproject.toml
+# The request path is compiled with mypyc (setup.py): editing one of those
+# modules rebuilds, as the editable install runs the compiled copy.
+COMPILED := $(shell $(PYTHON) setup.py --print-compiled)
+
+$(STAMP): pyproject.toml setup.py $(COMPILED)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
@@ -33,3 +37,4 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find src -name '*.so' -delete

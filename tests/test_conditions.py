@@ -19,7 +19,7 @@ def exchange(method: bytes = b"GET", path: bytes = b"/", host: bytes | None = b"
         headers = [] if host is None else [(b"host", host)]
     authority = (host or b"").split(b":")[0].lower()
     return Exchange(None, method, path, headers, authority, b"http",  # type: ignore[arg-type]
-                    "127.0.0.1", b"1.1", False, 0.0)
+                    b"127.0.0.1", b"1.1", False, 0.0)
 
 
 def compile_(raw: dict[str, Any]) -> Any:

@@ -1,13 +1,15 @@
 """Named registries for the extension points (policies, conditions, ...).
 
 Each extension is one module in its package that calls ``registry.add(spec)``
-at import time. ``registry.get(name)`` imports every module of the package
-once, on first use, so adding an extension touches exactly one file.
+at import time. ``registry.get(name)`` imports the module named after the extension
+(``key-auth`` -> ``key_auth``) or, failing that, every module of the package
+once, so adding an extension touches exactly one file.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 from typing import Generic, Protocol, TypeVar
 
@@ -43,9 +45,27 @@ class Registry(Generic[S]):
                 importlib.import_module(f"{self.package}.{info.name}")
 
     def get(self, name: str) -> S | None:
-        self._load()
-        return self._specs.get(name)
+        """The spec named ``name``: from its own module if one is named after it
+        (a worker then imports only the extensions its config uses), else
+        after importing the whole package."""
+        spec = self._specs.get(name)
+        if spec is None and not self._loaded:
+            module = f"{self.package}.{name.replace('-', '_').lower()}"
+            if not module.rsplit(".", 1)[1].startswith("_") and _exists(module):
+                importlib.import_module(module)
+                spec = self._specs.get(name)
+            if spec is None:
+                self._load()
+                spec = self._specs.get(name)
+        return spec
 
     def names(self) -> list[str]:
         self._load()
         return sorted(self._specs)
+
+
+def _exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False

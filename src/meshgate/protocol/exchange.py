@@ -112,6 +112,18 @@ class Exchange:
         "trailers",
         "vars",
     )
+    # Declared here too: modules in an import cycle with this one (and mypyc,
+    # which type-checks the compiled modules on their own) see the types at once.
+    responder: Responder
+    method: bytes
+    path: bytes
+    headers: Headers
+    authority: bytes
+    scheme: bytes
+    client_addr: bytes
+    http_version: bytes
+    body_expected: bool
+    started: float
 
     def __init__(self, responder: Responder, method: bytes, path: bytes,
                  headers: Headers, authority: bytes, scheme: bytes,

@@ -10,7 +10,7 @@ pipeline.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
@@ -24,7 +24,9 @@ def absolute_form(url: bytes, host: bytes) -> tuple[bytes, bytes]:
     """(origin-form target, authority) of ``http://host/path?q``; InvalidURLError if bad."""
     if url == b"*":
         return url, host
-    parsed = httptools.parse_url(url)
+    # Any: httptools' stubs type these fields as bytes, but absent parts are
+    # None, and compiled code would enforce the stubs' word.
+    parsed: Any = httptools.parse_url(url)
     path = parsed.path or b"/"
     if parsed.query:
         path += b"?" + parsed.query

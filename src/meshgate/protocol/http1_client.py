@@ -40,8 +40,8 @@ class _HeadResponseDone(Exception):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_closed",
-        "_head_out",
         "_got_bytes",
+        "_head_out",
         "_interim",
         "_req_chunked",
         "_req_done",

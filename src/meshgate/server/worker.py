@@ -25,6 +25,7 @@ from typing import Any
 
 import uvloop
 
+from meshgate import _compiled
 from meshgate.config.snapshot import compile_snapshot
 from meshgate.protocol.http1_server import H1Server
 from meshgate.server.context import WorkerContext
@@ -50,6 +51,9 @@ class Worker:
         self.reloads = 0
 
     async def start(self) -> None:
+        for name in _compiled.stale():
+            log.warning("%s was edited after it was compiled; this worker runs the old "
+                        "build (run `make install` to rebuild)", name)
         first = await self.channel.receive()       # the master's validated config
         if first is None or first.get("op") != "config":
             raise RuntimeError("the master sent no config")

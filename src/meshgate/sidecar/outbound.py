@@ -32,7 +32,8 @@ from meshgate.config.model import ServiceEndpoint
 from meshgate.gateway.pipeline import CompiledPipeline, Step
 from meshgate.gateway.router import Route
 from meshgate.policies import BuildContext
-from meshgate.policies.proxy import Forward, ProxyParams
+from meshgate.policies._forward import Forward
+from meshgate.policies.proxy import ProxyParams
 from meshgate.upstream.cluster import Cluster, build_cluster
 
 if TYPE_CHECKING:

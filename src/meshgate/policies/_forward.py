@@ -1,0 +1,171 @@
+"""The proxy action's request path: pick an endpoint, build the head, send.
+
+``Forward`` forwards to one serviceEndpoint (the proxy action, or one target
+of a split). Its options are settled at load (``proxy.py`` parses them);
+per request it picks an endpoint and builds the upstream head in one pass
+over the client's headers: hop-by-hop headers and those named in
+``Connection`` are dropped, ``Expect`` is answered by us, X-Forwarded-* and an
+``eg-request-id`` are added. Guarded clusters send through a ``Call``.
+
+Compiled with mypyc (see setup.py): keep it fully typed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from meshgate.protocol.hop import HOP_BY_HOP
+from meshgate.upstream.call import Call, request_ids
+
+if TYPE_CHECKING:
+    from meshgate.policies import BuildContext
+    from meshgate.policies.proxy import ProxyParams
+    from meshgate.protocol.exchange import Exchange
+    from meshgate.upstream.cluster import Endpoint
+
+
+# Client headers we never copy verbatim: hop-by-hop, and the ones we rewrite.
+_SPECIAL = HOP_BY_HOP | {b"host", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
+                         b"x-forwarded-host", b"eg-request-id"}
+_ID_PREFIX = b"%x" % (os.getpid() ^ int.from_bytes(os.urandom(4), "big"))
+
+
+def _merged_options(action: ProxyParams, endpoint_options: dict[str, Any]) -> dict[str, Any]:
+    """Express Gateway's precedence: action < serviceEndpoint < action.proxyOptions."""
+    merged = {k: v for k, v in action.model_dump().items() if v is not None}
+    merged.update(endpoint_options)
+    merged.update(action.proxyOptions)
+    return merged
+
+
+class Forward:
+    """Forward to one serviceEndpoint (the proxy action, or one target of a split)."""
+
+    def __init__(self, params: ProxyParams, service: str, ctx: BuildContext) -> None:
+        cluster = ctx.clusters[service]
+        options = _merged_options(params, cluster.proxy_options)
+        self.cluster = cluster
+        self.name = service
+        self.change_origin = bool(options.get("changeOrigin", False))
+        self.strip_path = bool(options.get("stripPath", False))
+        self.prepend_path = bool(options.get("prependPath", True))
+        self.ignore_path = bool(options.get("ignorePath", False))
+        self.xfwd = bool(options.get("xfwd", True))
+        timeout = options.get("timeout", options.get("proxyTimeout"))
+        self.timeout = float(timeout) / 1000.0 if timeout is not None else None
+        self.request_timeout = (params.requestTimeout or 0) / 1000.0
+        extra = options.get("headers") or {}
+        self.extra_headers = b"".join(b"%s: %s\r\n" % (str(k).lower().encode(),
+                                                          str(v).encode("latin-1"))
+                                      for k, v in extra.items())
+        # The request id line ends every head; its counter is the only variable part.
+        self.extra_headers += b"eg-request-id: " + _ID_PREFIX + b"-"
+        self.rewrites_path = self.strip_path or self.ignore_path or (
+            self.prepend_path and cluster.has_base_path)
+        # Attempt timeouts, decided once (seconds, 0 = none): an attempt's own
+        # limit, and the first attempt's, capped by the overall requestTimeout.
+        policy = cluster.retry
+        if self.timeout is not None:
+            self.per_try = self.timeout
+        elif policy is not None and policy.per_try:
+            self.per_try = policy.per_try
+        else:
+            self.per_try = cluster.response_timeout
+        self.overall = self.request_timeout or cluster.request_timeout
+        self.first_timeout = (min(self.per_try, self.overall) if self.per_try and self.overall
+                              else self.per_try or self.overall)
+        # Without retries an overall deadline is just the one attempt's: no Call needed.
+        self.guarded = cluster.guarded or (policy is not None and bool(self.overall))
+
+    def __call__(self, ex: Exchange) -> bool:
+        cluster = self.cluster
+        ex.cluster_name = self.name
+        if self.guarded:
+            return Call(self, cluster, ex).start()
+        ep = cluster.single or cluster.pick(ex)
+        if ep is None:
+            if cluster.awaiting_first:
+                cluster.park(ex, lambda: self(ex))
+            else:
+                ex.responder.respond(ex, 503, b"Service Unavailable: no healthy upstream\n")
+            return True
+        head, chunked = self.head(ex, ep)
+        ep.pool.send(ex, head, chunked, self.first_timeout)
+        return True
+
+    def head(self, ex: Exchange, ep: Endpoint, rid: int = 0) -> tuple[bytes, bool]:
+        """The request head for ``ep``, and whether the body goes chunked.
+
+        ``rid`` keeps one request id over a Call's attempts (0: a new one).
+        """
+        path = ex.path
+        if self.rewrites_path:
+            path = self._rewrite(ex, ep, path)
+        lines = [b"%s %s HTTP/1.1\r\n" % (ex.method, path)]
+        append = lines.append
+        host = xff = tokens = None
+        chunked = False
+        special = _SPECIAL
+        for item in ex.headers:
+            name = item[0]
+            if name not in special:
+                append(b"%s: %s\r\n" % item)
+            elif name == b"host":
+                host = item[1]
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"connection":     # several Connection headers: all count
+                tokens = item[1] if tokens is None else tokens + b"," + item[1]
+            elif name == b"x-forwarded-for":
+                xff = item[1] if xff is None else xff + b", " + item[1]
+            elif not self.xfwd and name.startswith(b"x-forwarded-"):
+                append(b"%s: %s\r\n" % item)
+        if tokens is not None:
+            lines = _drop_connection_listed(lines, tokens)
+            append = lines.append
+        host_line = ep.authority if self.change_origin or host is None else host
+        if self.xfwd:
+            client = ex.client_addr
+            append(_XFWD % (host_line, client if xff is None else xff + b", " + client,
+                            ex.scheme, host or ep.authority))
+        else:
+            append(b"host: %s\r\n" % host_line)
+            if xff is not None:
+                append(b"x-forwarded-for: %s\r\n" % xff)
+        if chunked:
+            append(b"transfer-encoding: chunked\r\n")
+        append(self.extra_headers)          # ... and "eg-request-id: <prefix>-"
+        append(b"%x\r\n\r\n" % (rid or next(request_ids)))
+        return b"".join(lines), chunked
+
+    def _rewrite(self, ex: Exchange, ep: Endpoint, path: bytes) -> bytes:
+        if self.strip_path:
+            path = _strip(ex.route.strip_pos, path)
+        if self.ignore_path:
+            return ep.base_path or b"/"
+        if self.prepend_path and ep.base_path:
+            return ep.base_path + (b"" if path == b"/" else path)
+        return path
+
+
+_XFWD = (b"host: %s\r\nx-forwarded-for: %s\r\nx-forwarded-proto: %s\r\n"
+         b"x-forwarded-host: %s\r\n")
+
+
+def _strip(pos: int | None, path: bytes) -> bytes:
+    """EG's stripPath: cut the url at the route path's first ':' or '*'."""
+    if pos is None or pos == 0:
+        return path
+    if pos < 0:
+        q = path.find(b"?")
+        return b"/" if q < 0 else b"/" + path[q:]
+    rest = path[pos:]
+    return rest if rest[:1] == b"/" else b"/" + rest
+
+
+def _drop_connection_listed(lines: list[bytes], value: bytes) -> list[bytes]:
+    names = {t.strip().lower() for t in value.split(b",")} - {b"close", b"keep-alive", b""}
+    if not names:
+        return lines
+    return [lines[0]] + [ln for ln in lines[1:] if ln.split(b":", 1)[0] not in names]
