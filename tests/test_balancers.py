@@ -25,24 +25,23 @@ from meshgate.upstream.balancer.maglev import Maglev, next_prime
 from meshgate.upstream.balancer.peak_ewma import FAILURE_RTT, PeakEwma
 from meshgate.upstream.balancer.round_robin import smooth_cycle
 from meshgate.upstream.cluster import Endpoint
+from meshgate.upstream.pool import Pool
 
 ALL_TYPES = ["round-robin", "least-request", "random", "ring-hash", "maglev", "peak-ewma"]
 HASHING = ["ring-hash", "maglev"]
 
 
-class StandInPool:
-    """What ``Endpoint.active`` reads: open - idle + waiting."""
-
-    def __init__(self, busy: int = 0) -> None:
-        self.open = busy
-        self.idle: list[object] = []
-        self.waiting: list[object] = []
+def stand_in_pool(busy: int = 0) -> Pool:
+    """A pool that is never used to connect; ``Endpoint.active`` reads open - idle + waiting."""
+    pool = Pool(None, "stand-in", 80, None, None, 1.0, 1.0, 100, 10, 60.0)  # type: ignore[arg-type]
+    pool.open = busy
+    return pool
 
 
 def endpoint(name: str, weight: int = 1, zone: str = "", healthy: bool = True,
              added: float = 0.0, busy: int = 0) -> Endpoint:
     return Endpoint(f"http://{name}:80", name, 80, "http", name.encode(), b"",
-                    StandInPool(busy), key=f"http://{name}:80",  # type: ignore[arg-type]
+                    stand_in_pool(busy), key=f"http://{name}:80",
                     weight=weight, zone=zone, healthy=healthy, added=added)
 
 

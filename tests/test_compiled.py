@@ -19,7 +19,8 @@ def test_setup_and_runtime_name_the_same_modules() -> None:
     done = subprocess.run([sys.executable, "setup.py", "--print-compiled"], cwd=ROOT,
                           capture_output=True, text=True, check=True)
     paths = done.stdout.split()
-    names = [p.removeprefix("src/").removesuffix(".py").replace("/", ".") for p in paths]
+    names = [p.removeprefix("src/").removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+             for p in paths]
     assert sorted(names) == sorted(_compiled.MODULES)
     for path in paths:
         assert (ROOT / path).is_file(), path
@@ -36,7 +37,7 @@ def test_a_source_edited_after_the_build_is_reported() -> None:
     name = _compiled.compiled()[0]
     spec = importlib.util.find_spec(name)
     assert spec is not None and spec.origin is not None
-    source = Path(spec.origin).with_name(name.rsplit(".", 1)[1] + ".py")
+    source = Path(spec.origin).with_name(Path(spec.origin).name.split(".", 1)[0] + ".py")
     before = source.stat()
     try:
         built = Path(spec.origin).stat().st_mtime

@@ -24,6 +24,20 @@ MODULES = (
     "meshgate.policies._forward",
     "meshgate.telemetry.metrics",
     "meshgate.upstream.pool",
+    "meshgate.upstream.call",
+    "meshgate.upstream.cluster",
+    "meshgate.upstream.outlier",
+    "meshgate.upstream.retry",
+    "meshgate.upstream.balancer",
+    "meshgate.upstream.balancer._alias",
+    "meshgate.upstream.balancer._edf",
+    "meshgate.upstream.balancer._hashkey",
+    "meshgate.upstream.balancer.least_request",
+    "meshgate.upstream.balancer.maglev",
+    "meshgate.upstream.balancer.peak_ewma",
+    "meshgate.upstream.balancer.random",
+    "meshgate.upstream.balancer.ring_hash",
+    "meshgate.upstream.balancer.round_robin",
     "meshgate.policies._auth",
     "meshgate.policies._counters",
 )
@@ -47,7 +61,7 @@ def stale() -> list[str]:
         if spec is None or spec.origin is None:
             continue
         built = Path(spec.origin)
-        source = built.with_name(name.rsplit(".", 1)[1] + ".py")
+        source = built.with_name(built.name.split(".", 1)[0] + ".py")   # or __init__.py
         if (isinstance(spec.loader, importlib.machinery.ExtensionFileLoader)
                 and source.exists() and source.stat().st_mtime > built.stat().st_mtime):
             out.append(name)
