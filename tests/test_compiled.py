@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from meshgate import _compiled
+from tests.support.gateway import Gateway, proxy_config, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,3 +47,22 @@ def test_a_source_edited_after_the_build_is_reported() -> None:
     finally:
         os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert name not in _compiled.stale()
+
+
+@pytest.mark.skipif(not _compiled.compiled(), reason="pure-Python build")
+def test_a_worker_started_on_a_stale_build_says_so(tmp_path: Path) -> None:
+    name = "meshgate.protocol.batch"          # imported by every worker
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.origin is not None
+    built = Path(spec.origin)
+    source = built.with_name("batch.py")
+    before = source.stat()
+    gateway = None
+    try:
+        os.utime(source, (before.st_atime, built.stat().st_mtime + 60))
+        gateway = Gateway(tmp_path, proxy_config("http://127.0.0.1:9"))
+        wait_until(lambda: f"{name} was edited after it was compiled" in gateway.log())
+    finally:
+        os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
+        if gateway is not None:
+            gateway.stop()

@@ -33,6 +33,15 @@ def files_under(path: Path) -> set[Path]:
     return set(path.rglob("*")) if path.exists() else set()
 
 
+def refused(directory: Path) -> list[str]:
+    """``meshgate validate`` exits 2 without a traceback; its non-empty lines."""
+    result = meshgate("validate", str(directory))
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "Traceback" not in output
+    return [ln for ln in output.splitlines() if ln.strip()]
+
+
 def auth_gateway(policies: list[Any]) -> dict[str, Any]:
     config = proxy_config("http://127.0.0.1:9", policies=policies)
     config["http"] = {"port": 8080}
@@ -42,12 +51,8 @@ def auth_gateway(policies: list[Any]) -> dict[str, Any]:
 def test_a_policy_that_does_not_build_is_named(tmp_path: Path) -> None:
     config = auth_gateway([{"jwt": [{"action": {"secretOrPublicKeyFile": "keys/missing.pem"}}]}])
     directory = write(tmp_path / "cfg", config)
-    result = meshgate("validate", str(directory))
-    output = result.stdout + result.stderr
-    assert result.returncode == 2, output
-    assert "Traceback" not in output
-    lines = [ln for ln in output.splitlines() if ln.strip()]
-    assert len(lines) == 1, output
+    lines = refused(directory)
+    assert len(lines) == 1, lines
     gateway_file = directory / "gateway.config.yml"
     text = gateway_file.read_text()
     line = line_of(text, "secretOrPublicKeyFile") - 1      # its ``- action:``
@@ -66,12 +71,8 @@ def test_every_failure_gets_a_line_and_system_keys_count(tmp_path: Path) -> None
         {"jwt": [{"action": {"secretOrPublicKeyFile": "gone.pem"}}]}]}
     system = {"accessTokens": {"tokenType": "jwt", "secretOrPrivateKeyFile": "signing.pem"}}
     directory = write(tmp_path / "cfg", config, system)
-    result = meshgate("validate", str(directory))
-    output = result.stdout + result.stderr
-    assert result.returncode == 2, output
-    assert "Traceback" not in output
-    lines = [ln for ln in output.splitlines() if ln.strip()]
-    assert len(lines) == 3, output
+    lines = refused(directory)
+    assert len(lines) == 3, lines
     assert "pipeline 'main', policy 'oauth2'" in lines[0] and "signing.pem" in lines[0]
     assert "pipelines.main.policies[0].oauth2" in lines[0]
     assert "pipeline 'main', policy 'jwt'" in lines[1] and "nope.pem" in lines[1]

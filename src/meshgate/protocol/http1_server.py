@@ -318,6 +318,7 @@ class H1Server(asyncio.Protocol):
         self._finish(ex)
 
     def send_queued(self) -> None:
+        """Write what ``_out`` holds (the batch's call, or anyone's who must send now)."""
         self._queued = False
         out = self._out
         if out and not self._closing and self.transport is not None:
@@ -325,12 +326,9 @@ class H1Server(asyncio.Protocol):
             out.clear()
 
     def flush(self, ex: Exchange) -> None:
-        out = self._out
-        if out and self.transport is not None:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-            out.clear()
-            if self._write_paused and ex.source is not None:
-                ex.source.pause_producing()
+        self.send_queued()
+        if self._write_paused and ex.source is not None:
+            ex.source.pause_producing()
 
     def respond(self, ex: Exchange, status: int, body: bytes,
                 headers: Headers | None = None) -> None:
