@@ -40,9 +40,12 @@ COMPILED = [
     "meshgate/upstream/balancer/random.py",
     "meshgate/upstream/balancer/ring_hash.py",
     "meshgate/upstream/balancer/round_robin.py",
-    # what key-auth, basic-auth, jwt and rate-limit share per request
+    # authentication and rate limiting per request
     "meshgate/policies/_auth.py",
     "meshgate/policies/_counters.py",
+    "meshgate/policies/_credential_auth.py",
+    "meshgate/policies/_limiter.py",
+    "meshgate/store/cache.py",
 ]
 
 if sys.argv[1:] == ["--print-compiled"]:       # for the Makefile's dependencies

@@ -25,12 +25,15 @@ import pytest
 
 from meshgate.config.system import SystemConfig
 from meshgate.policies import BuildContext
-from meshgate.policies.basic_auth import BasicAuth, BasicAuthParams
+from meshgate.policies.basic_auth import BasicAuthParams
+from meshgate.policies.basic_auth import build as basic_auth
 from meshgate.policies.jwt_auth import JwtAuth, JwtParams
-from meshgate.policies.key_auth import KeyAuth, KeyAuthParams
+from meshgate.policies.key_auth import KeyAuthParams
+from meshgate.policies.key_auth import build as key_auth
 from meshgate.policies.oauth2 import OAuth2, OAuth2Params
 from meshgate.protocol.exchange import Exchange
 from meshgate.store import open_store_for
+from meshgate.store.cache import VerifyCache
 from tests.conftest import Backend
 from tests.support.gateway import Gateway, proxy_config
 
@@ -331,9 +334,9 @@ def test_cached_answers_create_no_coroutine(tmp_path: Path) -> None:
         await store.refresh()
         signed = jwt.encode({"sub": jwt_cred["keyId"]}, "k" * 32, algorithm="HS256")
         cases: list[tuple[Callable[[Exchange], Any], str, str]] = [
-            (KeyAuth(KeyAuthParams.model_validate({}), ctx),
+            (key_auth(KeyAuthParams.model_validate({}), ctx),
              f"apiKey {key['keyId']}:{key['keySecret']}", user["id"]),
-            (BasicAuth(BasicAuthParams.model_validate({}), ctx),
+            (basic_auth(BasicAuthParams.model_validate({}), ctx),
              basic("hot", "pw")["authorization"], user["id"]),
             (JwtAuth(JwtParams.model_validate({"secretOrPublicKey": "k" * 32}), ctx),
              f"Bearer {signed}", user["id"]),
@@ -350,23 +353,21 @@ def test_cached_answers_create_no_coroutine(tmp_path: Path) -> None:
             assert ex.vars is not None and ex.vars["consumer"]["id"] == who
             assert (b"eg-consumer-id", who.encode()) in ex.headers
             assert responder.sent == []
-        key_auth = cases[0][0]
+        by_key = cases[0][0]
         ex, responder = _exchange([(b"authorization", b"apiKey nobody:nothing")])
-        outcome = key_auth(ex)
+        outcome = by_key(ex)
         if inspect.isawaitable(outcome):
             outcome = await outcome
         assert outcome is True and responder.sent[0][0] == 401
         ex, responder = _exchange([(b"authorization", b"apiKey nobody:nothing")])
-        assert key_auth(ex) is True              # the refusal is cached too
+        assert by_key(ex) is True                # the refusal is cached too
         await store.close()
     asyncio.run(scenario())
 
 
 def test_store_failure_answers_503_even_with_pass_through(tmp_path: Path) -> None:
     class Broken:
-        def cached_verify(self, *args: Any) -> Any:
-            from meshgate.store import MISS
-            return MISS
+        cache = VerifyCache()                    # never fresh: every look-up misses
 
         async def verify(self, *args: Any) -> Any:
             raise ConnectionError("redis is down")
@@ -375,10 +376,54 @@ def test_store_failure_answers_503_even_with_pass_through(tmp_path: Path) -> Non
         ctx = _context(tmp_path)
         ctx.services.get("store", Broken)
         for pass_through in (False, True):
-            policy = KeyAuth(KeyAuthParams.model_validate({"passThrough": pass_through}), ctx)
+            policy = key_auth(KeyAuthParams.model_validate({"passThrough": pass_through}), ctx)
             ex, responder = _exchange([(b"authorization", b"apiKey a:b")])
             outcome = policy(ex)
             assert inspect.isawaitable(outcome)
             assert await outcome is True
             assert responder.sent[0][0] == 503
+    asyncio.run(scenario())
+
+
+def test_a_header_seen_before_follows_the_cache_rules(tmp_path: Path) -> None:
+    """The policy's memo of admitted header values obeys revocation and staleness."""
+    async def scenario() -> None:
+        ctx = _context(tmp_path)
+        store = ctx.services.get("store", lambda: open_store_for(ctx.system, tmp_path))
+        user = await store.create_user({"username": "seen", "firstname": "S", "lastname": "N"})
+        key = await store.create_credential(user["id"], "key-auth", {})
+        await store.refresh()
+        policy = key_auth(KeyAuthParams.model_validate({}), ctx)
+        header = (b"authorization", f"apiKey {key['keyId']}:{key['keySecret']}".encode())
+
+        async def outcome(sent: tuple[bytes, bytes]) -> tuple[Any, bool, _Responder]:
+            ex, responder = _exchange([sent])
+            result = policy(ex)
+            waited = inspect.isawaitable(result)
+            return (await result if waited else result), waited, responder
+
+        assert (await outcome(header))[:2] == (None, True)      # the store is read
+        assert (await outcome(header))[:2] == (None, False)     # the cache answers
+        assert len(policy.seen) == 1                           # type: ignore[attr-defined]
+        assert (await outcome(header))[:2] == (None, False)     # the memo answers
+        # Same key id, another secret: not the header seen, so the store says no.
+        wrong = (b"authorization", f"apiKey {key['keyId']}:nope".encode())
+        assert (await outcome(wrong))[0] is True
+
+        # A change to the store (here: this process's write) invalidates the memo.
+        await store.set_credential_status("key-auth", key["keyId"], False)
+        result, waited, responder = await outcome(header)
+        assert (result, waited, responder.sent[0][0]) == (True, True, 401)
+
+        # A cache the poller has not refreshed lately is not trusted either.
+        await store.set_credential_status("key-auth", key["keyId"], True)
+        await store.refresh()
+        for _ in range(10):                                   # until answered from memory
+            if not (await outcome(header))[1]:
+                break
+            await store.refresh()
+        assert (await outcome(header))[:2] == (None, False)
+        store.cache.fresh_until = 0.0
+        assert (await outcome(header))[:2] == (None, True)
+        await store.close()
     asyncio.run(scenario())

@@ -28,6 +28,7 @@ import yaml
 
 from meshgate.config.loader import load_config
 from meshgate.store import MISS, open_store
+from meshgate.store.cache import VerifyCache
 from tests.support.gateway import Gateway, proxy_config, wait_until
 
 
@@ -184,6 +185,7 @@ READER = textwrap.dedent("""\
     import asyncio, sys, time
     from meshgate.config.loader import load_config
     from meshgate.store import MISS, open_store
+from meshgate.store.cache import VerifyCache
 
     async def main(directory, key_id, secret):
         store = open_store(load_config(directory))
@@ -255,3 +257,21 @@ def test_cached_answers_are_synchronous_and_flushed_by_writes(tmp_path: Path) ->
         finally:
             await store.close()
     asyncio.run(run())
+
+
+def test_verify_cache_is_bounded_oldest_first() -> None:
+    cache = VerifyCache(size=2, proofs=2)
+    cache.fresh()
+    for name in ("a", "b", "c"):
+        cache.put(cache.generation, name, name)
+    assert cache.get("a") is MISS and cache.get("b") == "b" and cache.get("c") == "c"
+    cache.put(cache.generation, "b", "b2")            # re-put: newest again
+    cache.put(cache.generation, "d", "d")
+    assert cache.get("c") is MISS and cache.get("b") == "b2"
+    for stored in ("h1", "h2", "h3"):
+        cache.prove(stored, b"x")
+    assert not cache.proven("h1", b"x") and cache.proven("h3", b"x")
+    generation = cache.generation
+    assert cache.live(generation)
+    cache.flush()
+    assert not cache.live(generation) and cache.get("d") is MISS

@@ -40,6 +40,9 @@ MODULES = (
     "meshgate.upstream.balancer.round_robin",
     "meshgate.policies._auth",
     "meshgate.policies._counters",
+    "meshgate.policies._credential_auth",
+    "meshgate.policies._limiter",
+    "meshgate.store.cache",
 )
 
 

@@ -100,6 +100,17 @@ class Memo:
         self.size = size
         self.items: dict[Hashable, tuple[object, Identity]] = {}
 
+    def credential(self, cred: Credential) -> Identity:
+        """The Identity of a store Credential (``get`` without a closure per call)."""
+        entry = self.items.get(id(cred))
+        if entry is not None and entry[0] is cred:
+            return entry[1]
+        made = of_credential(cred)
+        if len(self.items) >= self.size:
+            self.items.clear()
+        self.items[id(cred)] = (cred, made)
+        return made
+
     def get(self, source: object, make: Callable[[], Identity],
             extra: Hashable = None) -> Identity:
         key = id(source) if extra is None else (id(source), extra)

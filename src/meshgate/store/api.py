@@ -20,6 +20,9 @@ families of methods:
           ...  # 401
       ...      # hit.consumer, hit.scopes
 
+The compiled key-auth and basic-auth policies read ``cache`` directly
+(``cache.get(verify_key(...))``, the body of ``cached_verify``).
+
 Revocation and deactivation reach every process's cache within one second.
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from meshgate.store.cache import VerifyCache
 from meshgate.store.model import Consumer, Credential, Token
 
 Doc = dict[str, Any]
@@ -35,6 +39,8 @@ Doc = dict[str, Any]
 
 class Store(Protocol):
     # -- auth (hot path) -------------------------------------------------------
+    cache: VerifyCache
+
     def cached_verify(self, type_: str, key_id: str, secret: str) -> Any: ...
 
     async def verify(self, type_: str, key_id: str, secret: str) -> Credential | None: ...

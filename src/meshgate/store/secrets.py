@@ -79,11 +79,6 @@ def token_digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
-def memo_key(secret: str) -> bytes:
-    """What the verification cache keeps instead of the secret itself."""
-    return hashlib.blake2b(secret.encode("utf-8"), digest_size=20).digest()
-
-
 class Sealer:
     """Reversible encryption of the secrets that must stay readable (JWT)."""
 

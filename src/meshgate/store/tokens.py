@@ -28,10 +28,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from meshgate.store.backend import Delete, Doc, Op, Put
-from meshgate.store.cache import MISS
+from meshgate.store.cache import MISS, token_key
 from meshgate.store.core import TOKENS, StoreCore
 from meshgate.store.model import TOKEN_KINDS, Invalid, Token, eg_now, now_ms
-from meshgate.store.secrets import memo_key, new_token_part, token_digest
+from meshgate.store.secrets import new_token_part, token_digest
 
 
 def _token(doc: Doc) -> Token:
@@ -88,11 +88,11 @@ class TokensMixin(StoreCore):
 
     def cached_verify_token(self, presented: str, kind: str = "access_token") -> Any:
         """Sync fast path of ``verify_token``: a Token, None, or ``MISS``."""
-        return self.cache.get(("t", kind, memo_key(presented)))
+        return self.cache.get(token_key(kind, presented))
 
     async def verify_token(self, presented: str, kind: str = "access_token") -> Token | None:
         """The live token if ``presented`` is its ``id|secret`` and its consumer is active."""
-        key = ("t", kind, memo_key(presented))
+        key = token_key(kind, presented)
         hit = self.cache.get(key)
         if hit is not MISS:
             return hit

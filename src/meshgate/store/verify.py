@@ -26,37 +26,36 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from meshgate.store.cache import MISS
+from meshgate.store.cache import MISS, lookup_key, verify_key
 from meshgate.store.core import CREDS, StoreCore
 from meshgate.store.credentials import HIDDEN, cred_key
 from meshgate.store.model import MULTI_TYPES, PASSWORD_KEY, Consumer, Credential
-from meshgate.store.secrets import memo_key, verify_hash
+from meshgate.store.secrets import verify_hash
 
 
 class VerifyMixin(StoreCore):
     def cached_verify(self, type_: str, key_id: str, secret: str) -> Any:
         """Sync fast path of ``verify``: a Credential, None, or ``MISS``."""
-        return self.cache.get(("v", type_, key_id, memo_key(secret)))
+        return self.cache.get(verify_key(type_, key_id, secret))
 
     async def verify(self, type_: str, key_id: str, secret: str) -> Credential | None:
-        digest = memo_key(secret)
-        key = ("v", type_, key_id, digest)
+        key = verify_key(type_, key_id, secret)
         hit = self.cache.get(key)
         if hit is not MISS:
             return hit
         self._ensure_poller()
         generation = self.cache.generation
-        answer = await self._verify(type_, key_id, secret, digest)
+        answer = await self._verify(type_, key_id, secret, key[3])
         self.cache.put(generation, key, answer)
         return answer
 
     def cached_lookup(self, type_: str, key_id: str) -> Any:
         """Sync fast path of ``lookup``: a Credential, None, or ``MISS``."""
-        return self.cache.get(("l", type_, key_id))
+        return self.cache.get(lookup_key(type_, key_id))
 
     async def lookup(self, type_: str, key_id: str) -> Credential | None:
         """The active credential of an active consumer, the secret unchecked."""
-        key = ("l", type_, key_id)
+        key = lookup_key(type_, key_id)
         hit = self.cache.get(key)
         if hit is not MISS:
             return hit
