@@ -1,5 +1,6 @@
-"""The oauth2 policy: its authorization server (/oauth2/token, /oauth2/authorize) and
-Bearer protection, with opaque store tokens and with JWT access tokens."""
+"""The oauth2 policy: its authorization server (/oauth2/token, /oauth2/authorize with its
+sign-in and consent pages) and Bearer protection, with opaque store tokens and with JWT
+access tokens."""
 
 from __future__ import annotations
 
@@ -55,6 +56,18 @@ def token_call(gw: Gateway, data: dict[str, str], auth: tuple[str, str] | None =
 
 def bearer(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
+
+
+def consent(gw: Gateway, query: dict[str, str], headers: dict[str, str],
+            cancel: bool = False) -> httpx.Response:
+    """Ask for authorization as a signed-in user, and answer the consent dialog."""
+    r = httpx.get(gw.url + "/oauth2/authorize", params=query, headers=headers, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html"), r.text
+    decision = {"transaction_id": r.headers["transaction_id"]}
+    if cancel:
+        decision["cancel"] = "Deny"
+    return httpx.post(gw.url + "/oauth2/authorize/decision", data=decision, headers=headers,
+                      timeout=30)
 
 
 def test_client_credentials_end_to_end(gw: Gateway, admin: Admin,
@@ -161,12 +174,12 @@ def test_authorization_code_and_implicit_grants(gw: Gateway, admin: Admin,
     login = basic(user["username"], "pw-2")
     query = {"response_type": "code", "client_id": client["id"], "redirect_uri": REDIRECT,
              "scope": "orders", "state": "xyz"}
-    r = httpx.get(gw.url + "/oauth2/authorize", params=query)
+    r = httpx.get(gw.url + "/oauth2/authorize", params=query, headers=basic("nobody", "x"))
     assert r.status_code == 401 and r.headers["www-authenticate"] == 'Basic realm="Users"'
     r = httpx.get(gw.url + "/oauth2/authorize", params={**query, "redirect_uri": "https://evil"},
                   headers=login)
     assert r.status_code == 403 and r.json()["error"] == "unauthorized_client"
-    r = httpx.get(gw.url + "/oauth2/authorize", params=query, headers=login)
+    r = consent(gw, query, login)
     assert r.status_code == 302, r.text
     location = urlsplit(r.headers["location"])
     assert f"{location.scheme}://{location.netloc}{location.path}" == REDIRECT
@@ -185,8 +198,7 @@ def test_authorization_code_and_implicit_grants(gw: Gateway, admin: Admin,
     again = token_call(gw, exchange, auth)          # a code is good for one use
     assert again.status_code == 403 and again.json()["error"] == "invalid_grant"
     # implicit: the token comes back in the fragment
-    r = httpx.get(gw.url + "/oauth2/authorize", headers=login,
-                  params={"response_type": "token", "client_id": client["id"]})
+    r = consent(gw, {"response_type": "token", "client_id": client["id"]}, login)
     assert r.status_code == 302
     fragment = {k: v[0] for k, v in parse_qs(urlsplit(r.headers["location"]).fragment).items()}
     assert fragment["token_type"] == "Bearer"
@@ -195,6 +207,75 @@ def test_authorization_code_and_implicit_grants(gw: Gateway, admin: Admin,
     r = httpx.get(gw.url + "/oauth2/authorize", headers=login,
                   params={"response_type": "bogus", "client_id": client["id"]})
     assert r.status_code == 501
+
+
+def test_browser_signs_in_consents_and_signs_out(gw: Gateway, admin: Admin,
+                                                 client: dict[str, Any]) -> None:
+    """EG's pages: /login, the consent dialog, its decision, /logout; a session cookie."""
+    user = admin.user()
+    admin.credential(user["id"], "basic-auth", password="pw-3")
+    query = {"response_type": "code", "client_id": client["id"], "redirect_uri": REDIRECT,
+             "scope": "orders", "state": "s1"}
+    with httpx.Client(base_url=gw.url, timeout=30) as browser:
+        r = browser.get("/oauth2/authorize", params=query)
+        assert r.status_code == 302 and r.headers["location"].startswith("/login?returnTo=")
+        form_page = browser.get(r.headers["location"])
+        assert form_page.status_code == 200 and 'action="/login"' in form_page.text
+        back = parse_qs(urlsplit(r.headers["location"]).query)["returnTo"][0]
+        assert back.startswith("/oauth2/authorize?") and f'value="{back.replace("&", "&amp;")}"' \
+            in form_page.text
+        r = browser.post("/login", data={"username": user["username"], "password": "nope",
+                                         "returnTo": back})
+        assert r.status_code == 302 and "error=1" in r.headers["location"]
+        assert "Invalid username or password" in browser.get(r.headers["location"]).text
+        assert not browser.cookies
+        r = browser.post("/login", data={"username": user["username"], "password": "pw-3",
+                                         "returnTo": back})
+        assert r.status_code == 302 and r.headers["location"] == back
+        cookie = r.headers["set-cookie"]
+        assert cookie.startswith("meshgate.sid=") and "HttpOnly" in cookie \
+            and "SameSite=Lax" in cookie
+        dialog = browser.get(back)
+        assert dialog.status_code == 200 and "orders" in dialog.text
+        assert dialog.headers["x-frame-options"] == "DENY"
+        transaction = dialog.headers["transaction_id"]
+        assert f'value="{transaction}"' in dialog.text
+        # Deny, then allow: the client gets access_denied, then a code.
+        r = browser.post("/oauth2/authorize/decision",
+                         data={"transaction_id": transaction, "cancel": "Deny"})
+        denied = parse_qs(urlsplit(r.headers["location"]).query)
+        assert r.status_code == 302 and denied == {"error": ["access_denied"], "state": ["s1"]}
+        r = browser.post("/oauth2/authorize/decision", data={"transaction_id": transaction})
+        code = parse_qs(urlsplit(r.headers["location"]).query)["code"][0]
+        exchange = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT}
+        tokens = token_call(gw, exchange, (client["id"], client["secret"])).json()
+        assert httpx.get(gw.url + "/echo", headers=bearer(tokens["access_token"])
+                         ).status_code == 200
+        # A transaction is the signed-in user's own, and cannot be forged.
+        forged = transaction[:-2] + ("AA" if not transaction.endswith("AA") else "BB")
+        r = browser.post("/oauth2/authorize/decision", data={"transaction_id": forged})
+        assert r.status_code == 400 and r.json()["error"] == "invalid_request"
+        other = admin.user()
+        admin.credential(other["id"], "basic-auth", password="pw-4")
+        r = httpx.post(gw.url + "/oauth2/authorize/decision", headers=basic(
+            other["username"], "pw-4"), data={"transaction_id": transaction})
+        assert r.status_code == 400
+        r = httpx.post(gw.url + "/oauth2/authorize/decision", data={"transaction_id": transaction})
+        assert r.status_code == 403 and r.json()["error"] == "access_denied"
+        # Sign-out: the cookie goes; returnTo must stay on the gateway or be the client's.
+        r = browser.get("/logout", params={"returnTo": "https://evil.example/"})
+        assert r.status_code == 400
+        r = browser.get("/logout", params={"returnTo": REDIRECT, "clientId": client["id"]})
+        assert r.status_code == 302 and r.headers["location"] == REDIRECT
+        assert "Max-Age=0" in r.headers["set-cookie"] and not browser.cookies
+        assert browser.get("/oauth2/authorize", params=query).status_code == 302
+        # Nor does sign-in redirect anywhere but here.
+        r = browser.post("/login", data={"username": user["username"], "password": "pw-3",
+                                         "returnTo": "//evil.example/x"})
+        assert r.headers["location"] == "/"
+        # Deactivating the user's credential ends the session within a second.
+        admin.set_status("basic-auth", user["id"], False)
+        eventually(lambda: browser.get("/oauth2/authorize", params=query).status_code == 302)
 
 
 # -- JWT access tokens ---------------------------------------------------------------------

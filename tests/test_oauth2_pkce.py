@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import Backend
 from tests.support.gateway import Gateway
 from tests.test_auth_key import Admin, auth_config, basic
-from tests.test_auth_oauth2 import REDIRECT, bearer, token_call
+from tests.test_auth_oauth2 import REDIRECT, bearer, consent, token_call
 
 
 def s256(verifier: str) -> str:
@@ -72,14 +72,16 @@ class Party:
         admin.credential(user["id"], "basic-auth", password="pw")
         self.login = basic(user["username"], "pw")
 
+    def query(self, **extra: str) -> dict[str, str]:
+        return {"response_type": "code", "client_id": self.client_id,
+                "redirect_uri": REDIRECT, "scope": "orders", **extra}
+
     def authorize(self, **extra: str) -> httpx.Response:
-        query = {"response_type": "code", "client_id": self.client_id,
-                 "redirect_uri": REDIRECT, "scope": "orders", **extra}
-        return httpx.get(self.gw.url + "/oauth2/authorize", params=query, headers=self.login,
-                         timeout=30)
+        return httpx.get(self.gw.url + "/oauth2/authorize", params=self.query(**extra),
+                         headers=self.login, timeout=30)
 
     def code(self, **extra: str) -> str:
-        r = self.authorize(**extra)
+        r = consent(self.gw, self.query(**extra), self.login)
         assert r.status_code == 302, r.text
         return parse_qs(urlsplit(r.headers["location"]).query)["code"][0]
 

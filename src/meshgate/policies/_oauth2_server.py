@@ -1,4 +1,4 @@
-"""The built-in OAuth2 authorization server of the oauth2 policy: /oauth2/token, /authorize.
+"""The built-in OAuth2 authorization server of the oauth2 policy: the token endpoint.
 
 Theory of operation
 -------------------
@@ -22,14 +22,9 @@ answers and status codes:
   token_type: "Bearer"}`` with ``Cache-Control: no-store``; errors are
   ``{error, error_description}`` with oauth2orize's statuses
   (invalid_request 400, invalid_grant 403, unsupported_grant_type 501).
-* ``GET /oauth2/authorize`` -- ``response_type`` ``code`` or ``token``
-  (implicit), ``client_id``, ``redirect_uri`` (default, and must equal, the
-  client's registered ``redirectUri``), ``scope``, ``state``. EG logged the
-  user in through a session, a login form and a consent dialog; meshgate
-  authenticates the user by HTTP Basic on this request (basic-auth
-  credential; a browser shows its login prompt on the 401) and treats that
-  as consent, then redirects (302) with ``code`` (query) or the token
-  (fragment).
+* ``GET /oauth2/authorize`` and the pages around it (sign-in, consent,
+  sign-out) are ``_oauth2_authorize``'s; it shares this module's errors,
+  body reader and ``guard``.
 
 PKCE (RFC 7636, ``_pkce``): a code request may carry ``code_challenge`` and
 ``code_challenge_method`` (``S256``, or ``plain`` by default; else
@@ -61,7 +56,7 @@ import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from meshgate.policies._auth import REALM, basic_credentials, query_param
-from meshgate.policies._pkce import challenge_props, verifier_error
+from meshgate.policies._pkce import verifier_error
 from meshgate.policies.jwt_auth import read_key_material
 from meshgate.store.model import now_ms
 
@@ -78,7 +73,7 @@ _JSON: Headers = [(b"content-type", b"application/json; charset=utf-8"),
 _CLIENT_CHALLENGE: Headers = [(b"www-authenticate", f'Basic realm="{REALM}"'.encode())]
 _STATUS = {"invalid_request": 400, "invalid_client": 401, "invalid_grant": 403,
            "unauthorized_client": 403, "unsupported_grant_type": 501, "invalid_scope": 400,
-           "unsupported_response_type": 501}
+           "unsupported_response_type": 501, "access_denied": 403}
 
 
 class OAuthError(Exception):
@@ -153,40 +148,21 @@ class Minter:
 
 
 class AuthorizationServer:
-    def __init__(self, store: Any, minter: Minter, gate: Gate,
-                 require_pkce: bool = False) -> None:
+    """The token endpoint; ``_oauth2_authorize.Authorization`` is the authorization one."""
+
+    def __init__(self, store: Any, minter: Minter, gate: Gate) -> None:
         self.store = store
         self.minter = minter
         self.gate = gate                 # for 503s when the store fails
-        self.require_pkce = require_pkce
 
     def route(self, ex: Exchange) -> Awaitable[bool | None] | bool | None:
-        """Handle ``/oauth2/token`` and ``/oauth2/authorize``; None for other paths."""
-        path = ex.path_only.rstrip(b"/")
-        if path == b"/oauth2/token":
-            if ex.method != b"POST":
-                ex.respond(405, b"Method Not Allowed", [(b"allow", b"POST")])
-                return True
-            return self._guard(ex, self._token(ex))
-        if path == b"/oauth2/authorize":
-            if ex.method not in (b"GET", b"HEAD"):
-                ex.respond(405, b"Method Not Allowed", [(b"allow", b"GET")])
-                return True
-            return self._guard(ex, self._authorize(ex))
-        return None
-
-    async def _guard(self, ex: Exchange, work: Awaitable[None]) -> bool:
-        try:
-            await work
-        except OAuthError as err:
-            _json(ex, err.status, {"error": err.code, "error_description": str(err)})
-        except BodyError as err:
-            if not ex.done:
-                ex.keep_alive = False
-                ex.respond(err.status, err.message)
-        except Exception as exc:          # the store cannot answer
-            self.gate.unavailable(ex, exc)
-        return True
+        """Handle ``/oauth2/token``; None for other paths."""
+        if ex.path_only.rstrip(b"/") != b"/oauth2/token":
+            return None
+        if ex.method != b"POST":
+            ex.respond(405, b"Method Not Allowed", [(b"allow", b"POST")])
+            return True
+        return guard(ex, self._token(ex), self.gate)
 
     # -- POST /oauth2/token ---------------------------------------------------------
     async def _token(self, ex: Exchange) -> None:
@@ -275,60 +251,23 @@ class AuthorizationServer:
         return await self.minter.grant(client_id, list(token.scopes) or None, props,
                                        refresh=False)
 
-    # -- GET /oauth2/authorize ------------------------------------------------------
-    async def _authorize(self, ex: Exchange) -> None:
-        query = dict(parse_qsl(ex.path.partition(b"?")[2].decode("latin-1")))
-        kind, client_id = query.get("response_type"), query.get("client_id")
-        if kind not in ("code", "token"):
-            raise OAuthError("unsupported_response_type", f"Unsupported response type: {kind}")
-        if not client_id:
-            raise OAuthError("invalid_request", "Missing required parameter: client_id")
-        pkce = self._challenge(query) if kind == "code" else {}
-        pair = basic_credentials(ex.header(b"authorization"))
-        user = await self.store.verify("basic-auth", *pair) if pair else None
-        if user is None:
-            if not ex.done:
-                ex.respond(401, b"Unauthorized", _CLIENT_CHALLENGE)
-            return
-        client = await self.store.lookup("oauth2", client_id)
-        consumer = client.consumer if client is not None else None
-        registered = consumer.doc.get("redirectUri") if consumer is not None else None
-        redirect = query.get("redirect_uri") or registered
-        scopes = query["scope"].split() if query.get("scope") else None
-        if (client is None or not registered or redirect != registered
-                or (scopes and not set(scopes) <= set(client.scopes))):
-            raise OAuthError("unauthorized_client", "Unauthorized client")
-        state = {"state": query["state"]} if "state" in query else {}
-        if kind == "code":
-            props = {"authenticatedUserId": user.consumer_id, **pkce}
-            if query.get("redirect_uri"):
-                props["redirectUri"] = redirect
-            _, code = await self.store.issue_token("authorization_code", client.consumer_id,
-                                                   ttl_ms=self.minter.code_ttl,
-                                                   scopes=scopes, props=props)
-            location = _join(redirect, "?", {"code": code, **state})
-        else:
-            props = {"grant": "implicit", "authenticatedUserId": user.consumer_id}
-            body = await self.minter.grant(client.consumer_id, scopes, props, refresh=False)
-            location = _join(redirect, "#", {**body, **state})
+
+async def guard(ex: Exchange, work: Awaitable[None], gate: Gate) -> bool:
+    """Run an endpoint; its OAuth errors, bad bodies and store failures become answers."""
+    try:
+        await work
+    except OAuthError as err:
+        _json(ex, err.status, {"error": err.code, "error_description": str(err)})
+    except BodyError as err:
         if not ex.done:
-            ex.respond(302, b"", [(b"location", location.encode("latin-1", "replace"))])
+            ex.keep_alive = False
+            ex.respond(err.status, err.message)
+    except Exception as exc:          # the store cannot answer
+        gate.unavailable(ex, exc)
+    return True
 
 
-    def _challenge(self, query: dict[str, str]) -> dict[str, str]:
-        """The PKCE props a code request asks to keep with its code (RFC 7636 4.3)."""
-        try:
-            props = challenge_props(query.get("code_challenge"),
-                                    query.get("code_challenge_method"))
-        except ValueError as exc:
-            raise OAuthError("invalid_request", str(exc)) from None
-        if not props and self.require_pkce:
-            raise OAuthError("invalid_request",
-                             "Missing required parameter: code_challenge (PKCE is required)")
-        return props
-
-
-def _join(uri: str, sep: str, params: dict[str, Any]) -> str:
+def join(uri: str, sep: str, params: dict[str, Any]) -> str:
     if sep == "?" and "?" in uri:
         sep = "&"
     return f"{uri}{sep}{urlencode(params)}"

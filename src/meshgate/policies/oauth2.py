@@ -4,13 +4,14 @@ Theory of operation
 -------------------
 One policy, two jobs, as in EG:
 
-* **Authorization server.** ``POST /oauth2/token`` and ``GET
-  /oauth2/authorize`` are answered by the policy itself (see
-  ``_oauth2_server``). As in EG they are served on every host, ahead of the
-  apiEndpoints: the policy offers ``/oauth2/*`` as a ``gateway_routes``
-  entry, which the Snapshot turns into a route (the first oauth2 step of
-  the config serves it). A pipeline whose own apiEndpoint matches
-  ``/oauth2/*`` answers them too.
+* **Authorization server.** ``POST /oauth2/token`` (``_oauth2_server``),
+  and ``GET /oauth2/authorize`` with EG's sign-in form (``/login``),
+  consent dialog (``POST /oauth2/authorize/decision``) and ``/logout``
+  (``_oauth2_authorize``), are answered by the policy itself. As in EG they
+  are served on every host, ahead of the apiEndpoints: the policy offers
+  them as ``gateway_routes``, which the Snapshot turns into routes (the
+  first oauth2 step of the config serves them). A pipeline whose own
+  apiEndpoint matches ``/oauth2/*`` answers those too.
 * **Protection.** Any other request must carry ``Authorization: Bearer
   <token>`` (or ``?access_token=``). With opaque tokens
   (``accessTokens.tokenType: opaque``, the default) the token must be a
@@ -57,7 +58,9 @@ from meshgate.policies._auth import (
     identity,
     shared_store,
 )
+from meshgate.policies._oauth2_authorize import Authorization
 from meshgate.policies._oauth2_server import AuthorizationServer, Minter
+from meshgate.policies._oauth2_session import Sessions
 from meshgate.policies.jwt_auth import JwtAuth, JwtParams, verify_key
 from meshgate.store import MISS
 
@@ -86,8 +89,13 @@ class OAuth2:
                          f'Bearer realm="{REALM}", error="invalid_token"',
                          strip=b"authorization")
         minter = Minter(ctx, self.store)
-        self.server = AuthorizationServer(self.store, minter, self.gate, params.requirePkce)
-        self.gateway_routes = [("/oauth2/*", self.server.route)]
+        self.server = AuthorizationServer(self.store, minter, self.gate)
+        sessions = Sessions(ctx.system.session, ctx.system.crypto.cipherKey)
+        self.authorization = Authorization(self.store, minter, self.gate, sessions,
+                                           params.requirePkce)
+        self.gateway_routes = [("/oauth2/*", self._serve),
+                               ("/login", self.authorization.login_route),
+                               ("/logout", self.authorization.logout_route)]
         self.memo = Memo()
         self.jwt: JwtAuth | None = None
         if minter.jwt:
@@ -95,7 +103,7 @@ class OAuth2:
 
     def __call__(self, ex: Exchange) -> bool | Awaitable[bool | None] | None:
         if ex.path.startswith(_PREFIX):
-            answered = self.server.route(ex)
+            answered = self._serve(ex)
             if answered is not None:
                 return answered
         if self.jwt is not None:
@@ -117,6 +125,11 @@ class OAuth2:
             if found is None:
                 return self.gate.deny(ex, presented=True)
         return self.gate.admit(ex, self._identity(hit))
+
+    def _serve(self, ex: Exchange) -> bool | Awaitable[bool | None] | None:
+        """The authorization server's ``/oauth2/*`` endpoints; None for other paths."""
+        answered = self.server.route(ex)
+        return answered if answered is not None else self.authorization.route(ex)
 
     def _identity(self, token: Token) -> Identity:
         def make() -> Identity:
