@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -250,6 +251,24 @@ def test_redis_down_falls_back_to_local_counters(backend: Backend,
                          system=redis_system("unused", port=free_port()))
     assert [get(gw).status_code for _ in range(4)] == [200, 200, 429, 429]
     assert "Redis unavailable" in gw.log()
+
+
+def test_a_redis_that_never_answers_costs_one_timeout(backend: Backend,
+                                                      gateway_factory: Any) -> None:
+    """Connections are accepted (the kernel's backlog) but never served: the first
+    request waits for one 1 s socket timeout -- not redis-py's default ten retries --
+    then the process counts locally."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    try:
+        gw = gateway_factory(limited(backend.url, max=2),
+                             system=redis_system("unused", port=silent.getsockname()[1]))
+        codes = [httpx.get(gw.url, timeout=4).status_code for _ in range(4)]
+        assert codes == [200, 200, 429, 429]
+        assert "Redis unavailable" in gw.log()
+    finally:
+        silent.close()
 
 
 def test_emulated_redis_keeps_local_counters(backend: Backend, gateway_factory: Any) -> None:

@@ -32,7 +32,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import WatchError
 
 from meshgate.store.backend import Clash, Delete, Doc, Op, Put
@@ -42,13 +45,22 @@ RETRIES = 50
 
 def client_from_config(cfg: Any, timeout: float = 5,
                        decode_responses: bool = True) -> aioredis.Redis:
-    """A redis.asyncio client from a ``db.redis`` section (ioredis-style options)."""
+    """A redis.asyncio client from a ``db.redis`` section (ioredis-style options).
+
+    A command that fails on a broken connection is tried once more on a new
+    one (a pooled connection Redis closed); a timeout is not retried. A
+    request waiting on Redis therefore waits ``timeout`` at most once, where
+    redis-py's default (ten retries with backoff) would hold it for minutes.
+    """
     extra = getattr(cfg, "model_extra", None) or {}
     options: dict[str, Any] = {"db": cfg.db, "password": cfg.password,
                                "username": extra.get("username"),
                                "decode_responses": decode_responses,
                                "socket_connect_timeout": timeout, "socket_timeout": timeout,
-                               "health_check_interval": 30}
+                               "health_check_interval": 30,
+                               "retry": Retry(NoBackoff(), 1,
+                                              supported_errors=(RedisConnectionError,)),
+                               "retry_on_timeout": False}
     tls = cfg.tls
     if tls is not None:
         options.update(ssl=True, ssl_certfile=tls.certFile, ssl_keyfile=tls.keyFile,
