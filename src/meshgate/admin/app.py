@@ -12,9 +12,12 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import uvicorn
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
 from meshgate.admin import config_api, consumers
 from meshgate.server.embed import EmbeddedServer
@@ -38,12 +41,14 @@ class Supervisor(Protocol):
 def create_admin_app(master: Supervisor) -> FastAPI:
     app = FastAPI(title="meshgate Admin API", version="1")
 
-    @app.get("/ready")
+    @app.get("/ready", responses={503: {"description": "A worker is not listening yet"}})
     async def ready() -> JSONResponse:
         ok = master.is_ready()
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses={200: {
+        "description": "Prometheus text exposition",
+        "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
     async def metrics() -> Response:
         data = await master.collect_metrics()
         registry = CollectorRegistry(auto_describe=False)
@@ -56,8 +61,26 @@ def create_admin_app(master: Supervisor) -> FastAPI:
         worker's view (outlier ejections, requests in flight, responses, errors)."""
         return JSONResponse(await master.collect_clusters())
 
+    routes: list[BaseRoute] = list(app.router.routes)
     for module in (consumers, config_api):
-        app.include_router(module.router(master))
+        router = module.router(master)
+        routes += router.routes
+        app.include_router(router)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """Starlette's answer, but a 405 lists every method of the path (RFC 9110
+        15.5.6): each method is a route of its own, and Starlette names only one."""
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code != 405:
+            return await http_exception_handler(request, exc)
+        methods: set[str] = set()
+        for route in routes:
+            if route.matches(request.scope)[0] != Match.NONE:
+                methods |= getattr(route, "methods", None) or set()
+        return JSONResponse({"error": "Method Not Allowed"}, status_code=405,
+                            headers={"Allow": ", ".join(sorted(methods))})
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
     return app
 
 

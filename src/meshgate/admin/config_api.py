@@ -62,6 +62,7 @@ from meshgate.admin.config_file import (
     set_entry,
     write_atomic,
 )
+from meshgate.admin.openapi import ENTRY, doc
 from meshgate.config.loader import ConfigError, load_system_file, parse_gateway
 
 # URL prefix -> (config section, noun used in messages)
@@ -179,11 +180,12 @@ def _guarded(handler: Handler) -> Handler:
 
 
 def _add(api: APIRouter, path: str, handler: Handler, method: str,
-         trailing_slash: bool = False) -> None:
+         trailing_slash: bool = False, **documented: Any) -> None:
     guarded = _guarded(handler)
-    api.add_api_route(path, guarded, methods=[method])
+    api.add_api_route(path, guarded, methods=[method], **documented)
     if trailing_slash:      # EG's own client lists with a trailing slash
-        api.add_api_route(path + "/", guarded, methods=[method], include_in_schema=False)
+        api.add_api_route(path + "/", guarded, methods=[method], include_in_schema=False,
+                          **documented)
 
 
 def _mount_section(api: APIRouter, editor: ConfigEditor, prefix: str) -> None:
@@ -225,10 +227,13 @@ def _mount_section(api: APIRouter, editor: ConfigEditor, prefix: str) -> None:
         await editor.change(edit)
         return Response(status_code=204)
 
-    _add(api, f"/{prefix}", list_all, "GET", trailing_slash=True)
-    _add(api, f"/{prefix}/{{name}}", get_one, "GET")
-    _add(api, f"/{prefix}/{{name}}", put_one, "PUT")
-    _add(api, f"/{prefix}/{{name}}", delete_one, "DELETE")
+    _add(api, f"/{prefix}", list_all, "GET", trailing_slash=True, **doc(200))
+    _add(api, f"/{prefix}/{{name}}", get_one, "GET", **doc(200, [404]))
+    # 201 created, 204 replaced: documented as 201 with 204 beside it
+    put = doc(201, [400, 422], body=ENTRY, empty=True)
+    put["responses"][204] = {"description": "Replaced"}
+    _add(api, f"/{prefix}/{{name}}", put_one, "PUT", **put)
+    _add(api, f"/{prefix}/{{name}}", delete_one, "DELETE", **doc(204, [404, 422]))
 
 
 def _mount_policies(api: APIRouter, editor: ConfigEditor) -> None:
@@ -245,9 +250,9 @@ def _mount_policies(api: APIRouter, editor: ConfigEditor) -> None:
         await editor.change(lambda doc: remove_item(doc, "policies", name))
         return Response(status_code=204)
 
-    _add(api, "/policies", list_all, "GET", trailing_slash=True)
-    _add(api, "/policies/{name}", put_one, "PUT")
-    _add(api, "/policies/{name}", delete_one, "DELETE")
+    _add(api, "/policies", list_all, "GET", trailing_slash=True, **doc(200))
+    _add(api, "/policies/{name}", put_one, "PUT", **doc(200, [422]))
+    _add(api, "/policies/{name}", delete_one, "DELETE", **doc(204, [422]))
 
 
 def _mount_schemas(api: APIRouter) -> None:
@@ -261,8 +266,8 @@ def _mount_schemas(api: APIRouter) -> None:
                                 " a name or an $id")
         return JSONResponse(found)
 
-    _add(api, "/schemas", list_all, "GET", trailing_slash=True)
-    _add(api, "/schemas/{param:path}", find, "GET")
+    _add(api, "/schemas", list_all, "GET", trailing_slash=True, **doc(200))
+    _add(api, "/schemas/{param:path}", find, "GET", **doc(200, [404]))
 
 
 def router(master: Any) -> APIRouter:

@@ -27,16 +27,32 @@ import json
 import logging
 import sqlite3
 from collections.abc import Callable, Coroutine
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from redis.exceptions import RedisError
 
+from meshgate.admin.openapi import (
+    CREDENTIAL,
+    OBJECT,
+    SCOPES,
+    STATUS,
+    credential_type,
+    doc,
+    model_body,
+)
 from meshgate.store import Conflict, Invalid, NotFound, Store, StoreError, open_store
+from meshgate.store.model import (
+    DEFAULT_APP_MODEL,
+    DEFAULT_USER_MODEL,
+    PropertyModel,
+)
 
 log = logging.getLogger("meshgate.admin")
+CredentialType = Annotated[str, credential_type()]
 
 
 class BadBody(Exception):
@@ -126,12 +142,14 @@ def router(master: Any) -> APIRouter:
             return fn
         return register
 
-    _users(route, store)
-    _apps(route, store)
+    directory = getattr(getattr(master, "config", None), "directory", None)
+    folder = Path(directory) if directory is not None else None
+    _users(route, store, PropertyModel.load(folder, "users.json", DEFAULT_USER_MODEL))
+    _apps(route, store, PropertyModel.load(folder, "applications.json", DEFAULT_APP_MODEL))
     _credentials(route, store)
     _scopes(route, store)
 
-    @route("DELETE", "/tokens/{token}")
+    @route("DELETE", "/tokens/{token}", **doc(200, text_errors=[404]))
     async def revoke_token(token: str) -> Response:
         if not await store().revoke_token(token):
             raise NotFound(f"token not found: {token}")
@@ -141,50 +159,66 @@ def router(master: Any) -> APIRouter:
 
 
 Route = Callable[..., Callable[[Any], Any]]
+
+
+def _page(noun: str) -> dict[str, Any]:
+    return {"type": "object", "properties": {noun: {"type": "array", "items": OBJECT},
+                                             "nextKey": {"type": "integer"}}}
 Opener = Callable[[], Store]
 
 
-def _users(route: Route, store: Opener) -> None:
-    @route("GET", "/users")
+def _users(route: Route, store: Opener, model: PropertyModel) -> None:
+    @route("GET", "/users", **doc(200, [422], ok_schema=_page("users")))
     async def list_users(request: Request) -> Response:
         start, count = page_of(request)
         users, next_key = await store().list_users(start, count)
         return JSONResponse({"users": users, "nextKey": next_key})
 
-    @route("POST", "/users")
+    @route("POST", "/users", **doc(200, [400, 422], text_errors=[409],
+                                   body=model_body(model, creating=True)))
     async def create_user(request: Request) -> Response:
         return JSONResponse(await store().create_user(await body_of(request)))
 
-    @route("GET", "/users/{ref}")
+    @route("GET", "/users/{ref}", **doc(200, text_errors=[404]))
     async def get_user(ref: str) -> Response:
         user = await store().find_user(ref)
         if user is None:
             raise NotFound(f"User not found: {ref}")
         return JSONResponse(user)
 
-    @route("PUT", "/users/{ref}")
+    # The username cannot change: a new one is ignored, as EG did.
+    ignored = {"username": {"description": "Ignored: a username cannot change"}}
+
+    @route("PUT", "/users/{ref}", **doc(200, [400, 422], text_errors=[404],
+                                        body=model_body(model, creating=False, extra=ignored),
+                                        body_required=False))
     async def update_user(ref: str, request: Request) -> Response:
         return JSONResponse(await store().update_user(ref, await body_of(request)))
 
-    @route("DELETE", "/users/{ref}")
+    @route("DELETE", "/users/{ref}", **doc(204, text_errors=[404]))
     async def delete_user(ref: str) -> Response:
         await store().remove_user(ref)
         return Response(status_code=204)
 
-    @route("PUT", "/users/{ref}/status")
+    @route("PUT", "/users/{ref}/status", **doc(200, [400, 422], text_errors=[404],
+                                               body=STATUS))
     async def user_status(ref: str, request: Request) -> Response:
         active = status_of(await body_of(request))
         return JSONResponse({"status": await store().set_user_status(ref, active)})
 
 
-def _apps(route: Route, store: Opener) -> None:
-    @route("GET", "/apps")
+def _apps(route: Route, store: Opener, model: PropertyModel) -> None:
+    owner = {"userId": {"type": "string", "minLength": 1,
+                        "description": "The owner's id or username"}}
+
+    @route("GET", "/apps", **doc(200, [422], ok_schema=_page("apps")))
     async def list_apps(request: Request) -> Response:
         start, count = page_of(request)
         apps, next_key = await store().list_apps(start, count)
         return JSONResponse({"apps": apps, "nextKey": next_key})
 
-    @route("POST", "/apps")
+    @route("POST", "/apps", **doc(200, [400, 422], text_errors=[404, 409], body=model_body(
+        model, creating=True, extra=owner, required=["userId"])))
     async def create_app(request: Request) -> Response:
         body = await body_of(request)
         owner = body.pop("userId", None)
@@ -192,34 +226,38 @@ def _apps(route: Route, store: Opener) -> None:
             raise Invalid("userId is required (the owner's id or username)")
         return JSONResponse(await store().create_app(body, owner))
 
-    @route("GET", "/apps/{ref}")
+    @route("GET", "/apps/{ref}", **doc(200, text_errors=[404, 409]))
     async def get_app(ref: str) -> Response:
         app = await store().find_app(ref)
         if app is None:
             raise NotFound(f"Application not found: {ref}")
         return JSONResponse(app)
 
-    @route("PUT", "/apps/{ref}")
+    @route("PUT", "/apps/{ref}", **doc(200, [400, 422], text_errors=[404, 409],
+                                       body=model_body(model, creating=False),
+                                        body_required=False))
     async def update_app(ref: str, request: Request) -> Response:
         return JSONResponse(await store().update_app(ref, await body_of(request)))
 
-    @route("DELETE", "/apps/{ref}")
+    @route("DELETE", "/apps/{ref}", **doc(204, text_errors=[404, 409]))
     async def delete_app(ref: str) -> Response:
         await store().remove_app(ref)
         return Response(status_code=204)
 
-    @route("PUT", "/apps/{ref}/status")
+    @route("PUT", "/apps/{ref}/status", **doc(200, [400, 422], text_errors=[404, 409],
+                                              body=STATUS))
     async def app_status(ref: str, request: Request) -> Response:
         active = status_of(await body_of(request))
         return JSONResponse({"status": await store().set_app_status(ref, active)})
 
 
 def _credentials(route: Route, store: Opener) -> None:
-    @route("GET", "/credentials")
+    @route("GET", "/credentials", **doc(200))
     async def all_credentials() -> Response:
         return JSONResponse({"credentials": await store().all_credentials()})
 
-    @route("POST", "/credentials")
+    @route("POST", "/credentials", **doc(200, [400, 422], text_errors=[404, 409],
+                                         body=CREDENTIAL))
     async def create_credential(request: Request) -> Response:
         body = await body_of(request)
         consumer = text_field(body, "consumerId")
@@ -229,54 +267,59 @@ def _credentials(route: Route, store: Opener) -> None:
         return JSONResponse(await store().create_credential(consumer, body.get("type"),
                                                             details))
 
-    @route("GET", "/credentials/{type_}/{id_}")
-    async def get_credential(type_: str, id_: str) -> Response:
+    @route("GET", "/credentials/{type_}/{id_}", **doc(200, [422], text_errors=[404]))
+    async def get_credential(type_: CredentialType, id_: str) -> Response:
         credential = await store().get_credential(type_, id_)
         if credential is None:
             raise NotFound(f"No credential found with id: {id_}")
         return JSONResponse(credential)
 
-    @route("DELETE", "/credentials/{type_}/{id_}")
-    async def delete_credential(type_: str, id_: str) -> Response:
+    @route("DELETE", "/credentials/{type_}/{id_}", **doc(204, [422], text_errors=[404]))
+    async def delete_credential(type_: CredentialType, id_: str) -> Response:
         if not await store().remove_credential(type_, id_):
             raise NotFound(f"No credential found with id: {id_}")
         return Response(status_code=204)
 
-    @route("PUT", "/credentials/{type_}/{id_}/status")
-    async def credential_status(type_: str, id_: str, request: Request) -> Response:
+    @route("PUT", "/credentials/{type_}/{id_}/status",
+           **doc(200, [400, 422], text_errors=[404, 409], body=STATUS))
+    async def credential_status(type_: CredentialType, id_: str, request: Request) -> Response:
         active = status_of(await body_of(request))
         return JSONResponse({"status": await store().set_credential_status(type_, id_, active)})
 
-    @route("PUT", "/credentials/{type_}/{id_}/scopes/{scope}")
-    async def add_scope(type_: str, id_: str, scope: str) -> Response:
+    @route("PUT", "/credentials/{type_}/{id_}/scopes/{scope}",
+           **doc(204, [422], text_errors=[404]))
+    async def add_scope(type_: CredentialType, id_: str, scope: str) -> Response:
         await store().add_credential_scopes(type_, id_, [scope])
         return Response(status_code=204)
 
-    @route("DELETE", "/credentials/{type_}/{id_}/scopes/{scope}")
-    async def remove_scope(type_: str, id_: str, scope: str) -> Response:
+    @route("DELETE", "/credentials/{type_}/{id_}/scopes/{scope}",
+           **doc(204, [422], text_errors=[404]))
+    async def remove_scope(type_: CredentialType, id_: str, scope: str) -> Response:
         await store().remove_credential_scopes(type_, id_, [scope])
         return Response(status_code=204)
 
-    @route("PUT", "/credentials/{type_}/{id_}/scopes")
-    async def set_scopes(type_: str, id_: str, request: Request) -> Response:
+    @route("PUT", "/credentials/{type_}/{id_}/scopes",
+           **doc(204, [400, 422], text_errors=[404], body=SCOPES))
+    async def set_scopes(type_: CredentialType, id_: str, request: Request) -> Response:
         body = await body_of(request)
         if "scopes" not in body:
             raise Invalid("scopes is required (a list of scope names)")
         await store().set_credential_scopes(type_, id_, body["scopes"])
         return Response(status_code=204)
 
-    @route("GET", "/credentials/{consumer}")
+    @route("GET", "/credentials/{consumer}", **doc(200, text_errors=[404, 409]))
     async def consumer_credentials(consumer: str) -> Response:
         return JSONResponse({"credentials": await store().list_credentials(consumer)})
 
 
 def _scopes(route: Route, store: Opener) -> None:
-    @route("GET", "/scopes")
+    @route("GET", "/scopes", **doc(200))
     async def list_scopes() -> Response:
         scopes = await store().list_scopes()
         return JSONResponse({"scopes": scopes or None})     # EG said null for none
 
-    @route("POST", "/scopes")
+    @route("POST", "/scopes", **doc(201, [400, 422], text_errors=[409], body=SCOPES,
+                                    empty=True))
     async def create_scopes(request: Request) -> Response:
         body = await body_of(request)
         if "scopes" not in body:
@@ -284,18 +327,18 @@ def _scopes(route: Route, store: Opener) -> None:
         await store().create_scopes(body["scopes"])
         return Response(status_code=201)
 
-    @route("GET", "/scopes/{scope}")
+    @route("GET", "/scopes/{scope}", **doc(200, text_errors=[404]))
     async def get_scope(scope: str) -> Response:
         if not await store().has_scope(scope):
             raise NotFound(f"scope not found: {scope}")
         return JSONResponse({"scope": scope})
 
-    @route("PUT", "/scopes/{scope}")
+    @route("PUT", "/scopes/{scope}", **doc(201, [422], text_errors=[409], empty=True))
     async def put_scope(scope: str) -> Response:
         await store().create_scopes([scope])
         return Response(status_code=201)
 
-    @route("DELETE", "/scopes/{scope}")
+    @route("DELETE", "/scopes/{scope}", **doc(204, text_errors=[404]))
     async def delete_scope(scope: str) -> Response:
         if not await store().remove_scope(scope):
             raise NotFound(f"scope not found: {scope}")
