@@ -18,6 +18,7 @@ COMPILED = [
     "meshgate/protocol/batch.py",
     "meshgate/protocol/exchange.py",
     "meshgate/protocol/h1_head.py",
+    "meshgate/protocol/h1_response.py",
     "meshgate/protocol/hop.py",
     "meshgate/protocol/http1_client.py",
     "meshgate/protocol/http1_server.py",

@@ -17,6 +17,7 @@ MODULES = (
     "meshgate.protocol.batch",
     "meshgate.protocol.exchange",
     "meshgate.protocol.h1_head",
+    "meshgate.protocol.h1_response",
     "meshgate.protocol.hop",
     "meshgate.protocol.http1_client",
     "meshgate.protocol.http1_server",

@@ -15,9 +15,33 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 if TYPE_CHECKING:
-    from meshgate.protocol.exchange import Exchange
+    from meshgate.protocol.exchange import Exchange, Headers
 
 VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"0.9"}
+
+
+def resolve(url: bytes, host: bytes, headers: Headers, version: bytes, method: bytes,
+            bad: bytes) -> tuple[bytes, bytes, Headers, bytes]:
+    """(target, Host, headers, why refused or b"") of a parsed head.
+
+    An absolute-form target becomes origin-form and its authority the Host
+    (replacing the header); HTTP/1.1 without a Host, a bad target and
+    CONNECT are refused. ``bad`` is a refusal the parser callbacks found.
+    """
+    if url[:1] != b"/":
+        try:
+            url, target_host = absolute_form(url, host)
+        except httptools.HttpParserInvalidURLError:
+            url, target_host, bad = b"/", host, b"Bad Request: invalid request target\n"
+        if target_host != host:        # RFC 9112 3.2.2: the target's authority wins over Host
+            headers = [h for h in headers if h[0] != b"host"]
+            headers.append((b"host", target_host))
+            host = target_host
+    if not host and version == b"1.1" and not bad:
+        bad = b"Bad Request: missing Host header\n"
+    if method == b"CONNECT":
+        bad = b"Bad Request: CONNECT is not supported\n"
+    return url, host, headers, bad
 
 
 def absolute_form(url: bytes, host: bytes) -> tuple[bytes, bytes]:

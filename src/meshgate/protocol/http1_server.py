@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING
 import httptools
 
 from meshgate.protocol.exchange import Exchange, Headers, ResponseSource
-from meshgate.protocol.h1_head import VERSIONS, Refusal, absolute_form, host_only
-from meshgate.protocol.hop import merge_extra, render_block
-from meshgate.protocol.status import reason
+from meshgate.protocol.h1_head import VERSIONS, Refusal, host_only, resolve
+from meshgate.protocol.h1_response import chunk, last_chunk, plain_headers, response_head
+from meshgate.protocol.hop import render_block
 
 if TYPE_CHECKING:
     from meshgate.server.context import WorkerContext
@@ -43,7 +43,6 @@ log = logging.getLogger("meshgate.http1")
 
 IDLE, HEAD, BUSY = 0, 1, 2
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_STATUS_LINES = {s: b"HTTP/1.1 %d %s\r\n" % (s, reason(s)) for s in range(100, 600)}
 
 
 class _HeadTooLarge(Exception):
@@ -197,20 +196,9 @@ class H1Server(asyncio.Protocol):
         self._expect = False
         self._bad_head = b""
         version = VERSIONS.get(parser.get_http_version()) or b"1.0"
-        if url[:1] != b"/":
-            try:
-                url, target_host = absolute_form(url, host)
-            except httptools.HttpParserInvalidURLError:
-                url, target_host, bad = b"/", host, b"Bad Request: invalid request target\n"
-            if target_host != host:    # RFC 9112 3.2.2: the target's authority wins over Host
-                headers = [h for h in headers if h[0] != b"host"]
-                headers.append((b"host", target_host))
-                host = target_host
-        if not host and version == b"1.1" and not bad:
-            bad = b"Bad Request: missing Host header\n"
         method = parser.get_method()
-        if method == b"CONNECT":
-            bad = b"Bad Request: CONNECT is not supported\n"
+        if url[:1] != b"/" or not host or bad or method == b"CONNECT":
+            url, host, headers, bad = resolve(url, host, headers, version, method, bad)
         authority = host.lower()
         if b":" in authority:
             authority = host_only(authority)
@@ -277,41 +265,16 @@ class H1Server(asyncio.Protocol):
     def start_response_raw(self, ex: Exchange, status: int, block: bytes,
                            has_body: bool, length: int | None) -> None:
         """``block``: header lines as sent (Content-Length included when known)."""
-        ex.status = status
-        extra = ex.response_headers_extra
-        if extra is not None:
-            block = merge_extra(block, extra)
-        head = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, reason(status)),
-                block]
-        chunked = False
-        if length is None and has_body:
-            if ex.http_version == b"1.1":
-                chunked = True
-                head.append(b"transfer-encoding: chunked\r\n")
-            else:
-                ex.keep_alive = False
-        if (not ex.keep_alive or self.ctx.draining
-                or (ex.body_expected and not ex.body_done and ex.body_sink is None)):
-            ex.keep_alive = False
-            head.append(b"connection: close\r\n\r\n")
-        else:
-            head.append(b"\r\n")
-        self._chunked = chunked
-        self._out.append(b"".join(head))
+        head, self._chunked = response_head(ex, status, block, has_body, length,
+                                            self.ctx.draining)
+        self._out.append(head)
 
     def send_data(self, ex: Exchange, data: bytes) -> None:
-        if self._chunked:
-            self._out.append(b"%x\r\n%s\r\n" % (len(data), data))
-        else:
-            self._out.append(data)
+        self._out.append(chunk(data) if self._chunked else data)
 
     def end_response(self, ex: Exchange, trailers: Headers | None) -> None:
         if self._chunked:
-            if trailers:
-                tail = b"".join(b"%s: %s\r\n" % kv for kv in trailers)
-                self._out.append(b"0\r\n" + tail + b"\r\n")
-            else:
-                self._out.append(b"0\r\n\r\n")
+            self._out.append(last_chunk(trailers))
         if not self._queued:               # sent with the rest of this pass's writes
             self._queued = True
             self.ctx.batch.add(self)
@@ -337,9 +300,7 @@ class H1Server(asyncio.Protocol):
         if ex.status:                 # a response already started: only closing is left
             self._close()
             return
-        base: Headers = [(b"date", self.ctx.date), (b"content-type", b"text/plain; charset=utf-8")]
-        if headers:
-            base = [h for h in base if not any(h[0] == k for k, _ in headers)] + headers
+        base = plain_headers(self.ctx.date, headers)
         has_body = ex.method != b"HEAD" and status not in (204, 304) and status >= 200
         length = len(body) if status not in (204, 304) else None
         self.start_response(ex, status, base, False, length)
