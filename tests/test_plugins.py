@@ -30,3 +30,22 @@ def test_get_imports_the_named_module_only_then_falls_back_to_the_package() -> N
     assert "meshgate.policies.oauth2" not in out["loaded"]
     assert out["jwt"] and out["negate"] and out["missing"]
     assert out["all"] >= 15
+
+
+_WORKER_START = """
+import json, sys
+from meshgate import _compiled
+from meshgate.policies import POLICIES
+POLICIES.get("proxy")
+_compiled.stale()                  # what a worker does at start
+print(json.dumps(sorted(m for m in sys.modules
+                        if m.startswith(("meshgate.store", "cryptography")))))
+"""
+
+
+def test_a_proxy_only_worker_loads_no_consumer_store() -> None:
+    """Neither the stale-build check nor the proxy pulls in the store (and cryptography):
+    a worker's memory is what its config uses."""
+    done = subprocess.run([sys.executable, "-c", _WORKER_START], capture_output=True,
+                          text=True, check=True, timeout=60)
+    assert json.loads(done.stdout) == []

@@ -9,7 +9,6 @@ developer never measures or debugs yesterday's code unawares.
 from __future__ import annotations
 
 import importlib.machinery
-import importlib.util
 from pathlib import Path
 
 # Kept in step with COMPILED in setup.py (tests/test_compiled.py checks).
@@ -47,26 +46,39 @@ MODULES = (
 )
 
 
+_ROOT = Path(__file__).parent
+
+
+def _files(name: str) -> tuple[Path | None, Path]:
+    """(the built extension if there is one, the source) of module ``name``.
+
+    Found on disk next to the package, not through ``find_spec``, which
+    would import the parent packages (``meshgate.store`` pulls in the whole
+    consumer store) into a worker that never uses them.
+    """
+    parts = name.split(".")[1:]
+    folder = _ROOT.joinpath(*parts[:-1]) if parts else _ROOT
+    stem = parts[-1] if parts else "__init__"
+    if (folder / stem).is_dir():                    # a package: its __init__
+        folder, stem = folder / stem, "__init__"
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        built = folder / f"{stem}{suffix}"
+        if built.exists():
+            return built, folder / f"{stem}.py"
+    return None, folder / f"{stem}.py"
+
+
 def compiled() -> list[str]:
     """The modules that import as extension modules."""
-    out = []
-    for name in MODULES:
-        spec = importlib.util.find_spec(name)
-        if spec is not None and isinstance(spec.loader, importlib.machinery.ExtensionFileLoader):
-            out.append(name)
-    return out
+    return [name for name in MODULES if _files(name)[0] is not None]
 
 
 def stale() -> list[str]:
     """Compiled modules whose source was edited after they were built."""
     out = []
     for name in MODULES:
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            continue
-        built = Path(spec.origin)
-        source = built.with_name(built.name.split(".", 1)[0] + ".py")   # or __init__.py
-        if (isinstance(spec.loader, importlib.machinery.ExtensionFileLoader)
-                and source.exists() and source.stat().st_mtime > built.stat().st_mtime):
+        built, source = _files(name)
+        if (built is not None and source.exists()
+                and source.stat().st_mtime > built.stat().st_mtime):
             out.append(name)
     return out
