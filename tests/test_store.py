@@ -185,7 +185,6 @@ READER = textwrap.dedent("""\
     import asyncio, sys, time
     from meshgate.config.loader import load_config
     from meshgate.store import MISS, open_store
-from meshgate.store.cache import VerifyCache
 
     async def main(directory, key_id, secret):
         store = open_store(load_config(directory))

@@ -59,8 +59,7 @@ def client_from_config(cfg: Any, timeout: float = 5,
                                "socket_connect_timeout": timeout, "socket_timeout": timeout,
                                "health_check_interval": 30,
                                "retry": Retry(NoBackoff(), 1,
-                                              supported_errors=(RedisConnectionError,)),
-                               "retry_on_timeout": False}
+                                              supported_errors=(RedisConnectionError,))}
     tls = cfg.tls
     if tls is not None:
         options.update(ssl=True, ssl_certfile=tls.certFile, ssl_keyfile=tls.keyFile,
