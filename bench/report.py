@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,9 +70,27 @@ def _row(r: Result) -> str:
             f"| {r.other_cpu_pct:.0f}% |")
 
 
+def typical(rounds: list[list[Result]]) -> list[Result]:
+    """Per target, its run with the median req/s (the lower middle of an even count)."""
+    out: list[Result] = []
+    for first in rounds[0]:
+        runs = [r for done in rounds for r in done if r.key == first.key]
+        ok = sorted((r for r in runs if r.status == "ok"), key=lambda r: r.rps)
+        out.append(ok[(len(ok) - 1) // 2] if ok else runs[-1])
+    return out
+
+
+def median_ratios(per_round: list[dict[str, str]]) -> dict[str, str]:
+    """Each ratio's median over the rounds that could compute it."""
+    out: dict[str, str] = {}
+    for name in per_round[0]:
+        values = sorted(float(r[name]) for r in per_round if r.get(name, "n/a") != "n/a")
+        out[name] = f"{statistics.median(values):.2f}" if values else "n/a"
+    return out
+
+
 def markdown(results: list[Result], load: str, warmup: float, facts: dict[str, str],
-             tool_versions: dict[str, str]) -> str:
-    by_key = {r.key: r for r in results}
+             tool_versions: dict[str, str], per_round: list[dict[str, str]]) -> str:
     noisy = [r.label for r in results if r.status == "ok" and r.other_cpu_pct > NOISY_PCT]
     warning = [f"**Warning:** other processes used over {NOISY_PCT:.0f}% of a core during: "
                f"{', '.join(noisy)}; rerun on an idle machine before quoting these rows.", ""]
@@ -83,15 +102,15 @@ def markdown(results: list[Result], load: str, warmup: float, facts: dict[str, s
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *(_row(r) for r in results),
         "",
+        *([f"{len(per_round)} rounds: each row is the target's median run."]
+          if len(per_round) > 1 else []),
         *(warning if noisy else []),
         "CPU µs/req counts all of the target's processes (not the backend's); peak RSS is the "
         "largest VmHWM among them (for meshgate, the master holding the Admin API; the "
         "worker's own peak in brackets); errors are non-2xx responses plus socket errors; other "
         "load is CPU used meanwhile by processes outside the benchmark, in % of one core.",
         "",
-        "| ratio | value |",
-        "| --- | ---: |",
-        *(f"| {name} | {value} |" for name, value in ratios(by_key).items()),
+        *_ratio_table(per_round),
         "",
         "| machine | |",
         "| --- | --- |",
@@ -99,3 +118,16 @@ def markdown(results: list[Result], load: str, warmup: float, facts: dict[str, s
         *(f"| {k} | {v} |" for k, v in tool_versions.items()),
     ]
     return "\n".join(lines)
+
+
+def _ratio_table(per_round: list[dict[str, str]]) -> list[str]:
+    """One column per round, and their median when there are several."""
+    if len(per_round) == 1:
+        return ["| ratio | value |", "| --- | ---: |",
+                *(f"| {name} | {value} |" for name, value in per_round[0].items())]
+    medians = median_ratios(per_round)
+    rounds = " | ".join(f"round {n + 1}" for n in range(len(per_round)))
+    return [f"| ratio (within each round) | {rounds} | median |",
+            "| --- |" + " ---: |" * (len(per_round) + 1),
+            *(f"| {name} | " + " | ".join(r[name] for r in per_round) + f" | {medians[name]} |"
+              for name in medians)]
