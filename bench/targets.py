@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import getpass
 import grp
 import os
@@ -152,13 +153,40 @@ def meshgate_auth(work: Path, backend_port: int, redis: bool) -> Target:
     system: dict[str, Any] = {"db": {"redis": {"emulate": True}}}
     if redis:
         system = {"db": {"redis": {"host": "127.0.0.1", "port": 6379,
-                                   "namespace": f"meshgate-bench-{os.getpid()}"}}}
+                                   "namespace": _redis_namespace()}}}
     _dump(config_dir / "system.config.yml", system)
     argv = [str(meshgate_bin()), "run", str(config_dir), "--workers", "1"]
     env = dict(os.environ, MESHGATE_DATA_DIR=str(config_dir / "data"))
     admin_url = f"http://127.0.0.1:{admin}"
     return Target(key, label, argv, port, env=env, ready_timeout=60.0,
                   admin_url=f"{admin_url}/ready", setup=lambda t: _create_key(t, admin_url))
+
+
+def _redis_namespace() -> str:
+    """A fresh namespace in the shared Redis, emptied when the benchmark exits."""
+    import redis
+
+    namespace = f"meshgate-bench-{os.getpid()}-{len(_NAMESPACES)}"
+    if not _NAMESPACES:       # the client is made now: at exit it could not register itself
+        atexit.register(_drop_namespaces, redis.Redis(host="127.0.0.1", port=6379,
+                                                      socket_timeout=5))
+    _NAMESPACES.append(namespace)
+    return namespace
+
+
+_NAMESPACES: list[str] = []
+
+
+def _drop_namespaces(client: Any) -> None:
+    import redis
+
+    try:
+        for namespace in _NAMESPACES:
+            keys = list(client.scan_iter(f"{namespace}:*", count=1000))
+            if keys:
+                client.delete(*keys)
+    except redis.RedisError as exc:
+        print(f"could not remove the benchmark's Redis keys: {exc}", file=sys.stderr)
 
 
 def _create_key(target: Target, admin_url: str) -> None:
