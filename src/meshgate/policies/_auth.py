@@ -40,7 +40,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote_plus
 
 from meshgate.store import open_store_for
@@ -52,10 +52,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshgate.auth")
 
-CONSUMER_HEADER = b"eg-consumer-id"
+CONSUMER_HEADER: Final = b"eg-consumer-id"
 REALM = "Users"                       # passport-http's default realm, which EG kept
-_ANONYMOUS: Headers = [(CONSUMER_HEADER, b"anonymous")]
-_MEMO_SIZE = 8192
+_ANONYMOUS: Final[Headers] = [(CONSUMER_HEADER, b"anonymous")]
+_MEMO_SIZE: Final = 8192
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ compile) and build these classes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from meshgate.policies._auth import Gate, Identity, Memo, basic_credentials, query_param
 from meshgate.store.cache import MISS, VerifyCache, digest, verify_key
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from meshgate.policies import Outcome
     from meshgate.protocol.exchange import Exchange
 
-_SEEN_SIZE = 4096
+_SEEN_SIZE: Final = 4096
 
 
 class CredentialAuth:

@@ -13,7 +13,7 @@ Compiled with mypyc (see setup.py): keep it fully typed.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from meshgate.protocol.hop import HOP_BY_HOP
 from meshgate.upstream.call import Call, request_ids
@@ -26,9 +26,9 @@ if TYPE_CHECKING:
 
 
 # Client headers we never copy verbatim: hop-by-hop, and the ones we rewrite.
-_SPECIAL = HOP_BY_HOP | {b"host", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
+_SPECIAL: Final = HOP_BY_HOP | {b"host", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
                          b"x-forwarded-host", b"eg-request-id"}
-_ID_PREFIX = b"%x" % (os.getpid() ^ int.from_bytes(os.urandom(4), "big"))
+_ID_PREFIX: Final = b"%x" % (os.getpid() ^ int.from_bytes(os.urandom(4), "big"))
 
 
 def _merged_options(action: ProxyParams, endpoint_options: dict[str, Any]) -> dict[str, Any]:
@@ -149,7 +149,7 @@ class Forward:
         return path
 
 
-_XFWD = (b"host: %s\r\nx-forwarded-for: %s\r\nx-forwarded-proto: %s\r\n"
+_XFWD: Final = (b"host: %s\r\nx-forwarded-for: %s\r\nx-forwarded-proto: %s\r\n"
          b"x-forwarded-host: %s\r\n")
 
 

@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from meshgate.gateway.template import compile_template
 from meshgate.policies._counters import (
@@ -34,10 +34,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshgate.rate_limit")
 DEFAULT_MESSAGE = "Too many requests, please try again later."
-_BLOCKED_MAX = 10000
-REDIS_RETRY = 1.0          # seconds on local counters after a Redis failure
-_STANDARD = (b"ratelimit-limit", b"ratelimit-remaining", b"ratelimit-reset")
-_LEGACY = (b"x-ratelimit-limit", b"x-ratelimit-remaining", b"x-ratelimit-reset")
+_BLOCKED_MAX: Final = 10000
+REDIS_RETRY: Final = 1.0          # seconds on local counters after a Redis failure
+_STANDARD: Final = (b"ratelimit-limit", b"ratelimit-remaining", b"ratelimit-reset")
+_LEGACY: Final = (b"x-ratelimit-limit", b"x-ratelimit-remaining", b"x-ratelimit-reset")
 
 
 def _client_ip(ex: Exchange) -> str:

@@ -10,14 +10,14 @@ pipeline.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
 if TYPE_CHECKING:
     from meshgate.protocol.exchange import Exchange, Headers
 
-VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"0.9"}
+VERSIONS: Final = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"0.9"}
 
 
 def resolve(url: bytes, host: bytes, headers: Headers, version: bytes, method: bytes,

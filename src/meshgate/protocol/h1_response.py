@@ -16,7 +16,7 @@ end of a chunked body with its trailers.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from meshgate.protocol.hop import merge_extra
 from meshgate.protocol.status import reason
@@ -24,8 +24,8 @@ from meshgate.protocol.status import reason
 if TYPE_CHECKING:
     from meshgate.protocol.exchange import Exchange, Headers
 
-_STATUS_LINES = {s: b"HTTP/1.1 %d %s\r\n" % (s, reason(s)) for s in range(100, 600)}
-_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
+_STATUS_LINES: Final = {s: b"HTTP/1.1 %d %s\r\n" % (s, reason(s)) for s in range(100, 600)}
+_PLAIN: Final = (b"content-type", b"text/plain; charset=utf-8")
 
 
 def response_head(ex: Exchange, status: int, block: bytes, has_body: bool,

@@ -5,10 +5,11 @@ upstream's lines of the same name. Both work on raw header blocks."""
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from meshgate.protocol.exchange import Headers
 
-HOP_BY_HOP = frozenset({
+HOP_BY_HOP: Final = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade",
 })
@@ -30,14 +31,14 @@ def connection_tokens(headers: Headers) -> frozenset[bytes] | None:
 # pattern starts with a literal newline, so the scan jumps from line to line),
 # and the hop-by-hop ones are cut out by position. llhttp has already
 # rejected blanks before the colon and bare line feeds.
-_INTERESTING = re.compile(
+_INTERESTING: Final = re.compile(
     rb"\n(content-length|connection|keep-alive|proxy-connection|te|trailer|"
     rb"transfer-encoding|upgrade):[ \t]*([^\r]*)")
-_ORDINARY_TOKENS = frozenset({b"close", b"keep-alive", b""})
+_ORDINARY_TOKENS: Final = frozenset({b"close", b"keep-alive", b""})
 
 
-_MEMO: dict[bytes, tuple[bytes, int | None, bool]] = {}
-_MEMO_LIMIT = 512
+_MEMO: Final[dict[bytes, tuple[bytes, int | None, bool]]] = {}
+_MEMO_LIMIT: Final = 512
 
 
 def filter_block(block: bytes) -> tuple[bytes, int | None, bool]:
@@ -168,8 +169,8 @@ def merge_extra(block: bytes, extra: Headers) -> bytes:
     return block + b"".join(lines)
 
 
-_BLOCK_NAMES: dict[bytes, re.Pattern[bytes]] = {}
-_CLEAN: dict[bytes, bytes] = {}           # names -> the upstream block last found without them
+_BLOCK_NAMES: Final[dict[bytes, re.Pattern[bytes]]] = {}
+_CLEAN: Final[dict[bytes, bytes]] = {}    # names -> the upstream block last found without them
 
 
 def _block_names(names: bytes) -> re.Pattern[bytes]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
@@ -41,8 +41,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshgate.http1")
 
-IDLE, HEAD, BUSY = 0, 1, 2
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+IDLE: Final = 0                # between requests
+HEAD: Final = 1                # a request head is arriving
+BUSY: Final = 2                # an exchange is in flight
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class _HeadTooLarge(Exception):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
            1.0, 2.5, 5.0, 10.0)
-_NO_ROUTE = ("", "")
+_NO_ROUTE: Final = ("", "")
 LABELS = ["api_endpoint", "pipeline", "service_endpoint", "code"]
 
 GAUGES = {

@@ -31,7 +31,7 @@ however the exchange ends.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from meshgate.protocol.http1_client import upstream_failed
 from meshgate.upstream.retry import IDEMPOTENT
@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from meshgate.protocol.http1_client import UpstreamConnection
     from meshgate.upstream.cluster import Cluster, Endpoint
 
-_NO_HEALTHY = b"Service Unavailable: no healthy upstream\n"
-request_ids = itertools.count(1)    # the counter part of eg-request-id, per worker
+_NO_HEALTHY: Final = b"Service Unavailable: no healthy upstream\n"
+request_ids: Final = itertools.count(1)    # the counter part of eg-request-id, per worker
 
 
 class Call:

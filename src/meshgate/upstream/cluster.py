@@ -26,7 +26,7 @@ import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from meshgate.upstream.balancer import build_balancer
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshgate.cluster")
 PARK_TIMEOUT = 3.0      # seconds a request waits for an on-demand cluster's first endpoints
-_NO_ENDPOINTS = b"Service Unavailable: no healthy upstream (no endpoints known)\n"
+_NO_ENDPOINTS: Final = b"Service Unavailable: no healthy upstream (no endpoints known)\n"
 
 
 @dataclass(eq=False)

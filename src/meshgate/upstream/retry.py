@@ -26,11 +26,12 @@ after a connect failure, when the upstream never saw them.
 from __future__ import annotations
 
 import random
+from typing import Final
 
 from meshgate.config.mesh import Retry
 
-_LOCAL = frozenset({"connect-failure", "reset", "timeout", "protocol"})
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+_LOCAL: Final = frozenset({"connect-failure", "reset", "timeout", "protocol"})
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 
 class RetryPolicy:
