@@ -153,3 +153,26 @@ def test_two_workers_sum_to_the_requests_sent(backend, gateway_factory) -> None:
     hist = histograms(families)[("api", "main", "backend", "200")]
     assert hist["count"] == sent == 120
     assert hist["buckets"][-1] == (math.inf, sent)
+
+
+def test_observe_counts_each_key_apart_when_keys_alternate() -> None:
+    """The last-cell shortcut never credits a request to the previous request's cell."""
+    from types import SimpleNamespace
+
+    from meshgate.protocol.exchange import Exchange
+    from meshgate.telemetry.metrics import Metrics
+
+    metrics = Metrics()
+    routes = [SimpleNamespace(metric_key=("a", "p")), SimpleNamespace(metric_key=("b", "p"))]
+    sent = [(routes[0], "s1", 200), (routes[0], "s1", 200), (routes[1], "s1", 200),
+            (routes[0], "s1", 503), (routes[0], "s2", 200), (None, "", 404),
+            (routes[0], "s1", 200)]
+    for route, cluster, status in sent:
+        ex = Exchange(None, b"GET", b"/", [], b"h", b"http", b"127.0.0.1",  # type: ignore[arg-type]
+                      b"1.1", False, 0.0)
+        ex.route, ex.cluster_name, ex.status = route, cluster, status
+        metrics.observe(ex, 0.001)
+    counts = {key: cell[0] for key, cell in metrics.table.items()}
+    assert counts == {(("a", "p"), "s1", 200): 3, (("b", "p"), "s1", 200): 1,
+                      (("a", "p"), "s1", 503): 1, (("a", "p"), "s2", 200): 1,
+                      (("", ""), "", 404): 1}

@@ -104,7 +104,7 @@ def _wait(client: object, process: subprocess.Popen[bytes], within: float = 10.0
 
 def _certificates(directory: Path) -> tuple[Path, Path, Path]:
     """A CA, and a certificate it signed for 127.0.0.1 / localhost: (ca, cert, key)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meshgate test CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)

@@ -53,9 +53,9 @@ class _HeadTooLarge(Exception):
 
 class H1Server(asyncio.Protocol):
     __slots__ = (
-        "_bad_head", "_body_expected", "_chunked", "_clock", "_closing", "_current", "_expect",
-        "_head_bytes", "_headers", "_host", "_out", "_parsing", "_paused_reading", "_queue",
-        "_queued",
+        "_authority", "_bad_head", "_body_expected", "_chunked", "_clock", "_closing", "_current",
+        "_expect", "_head_bytes", "_headers", "_host", "_host_seen", "_out", "_parsing",
+        "_paused_reading", "_queue", "_queued",
         "_tick_mark", "_tick_since", "_url", "_write_paused", "ctx", "nreq", "outbound", "parser",
         "peer", "phase", "scheme", "transport",
     )
@@ -71,6 +71,8 @@ class H1Server(asyncio.Protocol):
         self._url = b""
         self._headers: Headers = []
         self._host = b""
+        self._host_seen = b""                  # the last request's Host ...
+        self._authority = b""                  # ... and the authority made of it
         self._head_bytes = 0
         self._body_expected = False
         self._expect = False
@@ -201,9 +203,13 @@ class H1Server(asyncio.Protocol):
         method = parser.get_method()
         if url[:1] != b"/" or not host or bad or method == b"CONNECT":
             url, host, headers, bad = resolve(url, host, headers, version, method, bad)
-        authority = host.lower()
-        if b":" in authority:
-            authority = host_only(authority)
+        if host == self._host_seen:        # a keep-alive client's usual case
+            authority = self._authority
+        else:
+            authority = host.lower()
+            if b":" in authority:
+                authority = host_only(authority)
+            self._host_seen, self._authority = host, authority
         ex = Exchange(self, method, url, headers, authority,
                       self.scheme, self.peer, version, body_expected, self._clock())
         ex.keep_alive = parser.should_keep_alive() and not self.ctx.draining
