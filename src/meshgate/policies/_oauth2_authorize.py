@@ -103,7 +103,7 @@ class Authorization:
             else:
                 login_redirect(ex)
             return
-        client, request["redirect"] = await self._client_of(request)
+        client, _ = await self._client_of(request)     # checked again at the decision
         consumer = user.consumer
         consent_page(ex, consumer.name if consumer is not None else user.consumer_id,
                      client.consumer.name if client.consumer is not None else client.consumer_id,
