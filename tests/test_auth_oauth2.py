@@ -15,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from meshgate.policies._oauth2_session import Signer
 from tests.conftest import Backend
 from tests.support.gateway import Gateway
 from tests.test_auth_key import Admin, auth_config, basic, eventually, upstream_headers
@@ -216,6 +217,12 @@ def test_browser_signs_in_consents_and_signs_out(gw: Gateway, admin: Admin,
     admin.credential(user["id"], "basic-auth", password="pw-3")
     query = {"response_type": "code", "client_id": client["id"], "redirect_uri": REDIRECT,
              "scope": "orders", "state": "s1"}
+    # A session signed with the config's secret alone (here the default cipherKey) is
+    # refused: the key also holds the store's own random bytes.
+    forged = Signer(["sensitiveKey"], b"").sign("s", {"u": user["id"]}, 3600)
+    r = httpx.get(gw.url + "/oauth2/authorize", params=query, timeout=30,
+                  headers={"cookie": f"meshgate.sid={forged}"})
+    assert r.status_code == 302 and r.headers["location"].startswith("/login?")
     with httpx.Client(base_url=gw.url, timeout=30) as browser:
         r = browser.get("/oauth2/authorize", params=query)
         assert r.status_code == 302 and r.headers["location"].startswith("/login?returnTo=")

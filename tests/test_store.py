@@ -274,3 +274,19 @@ def test_verify_cache_is_bounded_oldest_first() -> None:
     assert cache.live(generation)
     cache.flush()
     assert not cache.live(generation) and cache.get("d") is MISS
+
+
+def test_shared_secret_is_made_once_per_store(tmp_path: Path) -> None:
+    (tmp_path / "gateway.config.yml").write_text(yaml.safe_dump(config()))
+
+    async def run() -> None:
+        first, second = open_store(load_config(tmp_path)), open_store(load_config(tmp_path))
+        try:
+            made = await first.shared_secret("oauth2-session")
+            assert len(made) == 32
+            assert await second.shared_secret("oauth2-session") == made
+            assert await first.shared_secret("other") != made
+        finally:
+            await first.close()
+            await second.close()
+    asyncio.run(run())

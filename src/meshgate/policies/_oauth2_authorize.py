@@ -107,14 +107,15 @@ class Authorization:
         consumer = user.consumer
         consent_page(ex, consumer.name if consumer is not None else user.consumer_id,
                      client.consumer.name if client.consumer is not None else client.consumer_id,
-                     request["scopes"], self.sessions.transaction(request, user.consumer_id))
+                     request["scopes"], await self.sessions.transaction(request, user.consumer_id))
 
     async def _decision(self, ex: Exchange) -> None:
         form = await read_form(ex)
         user = await self._user(ex)
         if user is None:
             raise OAuthError("access_denied", "Sign in to decide on an authorization request")
-        request = self.sessions.open_transaction(form.get("transaction_id"), user.consumer_id)
+        request = await self.sessions.open_transaction(form.get("transaction_id"),
+                                                     user.consumer_id)
         if request is None:
             raise OAuthError("invalid_request", "Unable to load OAuth 2.0 transaction")
         client, redirect = await self._client_of(request)    # still allowed to ask?
@@ -170,7 +171,7 @@ class Authorization:
             return await self.store.verify("basic-auth", *pair)
         if ex.header(b"authorization") is not None:
             return None
-        user_id = self.sessions.user_id(ex)
+        user_id = await self.sessions.user_id(ex)
         return await self.store.lookup("basic-auth", user_id) if user_id else None
 
     # -- /login, /logout -------------------------------------------------------------------
@@ -196,7 +197,7 @@ class Authorization:
             ex.respond(302, b"", [(b"location", again.encode("latin-1"))])
             return
         ex.respond(302, b"", [(b"location", back.encode("latin-1", "replace")),
-                              self.sessions.start(user.consumer_id)])
+                              await self.sessions.start(user.consumer_id)])
 
     def logout_route(self, ex: Exchange) -> Awaitable[bool | None] | bool | None:
         if ex.method not in (b"GET", b"HEAD"):

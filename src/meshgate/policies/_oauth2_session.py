@@ -5,11 +5,14 @@ Theory of operation
 Nothing is stored per login: a session is a cookie holding the user id and
 its end, and a transaction (an authorization request waiting for the user's
 decision) a hidden form field holding the request and the user it was shown
-to, both signed with HMAC-SHA256 under system.config.yml's
+to, both signed with HMAC-SHA256 under a key made of system.config.yml's
 ``session.secret`` (EG's express-session secret; a list signs with the first
-and accepts all; without one, ``crypto.cipherKey``). Every worker and every
-gateway sharing the secret accepts them. Each value names its purpose, so a
-session cannot pass for a transaction or the reverse.
+and accepts all; without one, ``crypto.cipherKey``) and 32 random bytes the
+consumer store makes once (``shared_secret``). Every worker and every
+gateway sharing the store and the secret accepts them; nobody can forge one
+from the config alone, so EG's template secret (``keyboard cat``) left in
+place is not a hole. Each value names its purpose, so a session cannot pass
+for a transaction or the reverse.
 
 Sessions last ``session.cookie.maxAge`` ms (default one hour, in a cookie
 the browser drops when it closes); transactions ten minutes. The cookie is
@@ -37,8 +40,8 @@ TRANSACTION_SECONDS = 600
 class Signer:
     """Signed, expiring JSON values: sessions ("s") and transactions ("t")."""
 
-    def __init__(self, secrets: list[str]) -> None:
-        self.keys = [hashlib.sha256(b"meshgate-oauth2-session\x00" + s.encode()).digest()
+    def __init__(self, secrets: list[str], salt: bytes) -> None:
+        self.keys = [hashlib.sha256(b"meshgate-oauth2-session\x00" + salt + s.encode()).digest()
                      for s in secrets]
 
     def sign(self, purpose: str, body: dict[str, Any], seconds: int) -> str:
@@ -72,10 +75,11 @@ class Signer:
 class Sessions:
     """The signed-in user of a browser, per system.config.yml ``session``."""
 
-    def __init__(self, session: dict[str, Any], fallback_secret: str) -> None:
+    def __init__(self, session: dict[str, Any], fallback_secret: str, store: Any) -> None:
         secret = session.get("secret") or fallback_secret
-        self.signer = Signer([str(s) for s in secret] if isinstance(secret, list)
-                             else [str(secret)])
+        self.secrets = [str(s) for s in secret] if isinstance(secret, list) else [str(secret)]
+        self.store = store
+        self._signer: Signer | None = None
         found = session.get("cookie")
         cookie: dict[str, Any] = found if isinstance(found, dict) else {}
         self.name = str(session.get("name") or SESSION_COOKIE)
@@ -84,12 +88,19 @@ class Sessions:
         self.seconds = self.max_age or SESSION_SECONDS
         self.secure = cookie.get("secure") is True
 
-    def user_id(self, ex: Exchange) -> str | None:
-        body = self.signer.open("s", _cookie(ex, self.name))
+    async def signer(self) -> Signer:
+        """The signer, its keys salted with the store's shared secret (read once)."""
+        if self._signer is None:
+            salt = await self.store.shared_secret("oauth2-session")
+            self._signer = Signer(self.secrets, salt)
+        return self._signer
+
+    async def user_id(self, ex: Exchange) -> str | None:
+        body = (await self.signer()).open("s", _cookie(ex, self.name))
         return str(body["u"]) if body is not None and body.get("u") else None
 
-    def start(self, user_id: str) -> tuple[bytes, bytes]:
-        value = self.signer.sign("s", {"u": user_id}, self.seconds)
+    async def start(self, user_id: str) -> tuple[bytes, bytes]:
+        value = (await self.signer()).sign("s", {"u": user_id}, self.seconds)
         return (b"set-cookie", self._cookie(value, self.max_age).encode("latin-1"))
 
     def end(self) -> tuple[bytes, bytes]:
@@ -105,12 +116,14 @@ class Sessions:
             parts.append("Secure")
         return "; ".join(parts)
 
-    def transaction(self, request: dict[str, Any], user_id: str) -> str:
-        return self.signer.sign("t", {"r": request, "u": user_id}, TRANSACTION_SECONDS)
+    async def transaction(self, request: dict[str, Any], user_id: str) -> str:
+        return (await self.signer()).sign("t", {"r": request, "u": user_id},
+                                          TRANSACTION_SECONDS)
 
-    def open_transaction(self, value: str | None, user_id: str) -> dict[str, Any] | None:
+    async def open_transaction(self, value: str | None, user_id: str
+                               ) -> dict[str, Any] | None:
         """The authorization request of a transaction shown to ``user_id``."""
-        body = self.signer.open("t", value)
+        body = (await self.signer()).open("t", value)
         if body is None or body.get("u") != user_id or not isinstance(body.get("r"), dict):
             return None
         request: dict[str, Any] = body["r"]

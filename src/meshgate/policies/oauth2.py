@@ -90,7 +90,7 @@ class OAuth2:
                          strip=b"authorization")
         minter = Minter(ctx, self.store)
         self.server = AuthorizationServer(self.store, minter, self.gate)
-        sessions = Sessions(ctx.system.session, ctx.system.crypto.cipherKey)
+        sessions = Sessions(ctx.system.session, ctx.system.crypto.cipherKey, self.store)
         self.authorization = Authorization(self.store, minter, self.gate, sessions,
                                            params.requirePkce)
         self.gateway_routes = [("/oauth2/*", self._serve),

@@ -56,6 +56,8 @@ class Store(Protocol):
     async def verify_token(self, presented: str,
                            kind: str = "access_token") -> Token | None: ...
 
+    async def shared_secret(self, name: str) -> bytes: ...
+
     # -- OAuth2 tokens and codes ----------------------------------------------------
     async def issue_token(self, kind: str, consumer_id: str, *, ttl_ms: int,
                           scopes: list[str] | None = None,

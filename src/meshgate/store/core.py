@@ -23,14 +23,16 @@ then an app.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from meshgate.store.backend import Backend, Clash, Doc, Op
+from meshgate.store.backend import Backend, Clash, Doc, Op, Put
 from meshgate.store.cache import POLL_INTERVAL, VerifyCache
 from meshgate.store.model import (
     DEFAULT_APP_MODEL,
@@ -45,6 +47,7 @@ from meshgate.store.secrets import Sealer
 log = logging.getLogger("meshgate.store")
 
 USERS, APPS, CREDS, SCOPES, TOKENS = "user", "app", "cred", "scope", "token"
+SECRETS = "secret"
 
 
 class StoreCore:
@@ -73,6 +76,25 @@ class StoreCore:
             await self._write(ops)
         except Clash:
             raise Conflict(message) from None
+
+    async def shared_secret(self, name: str) -> bytes:
+        """32 random bytes made once per store and the same for every process using it.
+
+        For keys no config file should hold (the oauth2 sessions' signing key
+        mixes it with ``session.secret``, so a default secret left in place
+        cannot be used to forge a session). Whoever makes it first wins.
+        """
+        doc = await self.backend.get(SECRETS, name)
+        if doc is None:
+            made = {"id": name, "value": base64.b64encode(os.urandom(32)).decode("ascii")}
+            try:
+                await self.backend.apply([Put(SECRETS, name, made, if_absent=True)], bump=False)
+                doc = made
+            except Clash:
+                doc = await self.backend.get(SECRETS, name)
+        if doc is None:
+            raise RuntimeError(f"shared secret {name!r} could not be stored")
+        return base64.b64decode(str(doc["value"]))
 
     def _ensure_poller(self) -> None:
         loop = asyncio.get_running_loop()
