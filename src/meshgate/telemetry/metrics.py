@@ -87,9 +87,6 @@ class Metrics:
         self.gauges: dict[str, float] = {}
         self.counters: dict[tuple[str, tuple[str, ...]], float] = {}
         self.labelled: dict[tuple[str, tuple[str, ...]], float] = {}   # gauges, set at scrape
-        # The cell last observed and its key: a worker's requests mostly repeat it.
-        self._last_key: tuple[tuple[str, str], str, int] = (_NO_ROUTE, "", 0)
-        self._last_cell: list[float] = []
 
     def count(self, name: str, labels: tuple[str, ...], n: float = 1) -> None:
         key = (name, labels)
@@ -98,18 +95,10 @@ class Metrics:
 
     def observe(self, ex: Exchange, now: float) -> None:
         route = ex.route
-        metric_key = route.metric_key if route is not None else _NO_ROUTE
-        last = self._last_key
-        if (last[0] is metric_key and last[2] == ex.status and last[1] == ex.cluster_name
-                and self._last_cell):
-            cell = self._last_cell
-        else:
-            key = (metric_key, ex.cluster_name, ex.status)
-            found = self.table.get(key)
-            if found is None:
-                found = self.table[key] = [0] * (3 + len(BUCKETS))
-            cell = self._last_cell = found
-            self._last_key = key
+        key = (route.metric_key if route is not None else _NO_ROUTE, ex.cluster_name, ex.status)
+        cell = self.table.get(key)
+        if cell is None:
+            cell = self.table[key] = [0] * (3 + len(BUCKETS))
         elapsed = now - ex.started
         cell[0] += 1
         cell[1] += elapsed
