@@ -269,6 +269,11 @@ def test_browser_signs_in_consents_and_signs_out(gw: Gateway, admin: Admin,
         assert r.status_code == 400
         r = httpx.post(gw.url + "/oauth2/authorize/decision", data={"transaction_id": transaction})
         assert r.status_code == 403 and r.json()["error"] == "access_denied"
+        for method, path, allow in (("GET", "/oauth2/authorize/decision", "POST"),
+                                    ("POST", "/logout", "GET, HEAD"),
+                                    ("DELETE", "/login", "GET, HEAD, POST")):
+            r = browser.request(method, path)
+            assert (r.status_code, r.headers["allow"]) == (405, allow)
         # Sign-out: the cookie goes; returnTo must stay on the gateway or be the client's.
         r = browser.get("/logout", params={"returnTo": "https://evil.example/"})
         assert r.status_code == 400

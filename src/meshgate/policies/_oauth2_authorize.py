@@ -46,10 +46,17 @@ from __future__ import annotations
 
 import html
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import quote, urlsplit
 
 from meshgate.policies._auth import REALM, basic_credentials
-from meshgate.policies._oauth2_server import OAuthError, guard, join, read_form
+from meshgate.policies._oauth2_server import (
+    OAuthError,
+    guard,
+    join,
+    query_of,
+    read_form,
+    refused_method,
+)
 from meshgate.policies._pkce import challenge_props
 
 if TYPE_CHECKING:
@@ -80,20 +87,14 @@ class Authorization:
         """Handle ``/oauth2/authorize[/decision]``; None for other paths."""
         path = ex.path_only.rstrip(b"/")
         if path == b"/oauth2/authorize/decision":
-            if ex.method != b"POST":
-                ex.respond(405, b"Method Not Allowed", [(b"allow", b"POST")])
-                return True
-            return guard(ex, self._decision(ex), self.gate)
+            return refused_method(ex, b"POST") or guard(ex, self._decision(ex), self.gate)
         if path == b"/oauth2/authorize":
-            if ex.method not in (b"GET", b"HEAD"):
-                ex.respond(405, b"Method Not Allowed", [(b"allow", b"GET")])
-                return True
-            return guard(ex, self._authorize(ex), self.gate)
+            return (refused_method(ex, b"GET", b"HEAD")
+                    or guard(ex, self._authorize(ex), self.gate))
         return None
 
     async def _authorize(self, ex: Exchange) -> None:
-        query = dict(parse_qsl(ex.path.partition(b"?")[2].decode("latin-1")))
-        request = self._request(query)
+        request = self._request(query_of(ex))
         user = await self._user(ex)
         if user is None:
             if ex.done:
@@ -166,21 +167,19 @@ class Authorization:
 
     async def _user(self, ex: Exchange) -> Any:
         """The signed-in user's basic-auth Credential: HTTP Basic, else the session."""
-        pair = basic_credentials(ex.header(b"authorization"))
-        if pair is not None:
-            return await self.store.verify("basic-auth", *pair)
-        if ex.header(b"authorization") is not None:
-            return None
+        sent = ex.header(b"authorization")
+        if sent is not None:
+            pair = basic_credentials(sent)
+            return await self.store.verify("basic-auth", *pair) if pair is not None else None
         user_id = await self.sessions.user_id(ex)
         return await self.store.lookup("basic-auth", user_id) if user_id else None
 
     # -- /login, /logout -------------------------------------------------------------------
     def login_route(self, ex: Exchange) -> Awaitable[bool | None] | bool | None:
-        if ex.method in (b"GET", b"HEAD"):
-            login_page(ex)
+        if refused_method(ex, b"GET", b"HEAD", b"POST"):
             return True
         if ex.method != b"POST":
-            ex.respond(405, b"Method Not Allowed", [(b"allow", b"GET, POST")])
+            login_page(ex)
             return True
         return guard(ex, self._login(ex), self.gate)
 
@@ -200,13 +199,10 @@ class Authorization:
                               await self.sessions.start(user.consumer_id)])
 
     def logout_route(self, ex: Exchange) -> Awaitable[bool | None] | bool | None:
-        if ex.method not in (b"GET", b"HEAD"):
-            ex.respond(405, b"Method Not Allowed", [(b"allow", b"GET")])
-            return True
-        return guard(ex, self._logout(ex), self.gate)
+        return refused_method(ex, b"GET", b"HEAD") or guard(ex, self._logout(ex), self.gate)
 
     async def _logout(self, ex: Exchange) -> None:
-        query = dict(parse_qsl(ex.path.partition(b"?")[2].decode("latin-1")))
+        query = query_of(ex)
         target, client_id = query.get("returnTo"), query.get("clientId")
         if not target:
             location: str | None = "/"
@@ -256,13 +252,11 @@ def login_redirect(ex: Exchange) -> None:
     ex.respond(302, b"", [(b"location", b"/login?returnTo=" + quote(back, safe="").encode())])
 
 
-def login_page(ex: Exchange, error: str | None = None) -> None:
-    query = dict(parse_qsl(ex.path.partition(b"?")[2].decode("latin-1")))
+def login_page(ex: Exchange) -> None:
+    query = query_of(ex)
     back = local_path(query.get("returnTo")) or "/"
-    if error is None and query.get("error"):
-        error = "Invalid username or password."
-    alert = f'<p class="error">{html.escape(error)}</p>' if error else ""
-    _page(ex, 200, "Sign in", f"""{alert}
+    alert = '<p class="error">Invalid username or password.</p>' if query.get("error") else ""
+    _page(ex, "Sign in", f"""{alert}
 <form action="/login" method="post">
   <input type="hidden" name="returnTo" value="{html.escape(back)}">
   <label>Username <input name="username" autocomplete="username" required autofocus></label>
@@ -284,12 +278,10 @@ def consent_page(ex: Exchange, user: str, client: str, scopes: list[str] | None,
   <button type="submit" id="allow">Allow</button>
   <button type="submit" name="cancel" value="Deny" id="deny">Deny</button>
 </form>"""
-    _page(ex, 200, "Authorize", body,
-          [(b"transaction_id", transaction.encode("latin-1"))])
+    _page(ex, "Authorize", body, [(b"transaction_id", transaction.encode("latin-1"))])
 
 
-def _page(ex: Exchange, status: int, title: str, body: str,
-          extra: Headers | None = None) -> None:
+def _page(ex: Exchange, title: str, body: str, extra: Headers | None = None) -> None:
     doc = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -304,6 +296,6 @@ button{{padding:.5rem 1.2rem;margin-right:.5rem}}.error{{color:#b00020}}</style>
     if extra:
         headers += extra
     if not ex.done:
-        ex.respond(status, doc.encode(), headers)
+        ex.respond(200, doc.encode(), headers)
 
 

@@ -159,8 +159,7 @@ class AuthorizationServer:
         """Handle ``/oauth2/token``; None for other paths."""
         if ex.path_only.rstrip(b"/") != b"/oauth2/token":
             return None
-        if ex.method != b"POST":
-            ex.respond(405, b"Method Not Allowed", [(b"allow", b"POST")])
+        if refused_method(ex, b"POST"):
             return True
         return guard(ex, self._token(ex), self.gate)
 
@@ -250,6 +249,19 @@ class AuthorizationServer:
             raise OAuthError("invalid_grant", "Invalid refresh token")
         return await self.minter.grant(client_id, list(token.scopes) or None, props,
                                        refresh=False)
+
+
+def refused_method(ex: Exchange, *allowed: bytes) -> bool:
+    """Answer 405 (with ``Allow``) unless the request's method is one of ``allowed``."""
+    if ex.method in allowed:
+        return False
+    ex.respond(405, b"Method Not Allowed", [(b"allow", b", ".join(allowed))])
+    return True
+
+
+def query_of(ex: Exchange) -> dict[str, str]:
+    """The request's query parameters (the first value of each)."""
+    return dict(parse_qsl(ex.path.partition(b"?")[2].decode("latin-1")))
 
 
 async def guard(ex: Exchange, work: Awaitable[None], gate: Gate) -> bool:
