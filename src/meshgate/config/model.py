@@ -27,7 +27,7 @@ own sections reject them.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -113,6 +113,14 @@ class AdminConfig(EGModel):
         return data
 
 
+class PathNormalization(MeshModel):
+    """How a request path is normalised once, before routing (Envoy's options)."""
+
+    normalize: bool = True               # RFC 3986 dot segments, %-encoded unreserved decoded
+    encodedSlashes: Literal["reject", "keep", "unescape"] = "reject"   # %2F and %5C
+    mergeSlashes: bool = False
+
+
 class ServerSettings(MeshModel):
     """meshgate's listener limits (a ``server:`` section EG does not have)."""
 
@@ -121,6 +129,10 @@ class ServerSettings(MeshModel):
     maxHeaderBytes: Annotated[int, Field(ge=1024)] = 65536
     drainTimeout: Millis = 30000
     workers: Annotated[int, Field(ge=1)] = 1
+    maxHeaders: Annotated[int, Field(ge=1, le=10000)] = 100    # Envoy's default; more -> 431
+    bodyTimeout: Millis = 30000          # ms without request-body bytes -> 408; 0 = none
+    bufferRequestBody: Annotated[int, Field(ge=0)] = 65536     # bytes read before proxying
+    pathNormalization: PathNormalization = Field(default_factory=lambda: PathNormalization())
 
 
 # -- apiEndpoints ------------------------------------------------------------
