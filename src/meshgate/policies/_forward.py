@@ -3,9 +3,13 @@
 ``Forward`` forwards to one serviceEndpoint (the proxy action, or one target
 of a split). Its options are settled at load (``proxy.py`` parses them);
 per request it picks an endpoint and builds the upstream head in one pass
-over the client's headers: hop-by-hop headers and those named in
-``Connection`` are dropped, ``Expect`` is answered by us, X-Forwarded-* and an
-``eg-request-id`` are added. Guarded clusters send through a ``Call``.
+over the client's headers: hop-by-hop headers are dropped (those a
+``Connection`` header named were dropped by the codec), ``Expect`` is
+answered by us, X-Forwarded-* and an ``eg-request-id`` are added. The
+framing -- ``Content-Length`` or ``Transfer-Encoding: chunked`` -- is written
+by us from what the codec parsed (``ex.body_length``), never copied, so no
+header list can change where the request ends. Guarded clusters send
+through a ``Call``.
 
 Compiled with mypyc (see setup.py): keep it fully typed.
 """
@@ -27,7 +31,7 @@ if TYPE_CHECKING:
 
 # Client headers we never copy verbatim: hop-by-hop, and the ones we rewrite.
 _SPECIAL: Final = HOP_BY_HOP | {b"host", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
-                         b"x-forwarded-host", b"eg-request-id"}
+                                b"x-forwarded-host", b"eg-request-id", b"content-length"}
 _ID_PREFIX: Final = b"%x" % (os.getpid() ^ int.from_bytes(os.urandom(4), "big"))
 
 
@@ -104,8 +108,7 @@ class Forward:
             path = self._rewrite(ex, ep, path)
         lines = [b"%s %s HTTP/1.1\r\n" % (ex.method, path)]
         append = lines.append
-        host = xff = tokens = None
-        chunked = False
+        host = xff = None
         special = _SPECIAL
         for item in ex.headers:
             name = item[0]
@@ -113,17 +116,10 @@ class Forward:
                 append(b"%s: %s\r\n" % item)
             elif name == b"host":
                 host = item[1]
-            elif name == b"transfer-encoding":
-                chunked = True
-            elif name == b"connection":     # several Connection headers: all count
-                tokens = item[1] if tokens is None else tokens + b"," + item[1]
             elif name == b"x-forwarded-for":
                 xff = item[1] if xff is None else xff + b", " + item[1]
             elif not self.xfwd and name.startswith(b"x-forwarded-"):
                 append(b"%s: %s\r\n" % item)
-        if tokens is not None:
-            lines = _drop_connection_listed(lines, tokens)
-            append = lines.append
         host_line = ep.authority if self.change_origin or host is None else host
         if self.xfwd:
             client = ex.client_addr
@@ -133,8 +129,11 @@ class Forward:
             append(b"host: %s\r\n" % host_line)
             if xff is not None:
                 append(b"x-forwarded-for: %s\r\n" % xff)
+        chunked = ex.body_expected and ex.body_length < 0
         if chunked:
             append(b"transfer-encoding: chunked\r\n")
+        elif ex.body_length >= 0:
+            append(b"content-length: %d\r\n" % ex.body_length)
         append(self.extra_headers)          # ... and "eg-request-id: <prefix>-"
         append(b"%x\r\n\r\n" % (rid or next(request_ids)))
         return b"".join(lines), chunked
@@ -163,9 +162,3 @@ def _strip(pos: int | None, path: bytes) -> bytes:
     rest = path[pos:]
     return rest if rest[:1] == b"/" else b"/" + rest
 
-
-def _drop_connection_listed(lines: list[bytes], value: bytes) -> list[bytes]:
-    names = {t.strip().lower() for t in value.split(b",")} - {b"close", b"keep-alive", b""}
-    if not names:
-        return lines
-    return [lines[0]] + [ln for ln in lines[1:] if ln.split(b":", 1)[0] not in names]

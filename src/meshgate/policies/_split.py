@@ -151,6 +151,7 @@ class Mirror:
         copy = Exchange(_DISCARD, ex.method, ex.path, headers, ex.authority, ex.scheme,
                         ex.client_addr, ex.http_version, ex.body_expected, ex.started)
         copy.route = ex.route
+        copy.body_length = ex.body_length
         if ex.body_expected:
             tee = ex.body_tee = _Tee(copy)
             # Should the original end before its body did (refused, client gone),

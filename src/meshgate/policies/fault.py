@@ -29,8 +29,8 @@ the request, as Envoy's ``header_delay`` / ``header_abort`` do:
   the share of such requests to fault, capped by the configured
   ``percentage``; ignored unless the fault's own header is present.
 
-``x-meshgate-fault-...`` is accepted as an alias of each ``x-envoy-fault-...``
-name (the Envoy spelling wins when both are sent). A missing or malformed
+(``x-meshgate-*`` headers never reach a policy: the codec drops every
+client-sent one, so there is no ``x-meshgate-fault-...`` spelling.) A missing or malformed
 header means no fault. All are read in one pass over the request headers, and
 only when some fault of the action is header-controlled.
 
@@ -66,7 +66,6 @@ if TYPE_CHECKING:
 
 ABORT_BODY = b"fault filter abort"
 _ENVOY = b"x-envoy-fault-"
-_MESHGATE = b"x-meshgate-fault-"
 _DELAY = b"delay-request"
 _DELAY_PCT = b"delay-request-percentage"
 _ABORT = b"abort-request"
@@ -151,15 +150,9 @@ def _fault_headers(ex: Exchange) -> dict[bytes, bytes] | None:
     found: dict[bytes, bytes] | None = None
     for name, value in ex.headers:
         if name.startswith(_ENVOY):
-            suffix, envoy = name[len(_ENVOY):], True
-        elif name.startswith(_MESHGATE):
-            suffix, envoy = name[len(_MESHGATE):], False
-        else:
-            continue
-        if found is None:
-            found = {}
-        if envoy or suffix not in found:
-            found[suffix] = value
+            if found is None:
+                found = {}
+            found[name[len(_ENVOY):]] = value
     return found
 
 

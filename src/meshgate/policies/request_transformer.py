@@ -120,6 +120,7 @@ def _replace_body(ex: Exchange, body: bytes) -> None:
     ex.body_sink = None
     ex.body_buffer = [body] if body else None
     ex.body_expected = bool(body)
+    ex.body_length = len(body)          # the upstream head's framing comes from here
     ex.body_done = True
     ex.trailers = None
     headers = [h for h in ex.headers if h[0] not in _FRAMING]

@@ -88,6 +88,7 @@ class Exchange:
         "body_buffer",
         "body_done",
         "body_expected",
+        "body_length",
         "body_sink",
         "body_tee",
         "client_addr",
@@ -123,6 +124,7 @@ class Exchange:
     client_addr: bytes
     http_version: bytes
     body_expected: bool
+    body_length: int
     started: float
 
     def __init__(self, responder: Responder, method: bytes, path: bytes,
@@ -138,6 +140,7 @@ class Exchange:
         self.client_addr = client_addr
         self.http_version = http_version    # b"1.1", b"1.0", b"2"
         self.body_expected = body_expected  # a body follows the head
+        self.body_length = -1               # its Content-Length; -1: none or chunked
         self.expect_continue = False
         self.body_sink: BodySink | None = None
         self.body_tee: Any = None           # a copy of the body also goes there (mirroring)

@@ -2,10 +2,17 @@
 
 httptools validates syntax; these decide what a syntactically valid head
 means for a gateway: an absolute-form target's authority replaces Host (RFC
-9112 3.2.2), the Host used for routing loses its port, and a head that is
-valid HTTP but unacceptable here (no or several Host headers in HTTP/1.1, a
-bad target, CONNECT) is answered 400 by a ``Refusal`` standing in for a
-pipeline.
+9112 3.2.2), the Host used for routing loses its port, the path is
+normalised once (``path.normalize``), and a head that is valid HTTP but
+unacceptable here (no or several Host headers in HTTP/1.1, a bad target or
+path, a fragment, HTTP/0.9, CONNECT, Upgrade with a body) is answered 400 by a
+``Refusal`` standing in for a pipeline.
+
+Header names a client may not send (``GATEWAY_ONLY``, and every
+``x-meshgate-*``) are dropped as the head is parsed: only the gateway says
+who the consumer is. Names a ``Connection`` header nominates are removed
+before any policy sees the head (``drop_nominated``), except the ones that
+frame or route the request, which are the gateway's to set.
 """
 
 from __future__ import annotations
@@ -14,20 +21,63 @@ from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
+from meshgate.protocol.path import REJECT, BadPath, normalize
+
 if TYPE_CHECKING:
     from meshgate.protocol.exchange import Exchange, Headers
 
 VERSIONS: Final = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"0.9"}
 
+# Sent upstream by the gateway alone; a client's copy is dropped at parse time.
+GATEWAY_ONLY: Final = frozenset({b"eg-consumer-id"})
+
+# Fields that may not come in a trailer (RFC 9110 6.5.1): framing, routing,
+# request modifiers, authentication, and what the gateway itself sets.
+FORBIDDEN_TRAILERS: Final = frozenset({
+    b"host", b"content-length", b"transfer-encoding", b"connection", b"keep-alive",
+    b"proxy-connection", b"te", b"trailer", b"upgrade", b"expect", b"range", b"if-match",
+    b"if-none-match", b"if-modified-since", b"if-unmodified-since", b"if-range",
+    b"max-forwards", b"cache-control", b"authorization", b"proxy-authorization", b"cookie",
+    b"set-cookie", b"www-authenticate", b"content-encoding", b"content-type",
+    b"content-range", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto",
+    b"forwarded", b"eg-consumer-id", b"eg-request-id", b"age", b"date", b"location",
+    b"retry-after", b"vary", b"warning",
+})
+
+# Connection may nominate hop-by-hop headers, but never these: the gateway
+# frames and routes what it sends, and adds its own headers after policies.
+_NOT_NOMINABLE: Final = frozenset({
+    b"host", b"content-length", b"transfer-encoding", b"close", b"keep-alive", b"upgrade",
+    b"",
+})
+
+# (normalise, encoded-slash mode, merge slashes): path.normalize's options.
+PathRules = tuple[bool, int, bool]
+DEFAULT_PATH_RULES: Final[PathRules] = (True, REJECT, False)
+
+
+def drop_nominated(headers: Headers, tokens: bytes) -> Headers:
+    """``headers`` without those ``tokens`` (comma-separated, lower-case) name."""
+    names = {t.strip() for t in tokens.split(b",")} - _NOT_NOMINABLE
+    if not names:
+        return headers
+    return [h for h in headers if h[0] not in names]
+
 
 def resolve(url: bytes, host: bytes, headers: Headers, version: bytes, method: bytes,
-            bad: bytes) -> tuple[bytes, bytes, Headers, bytes]:
+            bad: bytes, rules: PathRules = DEFAULT_PATH_RULES,
+            ) -> tuple[bytes, bytes, Headers, bytes]:
     """(target, Host, headers, why refused or b"") of a parsed head.
 
     An absolute-form target becomes origin-form and its authority the Host
-    (replacing the header); HTTP/1.1 without a Host, a bad target and
-    CONNECT are refused. ``bad`` is a refusal the parser callbacks found.
+    (replacing the header); its path is normalised by ``rules``; HTTP/0.9,
+    HTTP/1.1 without a Host, a bad target or path, a fragment and CONNECT are
+    refused. ``bad`` is a refusal the parser callbacks found.
     """
+    if version == b"0.9":
+        return b"/", host, headers, b"Bad Request: HTTP/0.9 is not supported\n"
+    if b"#" in url and not bad:
+        bad = b"Bad Request: a fragment in the request target\n"
     if url[:1] != b"/":
         try:
             url, target_host = absolute_form(url, host)
@@ -39,9 +89,22 @@ def resolve(url: bytes, host: bytes, headers: Headers, version: bytes, method: b
             host = target_host
     if not host and version == b"1.1" and not bad:
         bad = b"Bad Request: missing Host header\n"
+    if rules[0] and url[:1] == b"/" and not bad:
+        url, bad = normalized(url, rules)
     if method == b"CONNECT":
         bad = b"Bad Request: CONNECT is not supported\n"
     return url, host, headers, bad
+
+
+def normalized(url: bytes, rules: PathRules) -> tuple[bytes, bytes]:
+    """(target with its path normalised, why refused or b"")."""
+    q = url.find(b"?")
+    path = url if q < 0 else url[:q]
+    try:
+        path = normalize(path, rules[1], rules[2])
+    except BadPath as exc:
+        return b"/", b"Bad Request: %s\n" % str(exc).encode()
+    return (path if q < 0 else path + url[q:]), b""
 
 
 def absolute_form(url: bytes, host: bytes) -> tuple[bytes, bytes]:

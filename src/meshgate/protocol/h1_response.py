@@ -49,6 +49,8 @@ def response_head(ex: Exchange, status: int, block: bytes, has_body: bool,
             or (ex.body_expected and not ex.body_done and ex.body_sink is None)):
         ex.keep_alive = False
         head.append(b"connection: close\r\n\r\n")
+    elif ex.http_version != b"1.1":     # HTTP/1.0 keeps the connection only when told
+        head.append(b"connection: keep-alive\r\n\r\n")
     else:
         head.append(b"\r\n")
     return b"".join(head), chunked

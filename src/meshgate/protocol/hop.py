@@ -35,6 +35,9 @@ _INTERESTING: Final = re.compile(
     rb"\n(content-length|connection|keep-alive|proxy-connection|te|trailer|"
     rb"transfer-encoding|upgrade):[ \t]*([^\r]*)")
 _ORDINARY_TOKENS: Final = frozenset({b"close", b"keep-alive", b""})
+# Never cut because a Connection header names them: framing is decided from
+# what was parsed, and the codec writes it itself.
+_KEPT_TOKENS: Final = _ORDINARY_TOKENS | {b"content-length", b"transfer-encoding"}
 
 
 _MEMO: Final[dict[bytes, tuple[bytes, int | None, bool]]] = {}
@@ -74,7 +77,7 @@ def _filter(block: bytes) -> tuple[bytes, int | None, bool]:
         if name == b"transfer-encoding":
             chunked = True
         elif name == b"connection" and value not in _ORDINARY_TOKENS:
-            cut.extend({t.strip() for t in value.split(b",")} - _ORDINARY_TOKENS)
+            cut.extend({t.strip() for t in value.split(b",")} - _KEPT_TOKENS)
     if chunked and length is not None:
         length = None
         cut.append(b"content-length")        # framing is ours to redo

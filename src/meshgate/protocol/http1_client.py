@@ -9,11 +9,20 @@ with httptools and handed to the Exchange's responder as it comes; after each
 read the responder is flushed once, so head and body of a small response
 leave together.
 
-The connection goes back to its pool only when both messages ended cleanly
-and the upstream allows keep-alive; any error, timeout, unfinished body or
-abort closes it. A reused connection that the upstream closed before any byte
-of the response arrived is retried once on a fresh one when nothing of the
-request body was sent yet (the keep-alive race every proxy meets).
+Whether the connection may be reused is decided in one place,
+``_settle``, after the parser has consumed a whole read: only when the
+request was sent completely (``_req_done``), the response ended
+(``_resp_done``), the upstream allows keep-alive, and not one byte followed
+the response. A byte after the response starts a new message in the parser
+(``on_message_begin`` with ``_resp_done`` set): the connection is closed,
+because those bytes would otherwise become the next request's response
+(response desync). Any error, timeout, unfinished body or abort closes it
+too. The pool hands a reusable connection to a waiting request from the event
+loop (``Pool.release``), never from inside a parser callback.
+
+A reused connection that the upstream closed before any byte of the
+response arrived is retried once on a fresh one when nothing of the request
+body was sent yet (the keep-alive race every proxy meets).
 """
 
 from __future__ import annotations
@@ -37,6 +46,10 @@ class _HeadResponseDone(Exception):
     """Raised from a callback to stop parsing after a HEAD response's head."""
 
 
+class _BytesAfterResponse(Exception):
+    """Raised when the upstream sends more than the response it was asked for."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_closed",
@@ -46,6 +59,8 @@ class UpstreamConnection(asyncio.Protocol):
         "_req_chunked",
         "_req_done",
         "_resp_chunked",
+        "_resp_done",
+        "_reusable",
         "_resp_length",
         "_resp_started",
         "_rx",
@@ -76,6 +91,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._req_chunked = False
         self._req_done = True
         self._resp_started = False
+        self._resp_done = False         # the response to the current request has ended
+        self._reusable = False          # ... cleanly: _settle may pool the connection
         self._resp_chunked = False
         self._resp_length: int | None = None
         self._interim = False
@@ -93,6 +110,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._rx = []
         self._rx_pos = 0
         self._resp_started = False
+        self._resp_done = False
+        self._reusable = False
         self._got_bytes = False
         self._req_chunked = chunked_body
         self._req_done = not ex.body_expected
@@ -177,22 +196,40 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            if not isinstance(exc.__context__, _HeadResponseDone):
-                log.error("upstream response handling failed", exc_info=exc.__context__)
+            cause = exc.__context__
+            if isinstance(cause, _BytesAfterResponse):
+                self._reusable = False
+            elif isinstance(cause, _HeadResponseDone):
+                # Bytes after a HEAD response's head are no part of it: not reusable.
+                keep_alive = self.parser.should_keep_alive() and not self._rx
+                self.parser = httptools.HttpResponseParser(self)
+                self._complete(keep_alive)
+            else:
+                log.error("upstream response handling failed", exc_info=cause)
                 self._fail("protocol", 502, b"Bad Gateway\n")
                 return
-            keep_alive = self.parser.should_keep_alive()
-            self.parser = httptools.HttpResponseParser(self)
-            self._complete(keep_alive)
-            return
         except httptools.HttpParserError:
-            self._fail("protocol", 502, b"Bad Gateway: invalid response from upstream\n")
+            if self._resp_done:         # garbage after a complete response
+                self._reusable = False
+            else:
+                self._fail("protocol", 502, b"Bad Gateway: invalid response from upstream\n")
+                return
+        if self._resp_done:
+            self._settle()
             return
         ex = self.ex
         if ex is not None:
             ex.responder.flush(ex)
             if self.deadline:
                 self.deadline = self.pool.ctx.now + self.timeout
+
+    def _settle(self) -> None:
+        """After a read that ended the response: pool the connection, or close it."""
+        if self._reusable and not self._closed:
+            self._reusable = False
+            self.pool.release(self)
+        else:
+            self._close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -221,6 +258,10 @@ class UpstreamConnection(asyncio.Protocol):
         upstream_failed(ex, self, "reset", 502, b"Bad Gateway: upstream connection closed\n")
 
     # -- httptools callbacks -------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._resp_done:          # a second response nobody asked for
+            raise _BytesAfterResponse
+
     def on_headers_complete(self) -> None:
         ex = self.ex
         if ex is None:
@@ -254,6 +295,8 @@ class UpstreamConnection(asyncio.Protocol):
             length = None            # no framing at all
         ex.responder.start_response_raw(ex, status, block, has_body, length)
         if head_only:
+            rest = raw[end + 4:]
+            self._rx = [rest] if rest else []    # anything after the head: not reusable
             raise _HeadResponseDone
 
     def on_body(self, body: bytes) -> None:
@@ -274,13 +317,10 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if keep_alive is None:
             keep_alive = self.parser.should_keep_alive()
-        reusable = self._req_done and keep_alive
+        self._resp_done = True
+        self._reusable = self._req_done and keep_alive
         self.ex = None
         ex.responder.end_response(ex, None)   # HTTP/1.1 upstream trailers are not relayed
-        if reusable and not self._closed:
-            self.pool.release(self)
-        else:
-            self._close()
 
     def _fail(self, kind: str, status: int, body: bytes) -> None:
         ex = self.ex

@@ -32,9 +32,18 @@ from typing import TYPE_CHECKING, Final
 import httptools
 
 from meshgate.protocol.exchange import Exchange, Headers, ResponseSource
-from meshgate.protocol.h1_head import VERSIONS, Refusal, host_only, resolve
+from meshgate.protocol.h1_head import (
+    FORBIDDEN_TRAILERS,
+    GATEWAY_ONLY,
+    VERSIONS,
+    Refusal,
+    drop_nominated,
+    host_only,
+    resolve,
+)
 from meshgate.protocol.h1_response import chunk, last_chunk, plain_headers, response_head
 from meshgate.protocol.hop import render_block
+from meshgate.protocol.path import needs_work
 
 if TYPE_CHECKING:
     from meshgate.server.context import WorkerContext
@@ -51,11 +60,16 @@ class _HeadTooLarge(Exception):
     pass
 
 
+class _LastMessage(Exception):
+    """Raised when a request that ends the connection is complete: stop parsing."""
+
+
 class H1Server(asyncio.Protocol):
     __slots__ = (
         "_authority", "_bad_head", "_body_expected", "_chunked", "_clock", "_closing", "_current",
-        "_expect", "_head_bytes", "_headers", "_host", "_host_seen", "_out", "_parsing",
-        "_paused_reading", "_queue", "_queued",
+        "_expect", "_final", "_head_bytes", "_headers", "_host", "_host_seen", "_last", "_length",
+        "_nheaders", "_nominated", "_out", "_parsing", "_paused_reading", "_queue", "_queued",
+        "_upgrade", "nread",
         "_tick_mark", "_tick_since", "_url", "_write_paused", "ctx", "nreq", "outbound", "parser",
         "peer", "phase", "scheme", "transport",
     )
@@ -74,8 +88,15 @@ class H1Server(asyncio.Protocol):
         self._host_seen = b""                  # the last request's Host ...
         self._authority = b""                  # ... and the authority made of it
         self._head_bytes = 0
+        self._nheaders = 0
         self._body_expected = False
+        self._length = -1                      # Content-Length of the request, -1: none
         self._expect = False
+        self._upgrade = False                  # an Upgrade header was sent
+        self._nominated = b""                  # Connection tokens naming other headers
+        self._final = False                    # no request may follow the one being read
+        self._last = False                     # ... and it was read: the rest is discarded
+        self.nread = 0                         # reads so far: progress for the body timeout
         self._clock = ctx.loop.time
         self._bad_head = b""               # why the head being read is unacceptable
         self._parsing: Exchange | None = None    # exchange whose request is being read
@@ -118,22 +139,33 @@ class H1Server(asyncio.Protocol):
         self._queue = None
 
     def data_received(self, data: bytes) -> None:
+        if self._last:                  # the last request was read: the rest is discarded
+            return
+        self.nread += 1
+        rest = b""
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            # The request was served as plain HTTP (Upgrade is hop-by-hop and
-            # not forwarded); whatever followed it is the next request.
+            # A bodiless request with Upgrade was served as plain HTTP (Upgrade
+            # is hop-by-hop and not forwarded); what followed is the next
+            # request. One with a body was refused (the parser stops at its head).
+            self.parser = httptools.HttpRequestParser(self)
             rest = data[exc.args[0]:] if exc.args else b""
-            if rest and not self._closing:
-                self.data_received(rest)
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _HeadTooLarge):
+            cause = exc.__context__
+            if isinstance(cause, _LastMessage):
+                self._pause_reading()
+            elif isinstance(cause, _HeadTooLarge):
                 self._reject(431, b"Request Header Fields Too Large\n")
             else:
-                log.error("request handling failed", exc_info=exc.__context__ or exc)
+                log.error("request handling failed", exc_info=cause or exc)
                 self._reject(500, b"Internal Server Error\n")
         except httptools.HttpParserError:
-            self._reject(400, b"Bad Request\n")
+            if not self._last:
+                self._reject(400, b"Bad Request\n")
+        if rest and not self._closing:
+            self.nread -= 1
+            self.data_received(rest)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -159,28 +191,49 @@ class H1Server(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.phase != HEAD:           # trailers of a chunked body
-            ex = self._parsing
-            if ex is not None:
-                if ex.trailers is None:
-                    ex.trailers = []
-                ex.trailers.append((name.lower(), value))
+            self._trailer(name, value)
             return
         self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > self.ctx.max_header_bytes:
+        self._nheaders += 1
+        if self._head_bytes > self.ctx.max_header_bytes or self._nheaders > self.ctx.max_headers:
             raise _HeadTooLarge
         name = name.lower()
-        self._headers.append((name, value))
         n = len(name)
         if n == 4 and name == b"host":
             if self._host:
                 self._bad_head = b"Bad Request: more than one Host header\n"
             self._host = value
         elif n == 14 and name == b"content-length":
-            self._body_expected = value.strip() not in (b"0", b"")
+            self._length = int(value)      # llhttp accepted it: digits only, one header
+            self._body_expected = self._length > 0
         elif n == 17 and name == b"transfer-encoding":
             self._body_expected = True
         elif n == 6 and name == b"expect":
             self._expect = value.lower() == b"100-continue"
+        elif n == 10 and name == b"connection":
+            low = value.lower()
+            if low != b"keep-alive" and low != b"close":
+                self._nominated += b"," + low
+        elif n == 7 and name == b"upgrade":
+            self._upgrade = True
+        elif name in GATEWAY_ONLY or name.startswith(b"x-meshgate-"):
+            return                         # only the gateway says these: a client's are dropped
+        self._headers.append((name, value))
+
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        """A request trailer: kept unless its name may not appear in a trailer."""
+        ex = self._parsing
+        if ex is None:
+            return
+        self._nheaders += 1
+        if self._nheaders > self.ctx.max_headers:
+            raise _HeadTooLarge
+        name = name.lower()
+        if name in FORBIDDEN_TRAILERS or name.startswith(b"x-meshgate-"):
+            return
+        if ex.trailers is None:
+            ex.trailers = []
+        ex.trailers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.phase = BUSY
@@ -190,19 +243,32 @@ class H1Server(asyncio.Protocol):
         host = self._host
         headers = self._headers
         body_expected = self._body_expected
+        length = self._length
         expect = self._expect
         bad = self._bad_head
         self._url = b""
         self._headers = []
         self._host = b""
         self._head_bytes = 0
+        self._nheaders = 0
         self._body_expected = False
+        self._length = -1
         self._expect = False
         self._bad_head = b""
         version = VERSIONS.get(parser.get_http_version()) or b"1.0"
         method = parser.get_method()
-        if url[:1] != b"/" or not host or bad or method == b"CONNECT":
-            url, host, headers, bad = resolve(url, host, headers, version, method, bad)
+        if self._nominated:                # Connection names hop-by-hop headers to drop
+            headers = drop_nominated(headers, self._nominated)
+            self._nominated = b""
+        if self._upgrade:
+            self._upgrade = False
+            if body_expected:
+                bad = b"Bad Request: Upgrade with a request body\n"
+        ctx = self.ctx
+        if (url[:1] != b"/" or not host or bad or method == b"CONNECT" or version != b"1.1"
+                or b"#" in url or (ctx.normalize_paths and needs_work(url, ctx.merge_slashes))):
+            url, host, headers, bad = resolve(url, host, headers, version, method, bad,
+                                              ctx.path_rules)
         if host == self._host_seen:        # a keep-alive client's usual case
             authority = self._authority
         else:
@@ -212,8 +278,12 @@ class H1Server(asyncio.Protocol):
             self._host_seen, self._authority = host, authority
         ex = Exchange(self, method, url, headers, authority,
                       self.scheme, self.peer, version, body_expected, self._clock())
-        ex.keep_alive = parser.should_keep_alive() and not self.ctx.draining
+        ex.body_length = length
+        keep_alive = parser.should_keep_alive()
+        ex.keep_alive = keep_alive and not self.ctx.draining
         ex.expect_continue = expect and body_expected
+        if not keep_alive or bad:
+            self._final = True             # answer this one; whatever follows is discarded
         if bad:
             ex.keep_alive = False
             ex.pipeline = Refusal(bad)
@@ -250,6 +320,9 @@ class H1Server(asyncio.Protocol):
             ex.body_sink.body_end(ex.trailers)
         if ex is not self._current and self._current is not None:
             self._pause_reading()
+        if self._final:
+            self._last = True
+            raise _LastMessage            # stop the parser before any next request
 
     # -- dispatch ----------------------------------------------------------
     def _dispatch(self, ex: Exchange) -> None:
@@ -422,6 +495,8 @@ class H1Server(asyncio.Protocol):
     def tick(self, now: float, head_timeout: float, idle_timeout: float) -> None:
         phase = self.phase
         if phase == BUSY:
+            if self._parsing is not None and not self._paused_reading:
+                self._tick_body(now)       # a request body is arriving: is it?
             return
         mark = (self.nreq, phase)
         if mark != self._tick_mark:
@@ -432,4 +507,32 @@ class H1Server(asyncio.Protocol):
         if phase == HEAD and waited >= head_timeout:
             self.timeout_head()
         elif phase == IDLE and waited >= (idle_timeout if self.nreq else head_timeout):
+            self._close()
+
+    def _tick_body(self, now: float) -> None:
+        """bodyTimeout: a client that stops sending its body gets 408 and a close.
+
+        Progress is the read counter; a pause of ours (the upstream is slow)
+        is not the client's fault and does not count.
+        """
+        timeout = self.ctx.body_timeout
+        mark = (-self.nread - 1, BUSY)
+        if mark != self._tick_mark:
+            self._tick_mark = mark
+            self._tick_since = now
+        elif timeout and now - self._tick_since >= timeout:
+            ex = self._parsing
+            if ex is not None and not ex.done and not ex.status:
+                if ex.body_sink is not None:
+                    ex.body_sink.body_abort()
+                    ex.body_sink = None
+                ex.keep_alive = False
+                if ex.source is not None:
+                    ex.source.abort()
+                    ex.source = None
+                self._parsing = None
+                ex.body_done = True       # nothing more will be read: answer and close
+                if ex is self._current:
+                    self.respond(ex, 408, b"Request Timeout: request body too slow\n")
+                    return
             self._close()

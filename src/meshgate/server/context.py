@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from meshgate.policies import Services
 from meshgate.protocol.batch import WriteBatch
+from meshgate.protocol.h1_head import DEFAULT_PATH_RULES, PathRules
+from meshgate.protocol.path import SLASH_MODES
 
 if TYPE_CHECKING:
     from meshgate.config.snapshot import Snapshot
@@ -36,8 +38,14 @@ class WorkerContext:
         self.now = loop.time()                   # coarse clock, updated every tick
         self.date = b""
         self.max_header_bytes = 65536
+        self.max_headers = 100
         self.head_timeout = 10.0
         self.idle_timeout = 75.0
+        self.body_timeout = 30.0                 # s without request-body bytes; 0 = none
+        self.buffer_body = 65536                 # request bodies read whole before proxying
+        self.normalize_paths = True
+        self.merge_slashes = False
+        self.path_rules: PathRules = DEFAULT_PATH_RULES
         self.refresh_date()
 
     def install(self, snapshot: Snapshot) -> None:
@@ -48,8 +56,16 @@ class WorkerContext:
     def apply_limits(self, snapshot: Snapshot) -> None:
         server = snapshot.server
         self.max_header_bytes = server.maxHeaderBytes
+        self.max_headers = server.maxHeaders
         self.head_timeout = server.headersTimeout / 1000.0
         self.idle_timeout = server.keepAliveTimeout / 1000.0
+        self.body_timeout = server.bodyTimeout / 1000.0
+        self.buffer_body = server.bufferRequestBody
+        paths = server.pathNormalization
+        self.normalize_paths = paths.normalize
+        self.merge_slashes = paths.mergeSlashes
+        self.path_rules = (paths.normalize, SLASH_MODES[paths.encodedSlashes],
+                           paths.mergeSlashes)
 
     def swap(self, snapshot: Snapshot) -> None:
         old = self.snapshot

@@ -129,7 +129,20 @@ class Pool:
         upstream_failed(ex, None, "connect-failure", status, body)
 
     def release(self, conn: UpstreamConnection) -> None:
-        """A connection finished cleanly: give it to a waiter or keep it idle."""
+        """A connection finished cleanly: give it to a waiter or keep it idle.
+
+        A waiter gets it from the event loop, on a later turn: never from
+        inside the read that ended the previous response, so whatever else
+        arrives on it first closes it instead of reaching the waiter.
+        """
+        if self.waiting:
+            self.ctx.loop.call_soon(self._hand_over, conn)
+            return
+        self._keep_idle(conn)
+
+    def _hand_over(self, conn: UpstreamConnection) -> None:
+        if conn._closed:
+            return                          # forget() already served the waiters
         waiting = self.waiting
         while waiting:
             ex, head, chunked, timeout = waiting.popleft()
@@ -138,6 +151,9 @@ class Pool:
                 conn.reused = True
                 conn.start(ex, head, chunked, timeout)
                 return
+        self._keep_idle(conn)
+
+    def _keep_idle(self, conn: UpstreamConnection) -> None:
         if self.closed or len(self.idle) >= self.max_idle:
             conn._close()
             return
