@@ -11,6 +11,11 @@ by us from what the codec parsed (``ex.body_length``), never copied, so no
 header list can change where the request ends. Guarded clusters send
 through a ``Call``.
 
+A request body up to ``server.bufferRequestBody`` bytes is read whole before
+an upstream connection is taken (nginx's request buffering): a client that
+uploads slowly holds its own connection, never one of the serviceEndpoint's
+pool. Longer bodies stream, each read bounded by ``server.bodyTimeout``.
+
 Compiled with mypyc (see setup.py): keep it fully typed.
 """
 
@@ -25,7 +30,7 @@ from meshgate.upstream.call import Call, request_ids
 if TYPE_CHECKING:
     from meshgate.policies import BuildContext
     from meshgate.policies.proxy import ProxyParams
-    from meshgate.protocol.exchange import Exchange
+    from meshgate.protocol.exchange import Exchange, Headers
     from meshgate.upstream.cluster import Endpoint
 
 
@@ -83,6 +88,15 @@ class Forward:
         self.guarded = cluster.guarded or (policy is not None and bool(self.overall))
 
     def __call__(self, ex: Exchange) -> bool:
+        if ex.body_expected and not ex.body_done and ex.body_sink is None \
+                and ex.body_tee is None and self.cluster.ctx.buffer_body:
+            wait = BodyWait(ex, self, self.cluster.ctx.buffer_body)
+            ex.attach_body_sink(wait)
+            if not wait.released:
+                return True              # sent once the body is in (or outgrew the buffer)
+        return self.send(ex)
+
+    def send(self, ex: Exchange) -> bool:
         cluster = self.cluster
         ex.cluster_name = self.name
         if self.guarded:
@@ -90,7 +104,7 @@ class Forward:
         ep = cluster.single or cluster.pick(ex)
         if ep is None:
             if cluster.awaiting_first:
-                cluster.park(ex, lambda: self(ex))
+                cluster.park(ex, lambda: self.send(ex))
             else:
                 ex.responder.respond(ex, 503, b"Service Unavailable: no healthy upstream\n")
             return True
@@ -162,3 +176,60 @@ def _strip(pos: int | None, path: bytes) -> bytes:
     rest = path[pos:]
     return rest if rest[:1] == b"/" else b"/" + rest
 
+
+
+class BodyWait:
+    """Holds a request body until it is complete (or too long), then sends it.
+
+    A BodySink: it collects what the codec reads, and on ``body_end`` -- or as
+    soon as the body outgrows ``limit`` -- hands the chunks back to the
+    Exchange as if they had just arrived and calls ``forward.send``, whose
+    upstream connection takes them (and the rest, streaming) as its sink.
+    """
+
+    __slots__ = ("chunks", "ex", "forward", "limit", "released", "size")
+
+    def __init__(self, ex: Exchange, forward: Forward, limit: int) -> None:
+        self.ex = ex
+        self.forward = forward
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.released = False
+
+    def body_data(self, data: bytes) -> None:
+        if self.released:                # still being replayed to us: pass it on, in order
+            ex = self.ex
+            sink = ex.body_sink
+            if sink is not None and sink is not self:
+                sink.body_data(data)
+            elif ex.body_buffer is None:
+                ex.body_buffer = [data]
+            else:
+                ex.body_buffer.append(data)
+            return
+        self.chunks.append(data)
+        self.size += len(data)
+        if self.size > self.limit:
+            self._release()
+
+    def body_end(self, trailers: Headers | None) -> None:
+        if not self.released:
+            self._release()
+            return
+        sink = self.ex.body_sink
+        if sink is not None and sink is not self:
+            sink.body_end(trailers)
+
+    def body_abort(self) -> None:
+        self.released = True             # the client is gone: nothing to send
+        self.chunks = []
+
+    def _release(self) -> None:
+        self.released = True
+        ex = self.ex
+        ex.body_sink = None
+        ex.body_buffer = self.chunks or None
+        self.chunks = []
+        if not ex.done:
+            self.forward.send(ex)

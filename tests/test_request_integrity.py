@@ -1,0 +1,401 @@
+"""Request integrity through a real gateway: what the backend parses is what we admitted.
+
+Each test sends raw bytes to a real meshgate process and asks a backend that
+parses HTTP/1.1 by the rules (Content-Length or chunked framing, requests one
+after another on a connection) what it received. The gateway routes
+``/public/*`` without authentication and ``/admin/*`` behind key-auth: a
+request reaching the backend as ``/admin/...`` without credentials is a walk
+around the gateway.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.gateway import Gateway, wait_until
+from tests.test_bad_input import connect, read_response, read_until_close, send_raw, status_of
+
+
+class Parsed:
+    """One request as the backend parsed it."""
+
+    def __init__(self, line: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
+                 trailers: list[tuple[bytes, bytes]]) -> None:
+        self.line = line
+        self.headers = headers
+        self.body = body
+        self.trailers = trailers
+
+    @property
+    def target(self) -> bytes:
+        return self.line.split(b" ")[1]
+
+    def header(self, name: bytes) -> list[bytes]:
+        return [v for k, v in self.headers if k == name]
+
+
+class StrictBackend:
+    """A threaded HTTP/1.1 origin that frames requests as RFC 9112 says and records them.
+
+    Each request is answered ``200`` with its target as the body. A target
+    ending in ``/double`` gets two responses (a desynchronised origin), one
+    ending in ``/conn-framing`` a response whose Connection header nominates
+    Content-Length.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[Parsed] = []
+        self.connections = 0
+        self.lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(256)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        reader = conn.makefile("rb")
+        try:
+            while self._one(reader, conn):
+                pass
+        except (OSError, ValueError):
+            pass
+        finally:
+            conn.close()
+
+    def _one(self, reader: Any, conn: socket.socket) -> bool:
+        line = reader.readline(65536)
+        if not line:
+            return False
+        headers: list[tuple[bytes, bytes]] = []
+        while True:
+            h = reader.readline(65536)
+            if h in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = h.partition(b":")
+            headers.append((name.strip().lower(), value.strip()))
+        names = [k for k, _ in headers]
+        body, trailers = b"", []
+        if b"transfer-encoding" in names:
+            while True:
+                size = int(reader.readline().split(b";")[0], 16)
+                body += reader.read(size)
+                reader.readline()
+                if size == 0:
+                    break
+            body = body[:len(body)]
+            while True:
+                t = reader.readline()
+                if t in (b"\r\n", b""):
+                    break
+                name, _, value = t.partition(b":")
+                trailers.append((name.strip().lower(), value.strip()))
+        elif b"content-length" in names:
+            body = reader.read(int(dict(headers)[b"content-length"]))
+        parsed = Parsed(line.rstrip(b"\r\n"), headers, body, trailers)
+        with self.lock:
+            self.requests.append(parsed)
+        target = parsed.target
+        answer = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(target), target)
+        if target.endswith(b"/double"):
+            answer += b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nstolen"
+        elif target.endswith(b"/conn-framing"):
+            answer = (b"HTTP/1.1 200 OK\r\nconnection: content-length\r\n"
+                      b"content-length: 5\r\n\r\nhello")
+        conn.sendall(answer)
+        return True
+
+    def targets(self) -> list[bytes]:
+        with self.lock:
+            return [r.target for r in self.requests]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def origin() -> Iterator[StrictBackend]:
+    b = StrictBackend()
+    yield b
+    b.close()
+
+
+def gateway_config(url: str, service: dict[str, Any] | None = None,
+                   server: dict[str, Any] | None = None) -> dict[str, Any]:
+    proxy = {"proxy": [{"action": {"serviceEndpoint": "backend"}}]}
+    config: dict[str, Any] = {
+        "apiEndpoints": {"public": {"host": "*", "paths": ["/public/*"]},
+                         "admin": {"host": "*", "paths": ["/admin/*"]}},
+        "serviceEndpoints": {"backend": {"url": url, **(service or {})}},
+        "policies": ["key-auth", "proxy"],
+        "pipelines": {"public": {"apiEndpoints": ["public"], "policies": [proxy]},
+                      "admin": {"apiEndpoints": ["admin"],
+                                "policies": [{"key-auth": [{"action": {}}]}, proxy]}},
+    }
+    if server:
+        config["server"] = server
+    return config
+
+
+@pytest.fixture
+def gw(origin: StrictBackend, gateway_factory: Any) -> Gateway:
+    return gateway_factory(gateway_config(origin.url))
+
+
+def smuggling_post(body: bytes, connection: bytes = b"content-length") -> bytes:
+    return (b"POST /public/x HTTP/1.1\r\nHost: gw\r\nConnection: %s\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (connection, len(body), body))
+
+
+# -- row 1: Connection cannot remove framing ----------------------------------------
+@pytest.mark.parametrize("connection", [b"content-length", b"Content-Length, close",
+                                        b"transfer-encoding", b"host"])
+def test_connection_cannot_nominate_the_framing_away(gw: Gateway, origin: StrictBackend,
+                                                     connection: bytes) -> None:
+    smuggled = b"GET /admin/delete-everything HTTP/1.1\r\nHost: gw\r\n\r\n"
+    response, _ = send_raw(gw.port, smuggling_post(smuggled, connection), timeout=3)
+    assert status_of(response) == 200
+    wait_until(lambda: origin.requests)
+    time.sleep(0.2)          # let a smuggled second request arrive, if there were one
+    assert origin.targets() == [b"/public/x"]
+    (post,) = origin.requests
+    assert post.header(b"content-length") == [b"%d" % len(smuggled)]
+    assert post.body == smuggled
+
+
+def test_nominated_ordinary_headers_are_dropped_before_policies(gw: Gateway,
+                                                                origin: StrictBackend) -> None:
+    response, _ = send_raw(gw.port, b"GET /public/a HTTP/1.1\r\nHost: gw\r\n"
+                                     b"Connection: x-secret, close\r\nX-Secret: 1\r\n"
+                                     b"X-Kept: 2\r\n\r\n")
+    assert status_of(response) == 200
+    (req,) = origin.requests
+    assert req.header(b"x-secret") == [] and req.header(b"x-kept") == [b"2"]
+
+
+# -- row 2: a connection with bytes after its response is never reused --------------
+def test_bytes_after_a_response_never_reach_the_next_request(
+        origin: StrictBackend, gateway_factory: Any) -> None:
+    gw = gateway_factory(gateway_config(origin.url, {"pool": {"maxConnections": 1}}))
+    with connect(gw.port) as c:
+        c.sendall(b"GET /public/double HTTP/1.1\r\nHost: gw\r\n\r\n")
+        assert read_response(c)[2] == b"/public/double"
+        for i in range(3):
+            c.sendall(b"GET /public/next%d HTTP/1.1\r\nHost: gw\r\n\r\n" % i)
+            assert read_response(c)[2] == b"/public/next%d" % i
+    assert origin.connections >= 2       # the desynchronised connection was closed
+
+
+def test_a_queued_victim_gets_its_own_response(origin: StrictBackend,
+                                               gateway_factory: Any) -> None:
+    gw = gateway_factory(gateway_config(origin.url, {"pool": {"maxConnections": 1}}))
+    attack = smuggling_post(b"GET /admin/secret-report HTTP/1.1\r\nX-Ignore: ")
+    results: dict[str, bytes] = {}
+
+    def victim(i: int) -> None:
+        with connect(gw.port) as c:
+            c.sendall(b"GET /public/victim%d HTTP/1.1\r\nHost: gw\r\n"
+                      b"Authorization: apiKey secret\r\n\r\n" % i)
+            results[f"v{i}"] = read_response(c)[2]
+
+    with connect(gw.port) as a:
+        a.sendall(attack)
+        threads = [threading.Thread(target=victim, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(5)
+        status, _, _ = read_response(a)
+    assert status == 200
+    assert results == {f"v{i}": b"/public/victim%d" % i for i in range(4)}
+    assert not [t for t in origin.targets() if t.startswith(b"/admin")]
+
+
+def test_upstream_connection_header_cannot_unframe_the_response(gw: Gateway) -> None:
+    with connect(gw.port) as c:
+        c.sendall(b"GET /public/conn-framing HTTP/1.1\r\nHost: gw\r\n\r\n")
+        status, headers, body = read_response(c)
+        assert (status, body) == (200, b"hello")
+        assert headers[b"content-length"] == b"5"
+        c.sendall(b"GET /public/after HTTP/1.1\r\nHost: gw\r\n\r\n")
+        assert read_response(c)[2] == b"/public/after"
+
+
+# -- row 3: one path, normalised before routing ------------------------------------
+@pytest.mark.parametrize("path", [
+    b"/public/../admin/x", b"/public/%2e%2e/admin/x", b"/public/%2E%2E/admin/x",
+    b"/public/./../admin/x", b"/public/x/../../admin/x", b"/public/.%2E/admin/x",
+])
+def test_dot_segments_are_resolved_before_routing(gw: Gateway, origin: StrictBackend,
+                                                  path: bytes) -> None:
+    response, _ = send_raw(gw.port, b"GET %s HTTP/1.1\r\nHost: gw\r\n"
+                                     b"Connection: close\r\n\r\n" % path)
+    assert status_of(response) == 401            # the /admin/* pipeline's key-auth
+    assert origin.requests == []
+
+
+@pytest.mark.parametrize("path", [b"/public/..%2fadmin/x", b"/public/..%2Fadmin/x",
+                                  b"/public/..%5cadmin/x", b"/public/%zz", b"/public/%2"])
+def test_encoded_slashes_and_bad_escapes_are_400(gw: Gateway, origin: StrictBackend,
+                                                 path: bytes) -> None:
+    response, closed = send_raw(gw.port, b"GET %s HTTP/1.1\r\nHost: gw\r\n\r\n" % path)
+    assert status_of(response) == 400 and closed
+    assert origin.requests == []
+
+
+def test_the_upstream_gets_the_normalised_path(gw: Gateway, origin: StrictBackend) -> None:
+    response, _ = send_raw(gw.port, b"GET /public//a/./b/../%7Euser%2a?q=/../%2e HTTP/1.1\r\n"
+                                     b"Host: gw\r\nConnection: close\r\n\r\n")
+    assert status_of(response) == 200
+    assert origin.targets() == [b"/public//a/~user%2A?q=/../%2e"]
+
+
+def test_path_normalization_settings(origin: StrictBackend, gateway_factory: Any) -> None:
+    gw = gateway_factory(gateway_config(origin.url, server={
+        "pathNormalization": {"encodedSlashes": "unescape", "mergeSlashes": True}}))
+    for path, status in [(b"/public//x%2Fy", 200), (b"/public/..%2Fadmin/x", 401)]:
+        response, _ = send_raw(gw.port, b"GET %s HTTP/1.1\r\nHost: gw\r\n"
+                                         b"Connection: close\r\n\r\n" % path)
+        assert status_of(response) == status
+    assert origin.targets() == [b"/public/x/y"]
+
+
+# -- rows 6, 12: limits --------------------------------------------------------------
+def test_stalled_small_uploads_do_not_starve_the_pool(origin: StrictBackend,
+                                                      gateway_factory: Any) -> None:
+    gw = gateway_factory(gateway_config(origin.url, {"pool": {"maxConnections": 8}}))
+    stalled = []
+    try:
+        for _ in range(40):
+            s = connect(gw.port)
+            s.sendall(b"POST /public/upload HTTP/1.1\r\nHost: gw\r\n"
+                      b"Content-Length: 10000\r\n\r\nx")
+            stalled.append(s)
+        started = time.monotonic()
+        response, _ = send_raw(gw.port, b"GET /public/normal HTTP/1.1\r\nHost: gw\r\n"
+                                         b"Connection: close\r\n\r\n")
+        elapsed = time.monotonic() - started
+        assert status_of(response) == 200
+        assert elapsed < 1.0, elapsed              # 100 ms when the machine is quiet
+        assert origin.connections == 1             # no upload took an upstream connection
+    finally:
+        for s in stalled:
+            s.close()
+
+
+def test_a_body_that_stops_arriving_is_408(origin: StrictBackend,
+                                           gateway_factory: Any) -> None:
+    gw = gateway_factory(gateway_config(origin.url, server={"bodyTimeout": 300,
+                                                            "bufferRequestBody": 0}))
+    with connect(gw.port) as c:
+        c.sendall(b"POST /public/upload HTTP/1.1\r\nHost: gw\r\n"
+                  b"Content-Length: 100000\r\n\r\n" + b"x" * 1000)
+        response, closed = read_until_close(c, timeout=5)
+    assert status_of(response) == 408 and closed
+
+
+@pytest.mark.parametrize("count, status", [(99, 200), (101, 431)])
+def test_header_count_limit(gw: Gateway, count: int, status: int) -> None:
+    headers = b"".join(b"x-h%d: v\r\n" % i for i in range(count - 1))
+    response, _ = send_raw(gw.port, b"GET /public/h HTTP/1.1\r\nHost: gw\r\n%s"
+                                     b"Connection: close\r\n\r\n" % headers)
+    assert status_of(response) == status
+
+
+# -- row 7: Upgrade with a body -----------------------------------------------------
+@pytest.mark.parametrize("upgrade", [b"websocket", b"h2c"])
+def test_upgrade_with_a_body_is_400(gw: Gateway, origin: StrictBackend,
+                                    upgrade: bytes) -> None:
+    body = b"GET /admin/x HTTP/1.1\r\nHost: gw\r\n\r\n"
+    response, closed = send_raw(gw.port, b"POST /public/x HTTP/1.1\r\nHost: gw\r\n"
+                                         b"Connection: Upgrade\r\nUpgrade: %s\r\n"
+                                         b"Content-Length: %d\r\n\r\n%s"
+                                         % (upgrade, len(body), body), timeout=3)
+    assert status_of(response) == 400 and closed
+    assert response.count(b"HTTP/1.1") == 1
+    assert origin.requests == []
+
+
+def test_h2c_upgrade_without_a_body_is_served_as_http1(gw: Gateway,
+                                                       origin: StrictBackend) -> None:
+    response, _ = send_raw(gw.port, b"GET /public/x HTTP/1.1\r\nHost: gw\r\n"
+                                     b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                                     b"HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+                                     b"GET /public/y HTTP/1.1\r\nHost: gw\r\n"
+                                     b"Connection: close\r\n\r\n", timeout=3)
+    assert response.count(b"HTTP/1.1 200") == 2
+    assert origin.targets() == [b"/public/x", b"/public/y"]
+    assert origin.requests[0].header(b"upgrade") == []
+    assert origin.requests[0].header(b"http2-settings") == []
+
+
+# -- row 10: nothing after the last request -------------------------------------------
+@pytest.mark.parametrize("first", [
+    b"GET /public/1 HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    b"GET /public/1 HTTP/1.0\r\nHost: gw\r\n\r\n",
+])
+def test_the_request_before_a_close_is_answered_the_rest_discarded(
+        gw: Gateway, origin: StrictBackend, first: bytes) -> None:
+    second = b"GET /admin/2 HTTP/1.1\r\nHost: gw\r\n\r\n"
+    response, closed = send_raw(gw.port, first + second, timeout=3)
+    assert closed and status_of(response) == 200
+    assert response.count(b"HTTP/1.1 ") == 1
+    assert origin.targets() == [b"/public/1"]
+
+
+def test_http10_keep_alive_is_acknowledged(gw: Gateway) -> None:
+    with connect(gw.port) as c:
+        c.sendall(b"GET /public/1 HTTP/1.0\r\nHost: gw\r\nConnection: keep-alive\r\n\r\n")
+        status, headers, _ = read_response(c)
+        assert status == 200 and headers[b"connection"] == b"keep-alive"
+        c.sendall(b"GET /public/2 HTTP/1.0\r\nHost: gw\r\n\r\n")
+        assert read_response(c)[2] == b"/public/2"
+
+
+# -- rows 11, 12: what a client may not say ---------------------------------------------
+def test_gateway_headers_from_a_client_are_dropped(gw: Gateway, origin: StrictBackend) -> None:
+    response, _ = send_raw(gw.port, b"GET /public/x HTTP/1.1\r\nHost: gw\r\n"
+                                     b"eg-consumer-id: admin\r\nX-Meshgate-Fault: 1\r\n"
+                                     b"X-MESHGATE-anything: 1\r\nConnection: close\r\n\r\n")
+    assert status_of(response) == 200
+    (req,) = origin.requests
+    assert [k for k, _ in req.headers if k.startswith((b"eg-consumer", b"x-meshgate"))] == []
+
+
+def test_request_trailers_are_filtered(gw: Gateway, origin: StrictBackend) -> None:
+    response, _ = send_raw(gw.port, b"POST /public/t HTTP/1.1\r\nHost: gw\r\n"
+                                     b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                                     b"3\r\nabc\r\n0\r\nHost: evil\r\nContent-Length: 5\r\n"
+                                     b"X-Checksum: 1\r\n\r\n")
+    assert status_of(response) == 200
+    (req,) = origin.requests
+    assert req.body == b"abc"
+    assert req.trailers == [(b"x-checksum", b"1")]
+
+
+@pytest.mark.parametrize("raw", [
+    pytest.param(b"GET /public/x#frag HTTP/1.1\r\nHost: gw\r\n\r\n", id="fragment"),
+    pytest.param(b"GET /public/x\r\n\r\n", id="http09"),
+    pytest.param(b"GET /public/x HTTP/0.9\r\n\r\n", id="http09-version"),
+])
+def test_odd_targets_are_400(gw: Gateway, origin: StrictBackend, raw: bytes) -> None:
+    response, closed = send_raw(gw.port, raw)
+    assert status_of(response) == 400 and closed
+    assert origin.requests == []
