@@ -94,9 +94,10 @@ BAD = {
                         "port: eighty", "http.port", "expected an integer"),
     "port-out-of-range": (GOOD.replace("port: 8080", "port: 70000"),
                           "port: 70000", "http.port", "65535"),
-    "unknown-policy": (GOOD.replace("  - log\n", "  - nosuch\n").replace(
-                           "      - log:", "      - nosuch:"),
+    "unknown-policy": (GOOD.replace("      - log:", "      - nosuch:"),
                        "- nosuch:", "pipelines.main.policies[0].nosuch", "unknown policy"),
+    "unknown-policy-in-whitelist": (GOOD.replace("  - log\n", "  - logg\n"), "- logg",
+                                    "policies[1]", "unknown policy 'logg'; did you mean 'log'?"),
     "policy-not-whitelisted": (GOOD.replace("  - log\n", ""),
                                "- log:", "pipelines.main.policies[0].log", "whitelist"),
     "unknown-service-endpoint": (GOOD.replace("serviceEndpoint: backend", "serviceEndpoint: nope"),

@@ -4,13 +4,16 @@ Theory of operation
 -------------------
 Two base classes say whose section a model describes:
 
-* ``EGModel`` -- a section Express Gateway defined. EG validated with
-  ajv (``coerceTypes``, no ``additionalProperties: false``), so unknown keys
-  are kept (not rejected) and numbers are accepted where strings are
-  expected, as ajv would coerce them;
-* ``MeshModel`` -- a meshgate extension: unknown keys are typos and rejected;
-* ``ParamsModel`` -- params of a condition or policy: typos rejected, and
-  ajv's number-to-string coercion kept.
+* ``EGModel`` -- a section Express Gateway defined. It declares every key
+  EG documented (and the options EG passed through to a Node library, such
+  as ioredis' or http-proxy's); anything else is a typo and rejected. EG
+  validated with ajv (``coerceTypes``), so numbers are accepted where
+  strings are expected, as ajv would coerce them;
+* ``MeshModel`` -- a meshgate extension: unknown keys are rejected;
+* ``ParamsModel`` -- params of a condition or policy: unknown keys rejected,
+  and ajv's number-to-string coercion kept.
+
+An unknown key is reported with the closest accepted one (``keys.py``).
 
 EG accepts several spellings of the same thing (``paths: /a`` or ``paths:
 [/a]``, one apiEndpoint object or a list of them); the ``BeforeValidator``
@@ -19,7 +22,8 @@ while advertising the accepted input shapes in the JSON Schema.
 
 ``relocate()`` re-roots the errors of a nested validation (a policy's action
 params, a condition's params) under a location prefix, so a mistake deep in
-an action is reported at ``...proxy[0].action.changeOrigin``.
+an action is reported at ``...proxy[0].action.changeOrigin``; given the
+params model, it names the key an unknown one was probably meant to be.
 """
 
 from __future__ import annotations
@@ -34,9 +38,9 @@ Loc = tuple[str | int, ...]
 
 
 class EGModel(BaseModel):
-    """A section of Express Gateway's own config format."""
+    """A section of Express Gateway's own config format: its documented keys only."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True,
+    model_config = ConfigDict(extra="forbid", populate_by_name=True,
                               coerce_numbers_to_str=True)
 
 
@@ -82,8 +86,14 @@ def custom_error(kind: str, message: str, loc: Loc, value: Any) -> InitErrorDeta
     return {"type": PydanticCustomError(kind, message), "loc": loc, "input": value}
 
 
-def relocate(exc: ValidationError, prefix: Loc) -> list[InitErrorDetails]:
-    """The errors of a nested validation, re-rooted under ``prefix``."""
+def relocate(exc: ValidationError, prefix: Loc,
+             model: type[BaseModel] | None = None) -> list[InitErrorDetails]:
+    """The errors of a nested validation, re-rooted under ``prefix``; with the
+    ``model`` that was validated, unknown keys are named (``keys.py``)."""
+    if model is not None:
+        from meshgate.config.keys import name_unknown_keys
+        return [{**err, "loc": prefix + tuple(err["loc"])}
+                for err in name_unknown_keys(exc, model)]
     out: list[InitErrorDetails] = []
     for err in exc.errors(include_url=False):
         ctx = {k: v for k, v in (err.get("ctx") or {}).items()

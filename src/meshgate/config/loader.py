@@ -16,7 +16,8 @@ Express Gateway lays it out. Loading one file goes:
    ties sections together (whitelist, references) and validate each policy
    action and condition with its registered params model;
 5. turn any ``ValidationError`` into a ``ConfigError`` (``errors``), located
-   through the raw data and the line map.
+   through the raw data and the line map; an unknown key is reported first,
+   with the key it was probably meant to be (``keys``).
 
 ``load_config`` returns a frozen ``LoadedConfig``; nothing is cached, so the
 hot-reload watcher calls it again and keeps the running config when it
@@ -38,6 +39,7 @@ from pydantic import BaseModel, ValidationError
 from meshgate.conditions import CONDITIONS
 from meshgate.config.envsubst import Substituted, substitute
 from meshgate.config.errors import ConfigError, from_validation, show
+from meshgate.config.keys import name_unknown_keys
 from meshgate.config.model import GatewayConfig, SystemConfig
 from meshgate.config.pipeline import SCHEMA_MARKER
 from meshgate.config.yamlpos import load_yaml
@@ -140,7 +142,8 @@ def _parse(model: type[M], text: str, file: str, env: Mapping[str, str] | None,
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise from_validation(exc, file, data, lines, sub.source_line) from None
+        named = ValidationError.from_exception_data(model.__name__, name_unknown_keys(exc, model))
+        raise from_validation(named, file, data, lines, sub.source_line) from None
 
 
 def _parse_yaml(sub: Substituted, file: str) -> tuple[Any, dict[Any, int]]:

@@ -21,8 +21,11 @@ pipeline apiEndpoint and each ``serviceEndpoint`` action parameter names one
 that exists -- and reports every failure with its location, so the loader
 can name the file line of each.
 
-Sections EG defined keep unknown keys (EG never rejected them); meshgate's
-own sections reject them.
+Every section rejects keys it does not declare, EG's included: they declare
+what EG documented (and the Node options EG passed through), so a typo such
+as ``pipeline:`` or ``serviceEndpionts:`` is an error at its own line, named
+with the key it was probably meant to be (``keys.py``). So is a name in the
+``policies`` whitelist that no policy has, and EG's ``plugins``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     Field,
+    JsonValue,
     ValidationError,
     field_validator,
     model_validator,
@@ -55,6 +59,7 @@ from meshgate.config.base import (
     relocate,
 )
 from meshgate.config.jsregex import to_python_regex
+from meshgate.config.keys import suggestion, unknown_key_message
 from meshgate.config.mesh import (
     CircuitBreakers,
     HealthCheck,
@@ -66,6 +71,8 @@ from meshgate.config.mesh import (
 )
 from meshgate.config.pipeline import ConditionUse, Pipeline, PolicyUse, StepUse
 from meshgate.config.system import SystemConfig
+from meshgate.plugins import PluginError
+from meshgate.policies import POLICIES
 
 __all__ = [
     "AdminConfig", "ApiEndpoint", "ConditionUse", "GatewayConfig", "HttpConfig",
@@ -90,27 +97,53 @@ class TlsCertificate(EGModel):
     ca: StrList = Field(default_factory=list)
 
 
+# Node's tls.createServer / createSecureContext / http.createServer options, which EG
+# passed through from ``https.options``; meshgate accepts the names and ignores them.
+NODE_TLS_OPTIONS = frozenset((
+    "ALPNProtocols", "allowHalfOpen", "allowPartialTrustChain", "ca", "cert", "ciphers",
+    "clientCertEngine", "crl", "dhparam", "ecdhCurve", "enableTrace", "handshakeTimeout",
+    "headersTimeout", "highWaterMark", "honorCipherOrder", "insecureHTTPParser", "keepAlive",
+    "keepAliveInitialDelay", "keepAliveTimeout", "key", "maxHeaderSize", "maxVersion",
+    "minVersion", "noDelay", "passphrase", "pauseOnConnect", "pfx", "privateKeyEngine",
+    "privateKeyIdentifier", "pskIdentityHint", "rejectUnauthorized", "requestCert",
+    "requestTimeout", "secureOptions", "secureProtocol", "sessionIdContext", "sessionTimeout",
+    "sigalgs", "ticketKeys",
+))
+
+_TLS_OPTION_NAMES: list[JsonValue] = [*sorted(NODE_TLS_OPTIONS)]
+
+
+def _node_tls_options(value: dict[str, Any]) -> dict[str, Any]:
+    errors = [custom_error("unknown_key", unknown_key_message(
+                  str(key), sorted(NODE_TLS_OPTIONS, key=str.lower), top_level=False),
+                  (str(key),), item)
+              for key, item in value.items() if key not in NODE_TLS_OPTIONS]
+    raise_errors("options", errors)
+    return value
+
+
 class HttpsConfig(EGModel):
     port: Port
     hostname: str | None = None
     tls: Annotated[dict[str, TlsCertificate], BeforeValidator(empty_if_none)] = Field(
         default_factory=dict)
-    options: dict[str, Any] = Field(default_factory=dict)   # extra TLS server options
+    options: Annotated[dict[str, Any], AfterValidator(_node_tls_options)] = Field(
+        default_factory=dict, description="Node TLS server options (accepted, not used)",
+        json_schema_extra={"propertyNames": {"enum": _TLS_OPTION_NAMES}})
 
 
 class AdminConfig(EGModel):
     port: Port = 9876
     host: str = "localhost"
+    hostname: str | None = Field(None, exclude=True, description="EG's older name of host")
     backlog: int | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _hostname(cls, data: Any) -> Any:
-        # EG's deprecated ``hostname`` wins over ``host`` when both are given.
-        if isinstance(data, dict) and data.get("hostname") is not None:
-            data = {**data, "host": data["hostname"]}
-            del data["hostname"]
-        return data
+    @model_validator(mode="after")
+    def _hostname(self) -> AdminConfig:
+        # EG's ``hostname`` wins over ``host`` when both are given.
+        if self.hostname is not None:
+            self.host = self.hostname
+        return self
 
 
 class PathNormalization(MeshModel):
@@ -160,8 +193,7 @@ def _methods(value: Any) -> Any:
 
 class ApiEndpoint(EGModel):
     host: Annotated[str, BeforeValidator(_host)] = "*"
-    paths: StrList = Field(default_factory=list,
-                           validation_alias=AliasChoices("paths", "path"))
+    paths: StrList = Field(default_factory=list)
     methods: Annotated[
         list[str] | None, BeforeValidator(_methods, json_schema_input_type=str | list[str]),
     ] = None
@@ -192,7 +224,8 @@ HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
 class ProxyOptions(EGModel):
-    """http-proxy options EG passed through; known keys are typed, others kept."""
+    """http-proxy options EG passed through, and the proxy policy's own parameters
+    (EG merged the two). Those meshgate honours are typed; the rest are accepted."""
 
     target: str | dict[str, Any] | None = None
     changeOrigin: bool | None = None
@@ -212,6 +245,15 @@ class ProxyOptions(EGModel):
     headers: dict[str, str] | None = None
     proxyTimeout: Millis | None = None
     timeout: Millis | None = None
+    stripPath: bool | None = None
+    strategy: str | None = None
+    forward: str | dict[str, Any] | None = None
+    agent: Any = None
+    ssl: dict[str, Any] | None = None
+    cookieDomainRewrite: str | dict[str, Any] | bool | None = None
+    cookiePathRewrite: str | dict[str, Any] | bool | None = None
+    selfHandleResponse: bool | None = None
+    buffer: Any = None
 
 
 class PoolConfig(MeshModel):
@@ -259,11 +301,12 @@ class ServiceEndpoint(EGModel):
     def _discovery(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is None:
             return None
-        from meshgate.discovery import validate_discovery
+        from meshgate.discovery import DISCOVERY, validate_discovery
         try:
             params = validate_discovery(value)
         except ValidationError as exc:
-            raise_errors("discovery", relocate(exc, ()))
+            spec = DISCOVERY.get(str(value.get("type", "static")))
+            raise_errors("discovery", relocate(exc, (), spec.params if spec else None))
         return {"type": value.get("type", "static"), **params.model_dump(mode="json")}
 
     @model_validator(mode="after")
@@ -319,6 +362,23 @@ class GatewayConfig(EGModel):
         default_factory=ServerSettings)
     sidecar: SidecarConfig | None = Field(
         None, description="Sidecar mode (set by `meshgate sidecar`)")
+
+    @field_validator("policies")
+    @classmethod
+    def _known_policies(cls, names: list[str]) -> list[str]:
+        errors: list[InitErrorDetails] = []
+        for i, name in enumerate(names):
+            try:
+                found = POLICIES.get(name) is not None
+            except PluginError as exc:
+                errors.append(custom_error("policy_plugin", str(exc), (i,), name))
+                continue
+            if not found:
+                errors.append(custom_error(
+                    "unknown_policy", f"unknown policy {name!r}; "
+                    + suggestion(name, POLICIES.names()), (i,), name))
+        raise_errors("policies", errors)
+        return names
 
     @model_validator(mode="after")
     def _check_references(self) -> GatewayConfig:

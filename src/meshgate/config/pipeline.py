@@ -45,6 +45,8 @@ from meshgate.config.base import (
     relocate,
 )
 from meshgate.config.errors import show
+from meshgate.config.keys import suggestion
+from meshgate.plugins import PluginError
 from meshgate.policies import POLICIES
 
 if TYPE_CHECKING:
@@ -88,14 +90,20 @@ class ConditionUse:
         if not isinstance(name, str):
             kind = "missing" if name is None else "string_type"
             raise_error("ConditionUse", {"type": kind, "loc": ("name",), "input": raw})
-        spec = CONDITIONS.get(name)
+        try:
+            spec = CONDITIONS.get(name)
+        except PluginError as exc:
+            raise_error("ConditionUse", custom_error("plugin", str(exc), ("name",), name))
         if spec is None:
-            known = ", ".join(CONDITIONS.names())
             raise_error("ConditionUse", custom_error(
-                "unknown_condition", f"unknown condition {name!r}; known: {known}",
+                "unknown_condition", _unknown("condition", name, CONDITIONS.names()),
                 ("name",), name))
         params = {k: v for k, v in raw.items() if k != "name"}
-        return cls(name, spec.params.model_validate(params))
+        try:
+            return cls(name, spec.params.model_validate(params))
+        except ValidationError as exc:
+            raise_errors("ConditionUse", relocate(exc, (), spec.params))
+            raise
 
     def dump(self) -> dict[str, Any]:
         return {"name": self.name, **_dump_params(self.params)}
@@ -143,11 +151,13 @@ class PolicyUse:
             raise_error("PolicyUse", custom_error("policy_use", _shape_message(raw), (), raw))
         ((name, steps_raw),) = raw.items()
         name = str(name)
-        spec = POLICIES.get(name)
+        try:
+            spec = POLICIES.get(name)
+        except PluginError as exc:
+            raise_error("PolicyUse", custom_error("plugin", str(exc), (name,), name))
         if spec is None:
-            known = ", ".join(POLICIES.names()) or "(none registered)"
             raise_error("PolicyUse", custom_error(
-                "unknown_policy", f"unknown policy {name!r}; known: {known}", (name,), name))
+                "unknown_policy", _unknown("policy", name, POLICIES.names()), (name,), name))
         if steps_raw is None or steps_raw == []:
             steps_raw = [None]
         elif isinstance(steps_raw, dict):
@@ -176,6 +186,12 @@ class PolicyUse:
     def __get_pydantic_json_schema__(cls, schema: core_schema.CoreSchema,
                                      handler: GetJsonSchemaHandler) -> dict[str, Any]:
         return {SCHEMA_MARKER: "PolicyUse"}
+
+
+def _unknown(kind: str, name: str, known: list[str]) -> str:
+    close = suggestion(name, known)
+    hint = f" {close}" if close.startswith("did you mean") else ""
+    return f"unknown {kind} {name!r};{hint} known: {', '.join(known) or '(none registered)'}"
 
 
 def _shape_message(raw: Any) -> str:
@@ -212,7 +228,7 @@ def _parse_step(params_model: type[BaseModel], name: str, index: int, raw: Any,
         given = raw.get("action")
         action = params_model.model_validate({} if given is None else given)
     except ValidationError as exc:
-        errors.extend(relocate(exc, (*here, "action")))
+        errors.extend(relocate(exc, (*here, "action"), params_model))
     if action is None:
         return None
     return StepUse(condition, action)

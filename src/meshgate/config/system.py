@@ -5,8 +5,11 @@ Theory of operation
 ``SystemConfig.model_validate(data)`` takes an Express Gateway
 ``system.config.yml`` unchanged. Every section has EG's defaults (from EG's
 ``lib/config/schemas/system.config.json``), so a missing file and an empty
-one mean the same thing. Sections keep unknown keys, as EG did: ``db.redis``
-holds ioredis options and ``session`` express-session options.
+one mean the same thing. Every section rejects keys it does not know:
+``db.redis`` knows ioredis' options and ``session`` express-session's (EG
+handed both sections to those libraries), the others EG's documented keys.
+``plugins`` (EG's JavaScript plugins) is refused with a message saying how
+meshgate's Python plugins work.
 
 Storage: with no ``db.redis`` section, or ``emulate: true``, meshgate keeps
 consumers in its embedded store; otherwise in the Redis described there.
@@ -17,9 +20,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
-from meshgate.config.base import EGModel, MeshModel, Millis, Port, empty_if_none
+from meshgate.config.base import (
+    EGModel,
+    MeshModel,
+    Millis,
+    Port,
+    empty_if_none,
+    raise_errors,
+    relocate,
+)
+from meshgate.config.keys import PLUGINS_MESSAGE
 
 
 class RedisSentinel(EGModel):
@@ -38,15 +51,54 @@ class RedisConfig(EGModel):
     namespace: str = "EG"
     host: str = "localhost"
     port: Port = 6379
+    username: str | None = None
     password: str | None = None
     db: Annotated[int, Field(ge=0)] = 0
     sentinels: list[RedisSentinel] | None = None
     name: str | None = None             # sentinel master group
     tls: RedisTls | None = None
+    # ioredis options EG passed through: accepted, not used by meshgate.
+    family: Any = None
+    path: Any = None
+    keepAlive: Any = None
+    noDelay: Any = None
+    connectionName: Any = None
+    keyPrefix: Any = None
+    connectTimeout: Any = None
+    disconnectTimeout: Any = None
+    commandTimeout: Any = None
+    socketTimeout: Any = None
+    maxRetriesPerRequest: Any = None
+    maxLoadingRetryTime: Any = None
+    enableReadyCheck: Any = None
+    enableOfflineQueue: Any = None
+    enableAutoPipelining: Any = None
+    autoPipeliningIgnoredCommands: Any = None
+    autoResubscribe: Any = None
+    autoResendUnfulfilledCommands: Any = None
+    lazyConnect: Any = None
+    readOnly: Any = None
+    stringNumbers: Any = None
+    showFriendlyErrorStack: Any = None
+    role: Any = None
+    sentinelUsername: Any = None
+    sentinelPassword: Any = None
+    sentinelCommandTimeout: Any = None
+    sentinelTLS: Any = None
+    enableTLSForSentinelMode: Any = None
+    updateSentinels: Any = None
+    preferredSlaves: Any = None
+    natMap: Any = None
+
+
+class SqliteConfig(MeshModel):
+    path: str | None = Field(None, description="The embedded store's file "
+                                               "(relative to the config folder)")
 
 
 class DbConfig(EGModel):
     redis: RedisConfig | None = None    # None: the embedded store
+    sqlite: SqliteConfig | None = None  # where the embedded store lives
 
 
 class CryptoConfig(EGModel):
@@ -74,6 +126,43 @@ class AuthorizationCodesConfig(EGModel):
     timeToExpiry: Millis = 300000
 
 
+class SessionCookie(EGModel):
+    """express-session's ``cookie`` options."""
+
+    maxAge: Millis | None = None
+    secure: bool | str | None = None
+    httpOnly: bool | None = None
+    domain: str | None = None
+    path: str | None = None
+    sameSite: bool | str | None = None
+    expires: Any = None
+    partitioned: bool | None = None
+    priority: str | None = None
+
+
+class SessionConfig(EGModel):
+    """express-session's options (EG handed the section to it)."""
+
+    secret: str | list[str] | None = None
+    name: str | None = None
+    cookie: SessionCookie | None = None
+    resave: bool | None = None
+    saveUninitialized: bool | None = None
+    rolling: bool | None = None
+    proxy: bool | None = None
+    unset: str | None = None
+
+
+def _session(value: Any) -> Any:
+    """Checked against express-session's options, kept as the mapping it was."""
+    value = empty_if_none(value)
+    try:
+        SessionConfig.model_validate(value)
+    except ValidationError as exc:
+        raise_errors("session", relocate(exc, (), SessionConfig))
+    return value
+
+
 class CliConfig(EGModel):
     url: str | None = None              # Admin API URL; EG_ADMIN_URL wins
     verbose: bool = False
@@ -96,10 +185,11 @@ class RegistryConfig(MeshModel):
     serve: RegistryServe | None = Field(None, description="Embed the registry in this process")
 
 
-def _plugins(value: Any) -> Any:
-    if not isinstance(value, dict):
-        return empty_if_none(value)
-    return {name: {} if settings is None else settings for name, settings in value.items()}
+def _no_plugins(value: Any) -> Any:
+    """EG's ``plugins``: nothing (or an empty section) is fine, any plugin is not."""
+    if value:
+        raise PydanticCustomError("eg_plugins", PLUGINS_MESSAGE)
+    return {}
 
 
 Section = BeforeValidator(empty_if_none)
@@ -108,15 +198,17 @@ Section = BeforeValidator(empty_if_none)
 class SystemConfig(EGModel):
     db: Annotated[DbConfig, Section] = Field(default_factory=DbConfig)
     crypto: Annotated[CryptoConfig, Section] = Field(default_factory=CryptoConfig)
-    session: Annotated[dict[str, Any], Section] = Field(default_factory=dict)
+    session: Annotated[dict[str, Any], BeforeValidator(
+        _session, json_schema_input_type=SessionConfig)] = Field(default_factory=dict)
     accessTokens: Annotated[AccessTokensConfig, Section] = Field(
         default_factory=AccessTokensConfig)
     refreshTokens: Annotated[RefreshTokensConfig, Section] = Field(
         default_factory=RefreshTokensConfig)
     authorizationCodes: Annotated[AuthorizationCodesConfig, Section] = Field(
         default_factory=AuthorizationCodesConfig)
-    plugins: Annotated[dict[str, dict[str, Any]], BeforeValidator(_plugins)] = Field(
-        default_factory=dict)
+    plugins: Annotated[dict[str, Any], BeforeValidator(_no_plugins)] = Field(
+        default_factory=dict, description="Express Gateway's JavaScript plugins: refused",
+        json_schema_extra={"maxProperties": 0})
     cli: Annotated[CliConfig, Section] = Field(default_factory=CliConfig)
     registry: RegistryConfig | None = None
 

@@ -55,11 +55,10 @@ def sqlite_path(system: Any, config_dir: Path | None,
                 env: Mapping[str, str] | None = None) -> Path:
     """Where the embedded store's file lives (see the module docstring)."""
     env = os.environ if env is None else env
-    extra = getattr(system.db, "model_extra", None) or {}
-    section = extra.get("sqlite")
+    section = getattr(system.db, "sqlite", None)
     base = config_dir if config_dir is not None else Path.cwd()
-    if isinstance(section, Mapping) and section.get("path"):
-        path = Path(str(section["path"])).expanduser()
+    if section is not None and section.path:
+        path = Path(str(section.path)).expanduser()
         return path if path.is_absolute() else base / path
     if env.get("MESHGATE_DATA_DIR"):
         return Path(env["MESHGATE_DATA_DIR"]).expanduser() / "meshgate.db"

@@ -52,9 +52,8 @@ def client_from_config(cfg: Any, timeout: float = 5,
     request waiting on Redis therefore waits ``timeout`` at most once, where
     redis-py's default (ten retries with backoff) would hold it for minutes.
     """
-    extra = getattr(cfg, "model_extra", None) or {}
     options: dict[str, Any] = {"db": cfg.db, "password": cfg.password,
-                               "username": extra.get("username"),
+                               "username": getattr(cfg, "username", None),
                                "decode_responses": decode_responses,
                                "socket_connect_timeout": timeout, "socket_timeout": timeout,
                                "health_check_interval": 30,
