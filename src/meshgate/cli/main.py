@@ -19,7 +19,13 @@ import uvloop
 
 from meshgate import __version__
 from meshgate.cli import consumers, credentials, registry, sidecar
-from meshgate.config.loader import ConfigError, find_config_dir, json_schema, load_config
+from meshgate.config.loader import (
+    ConfigError,
+    find_config_dir,
+    json_schema,
+    load_config,
+    system_json_schema,
+)
 
 app = typer.Typer(help="meshgate: API gateway, service-mesh sidecar and service registry.",
                   no_args_is_help=True, add_completion=False,
@@ -78,13 +84,19 @@ def run(
 @app.command()
 def validate(config_dir: ConfigDirArg = None) -> None:
     """Check CONFIG_DIR without serving it: the files, then building every policy."""
+    from meshgate.conditions import CONDITIONS
     from meshgate.config.check import check_build
+    from meshgate.policies import POLICIES
 
     try:
         cfg = load_config(find_config_dir(config_dir))
     except ConfigError as exc:
         raise _config_error(exc) from None
     failures = check_build(cfg)
+    for extensions in (POLICIES, CONDITIONS):    # installed plugins that were left out
+        extensions.names()
+        for problem in extensions.problems:
+            typer.echo(f"meshgate: warning: {problem}", err=True)
     if failures:
         for failure in failures:
             typer.echo(f"meshgate: invalid config: {failure}", err=True)
@@ -95,9 +107,12 @@ def validate(config_dir: ConfigDirArg = None) -> None:
 
 
 @app.command()
-def schema() -> None:
-    """Print the JSON Schema of gateway.config.yml (for editors)."""
-    json.dump(json_schema(), sys.stdout, indent=2)
+def schema(
+    system: Annotated[bool, typer.Option(
+        "--system", help="The schema of system.config.yml instead")] = False,
+) -> None:
+    """Print the JSON Schema of gateway.config.yml (for editors); unknown keys are errors."""
+    json.dump(system_json_schema() if system else json_schema(), sys.stdout, indent=2)
     sys.stdout.write("\n")
 
 

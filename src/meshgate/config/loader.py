@@ -22,7 +22,9 @@ Express Gateway lays it out. Loading one file goes:
 ``load_config`` returns a frozen ``LoadedConfig``; nothing is cached, so the
 hot-reload watcher calls it again and keeps the running config when it
 raises. ``json_schema()`` assembles the JSON Schema of gateway.config.yml,
-including every registered policy's action params and condition.
+including every registered policy's action params, condition and discovery
+provider; ``system_json_schema()`` that of system.config.yml. Both reject
+the keys the loader rejects (``additionalProperties: false``).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from meshgate.policies import POLICIES
 
 __all__ = [
     "ConfigError", "LoadedConfig", "find_config_dir", "json_schema", "load_config",
-    "load_gateway_file", "load_system_file", "parse_gateway",
+    "load_gateway_file", "load_system_file", "parse_gateway", "system_json_schema",
 ]
 
 GATEWAY_FILES = ("gateway.config.yml", "gateway.config.yaml", "gateway.config.json")
@@ -177,10 +179,39 @@ def json_schema() -> dict[str, Any]:
     defs: dict[str, Any] = schema.setdefault("$defs", {})
     defs["PolicyUse"] = _policy_use_schema(defs)
     defs["Condition"] = _condition_schema(defs)
+    names = {"enum": POLICIES.names()}      # the whitelist names registered policies
+    schema["properties"]["policies"]["anyOf"] = [names, {"type": "array", "items": names}]
+    discovery = defs["ServiceEndpoint"]["properties"]["discovery"]
+    discovery["anyOf"] = [*_discovery_schemas(defs), {"type": "null"}]
     schema = _replace_markers(schema)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "gateway.config.yml"
     return schema
+
+
+def system_json_schema() -> dict[str, Any]:
+    """The JSON Schema of system.config.yml."""
+    schema = SystemConfig.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "system.config.yml"
+    return schema
+
+
+def _discovery_schemas(defs: dict[str, Any]) -> list[dict[str, Any]]:
+    """One variant per discovery provider: ``type`` and that provider's params."""
+    from meshgate.discovery import DISCOVERY
+
+    variants: list[dict[str, Any]] = []
+    for name in DISCOVERY.names():
+        spec = DISCOVERY.get(name)
+        assert spec is not None
+        params = _params_schema(f"discovery.{name}", spec.params, defs)
+        params.setdefault("properties", {})["type"] = {"const": name}
+        if name != "static":
+            params["required"] = ["type", *params.get("required", [])]
+        params["type"] = "object"
+        variants.append(params)
+    return variants
 
 
 def _params_schema(prefix: str, model: type[BaseModel], defs: dict[str, Any]) -> dict[str, Any]:
