@@ -504,8 +504,9 @@ def test_client_disconnect_mid_upload_cancels_the_upstream_request(
         gw: Gateway, alpha: Backend) -> None:
     key = uuid.uuid4().hex
     c = RawClient(gw.port)
+    # More than server.bufferRequestBody (64 KiB): the upload streams upstream.
     c.send(request("POST", f"/hold/{key}", "plain.test", "Content-Length: 1000000\r\n")
-           + b"x" * 1000)
+           + b"x" * 70000)
     wait_until(lambda: held(alpha, key) == "waiting", timeout=5)
     c.sock.close()
     wait_until(lambda: held(alpha, key) == "gone", timeout=5)
