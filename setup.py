@@ -22,6 +22,7 @@ COMPILED = [
     "meshgate/protocol/hop.py",
     "meshgate/protocol/http1_client.py",
     "meshgate/protocol/http1_server.py",
+    "meshgate/protocol/path.py",
     "meshgate/gateway/pipeline.py",
     "meshgate/policies/_forward.py",
     "meshgate/telemetry/metrics.py",

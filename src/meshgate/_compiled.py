@@ -20,6 +20,7 @@ MODULES = (
     "meshgate.protocol.hop",
     "meshgate.protocol.http1_client",
     "meshgate.protocol.http1_server",
+    "meshgate.protocol.path",
     "meshgate.gateway.pipeline",
     "meshgate.policies._forward",
     "meshgate.telemetry.metrics",

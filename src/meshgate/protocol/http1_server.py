@@ -69,9 +69,8 @@ class H1Server(asyncio.Protocol):
         "_authority", "_bad_head", "_body_expected", "_chunked", "_clock", "_closing", "_current",
         "_expect", "_final", "_head_bytes", "_headers", "_host", "_host_seen", "_last", "_length",
         "_nheaders", "_nominated", "_out", "_parsing", "_paused_reading", "_queue", "_queued",
-        "_upgrade", "nread",
-        "_tick_mark", "_tick_since", "_url", "_write_paused", "ctx", "nreq", "outbound", "parser",
-        "peer", "phase", "scheme", "transport",
+        "_tick_mark", "_tick_since", "_upgrade", "_url", "_write_paused", "ctx", "nread", "nreq",
+        "outbound", "parser", "peer", "phase", "scheme", "transport",
     )
 
     def __init__(self, ctx: WorkerContext, scheme: bytes = b"http",
