@@ -96,6 +96,9 @@ CASES: dict[str, tuple[str, str | None, str, str, str, str]] = {
         GATEWAY + "https:\n  port: 8443\n  tls: {}\n  options:\n    minVerison: TLSv1.2\n",
         None, "gateway", "minVerison", "https.options.minVerison",
         "unknown key; did you mean 'minVersion'?"),
+    "typo-in-sidecar-outbound": (
+        GATEWAY + "sidecar:\n  outbound:\n    retyr: {numRetries: 2}\n", None, "gateway",
+        "retyr", "sidecar.outbound.retyr", "unknown key; did you mean 'retry'?"),
     "plugins-in-gateway-config": (
         GATEWAY + "plugins:\n  example: {}\n", None, "gateway", "plugins:", "plugins",
         "Express Gateway's JavaScript plugins cannot run in meshgate"),

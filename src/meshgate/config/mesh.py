@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
-from meshgate.config.base import MeshModel, Millis, StrList
+from meshgate.config.base import MeshModel, Millis, StrList, raise_errors, relocate
 
 # -- health checks -------------------------------------------------------------
 
@@ -233,3 +233,15 @@ class SidecarConfig(MeshModel):
         default_factory=dict,
         description="serviceEndpoint settings (retry, loadBalancer, healthCheck, timeouts, "
                     "outlierDetection, circuitBreakers) for every service called outbound")
+
+    @field_validator("outbound")
+    @classmethod
+    def _outbound(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Checked now as the serviceEndpoint it becomes on a service's first call."""
+        from meshgate.config.model import ServiceEndpoint
+        probe = {**value, "discovery": {"type": "registry", "service": "probe"}}
+        try:
+            ServiceEndpoint.model_validate(probe)
+        except ValidationError as exc:
+            raise_errors("outbound", relocate(exc, (), ServiceEndpoint))
+        return value
