@@ -82,6 +82,11 @@ CASES: dict[str, tuple[str, str | None, str, str, str, str]] = {
              "              changeOrgin: true"), None, "gateway", "changeOrgin",
         "pipelines.default.policies[0].proxy[0].action.changeOrgin",
         "unknown key; did you mean 'changeOrigin'?"),
+    "typo-in-an-action's-proxyOptions": (
+        edit("serviceEndpoint: httpbin", "serviceEndpoint: httpbin\n"
+             "              proxyOptions: {changeOrign: true}"), None, "gateway", "changeOrign",
+        "pipelines.default.policies[0].proxy[0].action.proxyOptions.changeOrign",
+        "unknown key; did you mean 'changeOrigin'?"),
     "typo-in-a-pipeline": (
         edit("    policies:\n      - proxy:", "    policy:\n      - proxy:"), None, "gateway",
         "policy:", "pipelines.default.policy", "unknown key; did you mean 'policies'?"),

@@ -26,11 +26,13 @@ others with one pool write. The per-request part is ``_forward.py``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from meshgate.config.base import raise_errors, relocate
 from meshgate.config.mesh import HashOn
+from meshgate.config.model import ProxyOptions
 from meshgate.policies import POLICIES, Action, BuildContext, PolicySpec
 from meshgate.policies._forward import Forward
 from meshgate.policies._split import Mirror, Split
@@ -60,6 +62,16 @@ class MirrorParams(BaseModel):
     percentage: float = Field(100.0, ge=0, le=100, description="Share of requests copied")
 
 
+def _known_proxy_options(value: Any) -> Any:
+    """Checked as a serviceEndpoint's ``proxyOptions`` (typos are errors); kept a mapping."""
+    if isinstance(value, dict):
+        try:
+            ProxyOptions.model_validate(value)
+        except ValidationError as exc:
+            raise_errors("proxyOptions", relocate(exc, (), ProxyOptions))
+    return value
+
+
 class ProxyParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -81,8 +93,9 @@ class ProxyParams(BaseModel):
     timeout: int | None = Field(None, ge=0, description="Response timeout in ms")
     proxyTimeout: int | None = Field(None, ge=0, description="Alias of timeout")
     headers: dict[str, str] = Field(default_factory=dict, description="Headers to add")
-    proxyOptions: dict[str, Any] = Field(default_factory=dict,
-                                         description="Deprecated in EG: overrides the above")
+    proxyOptions: Annotated[dict[str, Any], BeforeValidator(
+        _known_proxy_options, json_schema_input_type=ProxyOptions)] = Field(
+        default_factory=dict, description="Deprecated in EG: overrides the above")
 
     @model_validator(mode="after")
     def _one_target(self) -> ProxyParams:
