@@ -277,23 +277,28 @@ def test_path_normalization_settings(origin: StrictBackend, gateway_factory: Any
 
 
 # -- rows 6, 12: limits --------------------------------------------------------------
-def test_stalled_small_uploads_do_not_starve_the_pool(origin: StrictBackend,
-                                                      gateway_factory: Any) -> None:
+@pytest.mark.parametrize("length, sent, upstream", [
+    (10_000, 1, 0),              # buffered: a stalled small upload holds no upstream connection
+    (10_000_000, 70_000, 4),     # streaming: at most maxConnections / 2 uploads at once
+])
+def test_stalled_uploads_do_not_starve_the_pool(origin: StrictBackend, gateway_factory: Any,
+                                               length: int, sent: int, upstream: int) -> None:
     gw = gateway_factory(gateway_config(origin.url, {"pool": {"maxConnections": 8}}))
     stalled = []
     try:
         for _ in range(40):
             s = connect(gw.port)
             s.sendall(b"POST /public/upload HTTP/1.1\r\nHost: gw\r\n"
-                      b"Content-Length: 10000\r\n\r\nx")
+                      b"Content-Length: %d\r\n\r\n%s" % (length, b"x" * sent))
             stalled.append(s)
+        wait_until(lambda: origin.connections >= upstream)
         started = time.monotonic()
         response, _ = send_raw(gw.port, b"GET /public/normal HTTP/1.1\r\nHost: gw\r\n"
                                          b"Connection: close\r\n\r\n")
         elapsed = time.monotonic() - started
         assert status_of(response) == 200
         assert elapsed < 1.0, elapsed              # 100 ms when the machine is quiet
-        assert origin.connections == 1             # no upload took an upstream connection
+        assert origin.connections == upstream + 1
     finally:
         for s in stalled:
             s.close()
@@ -398,3 +403,39 @@ def test_odd_targets_are_400(gw: Gateway, origin: StrictBackend, raw: bytes) -> 
     response, closed = send_raw(gw.port, raw)
     assert status_of(response) == 400 and closed
     assert origin.requests == []
+
+
+def test_an_upload_waiting_for_a_slot_goes_when_one_ends(origin: StrictBackend,
+                                                         gateway_factory: Any) -> None:
+    gw = gateway_factory(gateway_config(origin.url, {"pool": {"maxConnections": 8,
+                                                              "maxUploads": 1}}))
+    head = b"POST /public/up%d HTTP/1.1\r\nHost: gw\r\nContent-Length: 100000\r\n\r\n"
+    with connect(gw.port) as a, connect(gw.port) as b:
+        a.sendall(head % 1 + b"a" * 70_000)
+        wait_until(lambda: origin.connections == 1)
+        b.sendall(head % 2 + b"b" * 100_000)       # complete, but it arrived as an upload
+        a.sendall(b"a" * 30_000)
+        assert read_response(a)[2] == b"/public/up1"
+        assert read_response(b)[2] == b"/public/up2"
+    assert [len(r.body) for r in origin.requests] == [100_000, 100_000]
+
+
+def test_a_header_value_that_never_ends_is_431_without_waiting_for_it(gw: Gateway) -> None:
+    with connect(gw.port) as c:
+        c.sendall(b"GET /public/x HTTP/1.1\r\nHost: gw\r\nX-Long: ")
+        sent = 0
+        c.settimeout(0.01)
+        while sent < 8 << 20:                  # 8 MiB, far past maxHeaderBytes (64 KiB)
+            try:
+                c.sendall(b"a" * 65536)
+            except OSError:
+                break                          # answered and closed
+            sent += 65536
+            try:
+                if c.recv(1, socket.MSG_PEEK):
+                    break
+            except TimeoutError:
+                pass
+        response, _ = read_until_close(c, timeout=3)
+    assert status_of(response) == 431
+    assert sent < 1 << 20                      # refused within a few reads

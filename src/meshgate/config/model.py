@@ -259,6 +259,9 @@ class ProxyOptions(EGModel):
 class PoolConfig(MeshModel):
     maxConnections: Annotated[int, Field(ge=1)] = 1024    # per endpoint
     maxIdle: Annotated[int, Field(ge=0)] = 64             # per endpoint
+    # Request bodies streaming upstream at once (per worker, whole cluster);
+    # None: half of maxConnections. Others wait, unread, for a slot.
+    maxUploads: Annotated[int, Field(ge=1)] | None = None
     idleTimeout: Millis = 60000
 
 

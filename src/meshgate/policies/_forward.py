@@ -181,13 +181,19 @@ def _strip(pos: int | None, path: bytes) -> bytes:
 class BodyWait:
     """Holds a request body until it is complete (or too long), then sends it.
 
-    A BodySink: it collects what the codec reads, and on ``body_end`` -- or as
-    soon as the body outgrows ``limit`` -- hands the chunks back to the
-    Exchange as if they had just arrived and calls ``forward.send``, whose
-    upstream connection takes them (and the rest, streaming) as its sink.
+    A BodySink: it collects what the codec reads, and on ``body_end`` -- or
+    when the body outgrows ``limit`` -- hands the chunks back to the Exchange
+    as if they had just arrived and calls ``forward.send``, whose upstream
+    connection takes them (and the rest, streaming) as its sink.
+
+    A body that outgrows the buffer streams, and a streaming upload holds an
+    upstream connection for as long as its client takes: at most
+    ``cluster.max_uploads`` of them do so at once. Beyond that the upload
+    waits, its client unread, for one of them to end (``_free``); requests
+    with small bodies never wait for that.
     """
 
-    __slots__ = ("chunks", "ex", "forward", "limit", "released", "size")
+    __slots__ = ("chunks", "ex", "forward", "limit", "queued", "released", "size")
 
     def __init__(self, ex: Exchange, forward: Forward, limit: int) -> None:
         self.ex = ex
@@ -196,6 +202,7 @@ class BodyWait:
         self.chunks: list[bytes] = []
         self.size = 0
         self.released = False
+        self.queued = False              # waiting for an upload slot
 
     def body_data(self, data: bytes) -> None:
         if self.released:                # still being replayed to us: pass it on, in order
@@ -210,12 +217,19 @@ class BodyWait:
             return
         self.chunks.append(data)
         self.size += len(data)
-        if self.size > self.limit:
-            self._release()
+        if self.size > self.limit and not self.queued:
+            cluster = self.forward.cluster
+            if cluster.uploads < cluster.max_uploads:
+                self._take_slot()
+                self._release()
+            else:
+                self.queued = True
+                cluster.upload_waiters.append(self)
+                self.ex.responder.pause_body(self.ex)
 
     def body_end(self, trailers: Headers | None) -> None:
         if not self.released:
-            self._release()
+            self._release()              # complete: no upload slot needed
             return
         sink = self.ex.body_sink
         if sink is not None and sink is not self:
@@ -225,6 +239,25 @@ class BodyWait:
         self.released = True             # the client is gone: nothing to send
         self.chunks = []
 
+    def _take_slot(self) -> None:
+        ex = self.ex
+        self.forward.cluster.uploads += 1
+        free = self._free
+        done = ex.on_done
+        ex.on_done = free if done is None else _Both(done, free)
+
+    def _free(self, ex: Exchange) -> None:
+        cluster = self.forward.cluster
+        cluster.uploads -= 1
+        waiters = cluster.upload_waiters
+        while waiters:
+            wait: BodyWait = waiters.popleft()
+            if not wait.released and not wait.ex.done:
+                wait._take_slot()
+                wait._release()
+                wait.ex.responder.resume_body(wait.ex)
+                return
+
     def _release(self) -> None:
         self.released = True
         ex = self.ex
@@ -233,3 +266,17 @@ class BodyWait:
         self.chunks = []
         if not ex.done:
             self.forward.send(ex)
+
+
+class _Both:
+    """Two ``on_done`` callbacks in turn."""
+
+    __slots__ = ("first", "second")
+
+    def __init__(self, first: Any, second: Any) -> None:
+        self.first = first
+        self.second = second
+
+    def __call__(self, ex: Exchange) -> None:
+        self.first(ex)
+        self.second(ex)

@@ -67,10 +67,10 @@ class _LastMessage(Exception):
 class H1Server(asyncio.Protocol):
     __slots__ = (
         "_authority", "_bad_head", "_body_expected", "_chunked", "_clock", "_closing", "_current",
-        "_expect", "_final", "_head_bytes", "_headers", "_host", "_host_seen", "_last", "_length",
-        "_nheaders", "_nominated", "_out", "_parsing", "_paused_reading", "_queue", "_queued",
-        "_tick_mark", "_tick_since", "_upgrade", "_url", "_write_paused", "ctx", "nread", "nreq",
-        "outbound", "parser", "peer", "phase", "scheme", "transport",
+        "_expect", "_final", "_head_bytes", "_head_rx", "_headers", "_host", "_host_seen", "_last",
+        "_length", "_nheaders", "_nominated", "_out", "_parsing", "_paused_reading", "_queue",
+        "_queued", "_tick_mark", "_tick_since", "_upgrade", "_url", "_write_paused", "ctx",
+        "nread", "nreq", "outbound", "parser", "peer", "phase", "scheme", "transport",
     )
 
     def __init__(self, ctx: WorkerContext, scheme: bytes = b"http",
@@ -87,6 +87,7 @@ class H1Server(asyncio.Protocol):
         self._host_seen = b""                  # the last request's Host ...
         self._authority = b""                  # ... and the authority made of it
         self._head_bytes = 0
+        self._head_rx = 0                      # bytes of reads a head spanned whole
         self._nheaders = 0
         self._body_expected = False
         self._length = -1                      # Content-Length of the request, -1: none
@@ -142,8 +143,16 @@ class H1Server(asyncio.Protocol):
             return
         self.nread += 1
         rest = b""
+        # A head that spans whole reads is counted here too: httptools keeps
+        # a header value to itself until it is complete, so a never-ending one
+        # would grow unseen by on_header.
+        spanning = self.nreq if self.phase == HEAD else -1
         try:
             self.parser.feed_data(data)
+            if self.nreq == spanning and self.phase == HEAD:
+                self._head_rx += len(data)
+                if self._head_rx > self.ctx.max_header_bytes:
+                    raise _HeadTooLarge
         except httptools.HttpParserUpgrade as exc:
             # A bodiless request with Upgrade was served as plain HTTP (Upgrade
             # is hop-by-hop and not forwarded); what followed is the next
@@ -162,6 +171,8 @@ class H1Server(asyncio.Protocol):
         except httptools.HttpParserError:
             if not self._last:
                 self._reject(400, b"Bad Request\n")
+        except _HeadTooLarge:
+            self._reject(431, b"Request Header Fields Too Large\n")
         if rest and not self._closing:
             self.nread -= 1
             self.data_received(rest)
@@ -249,6 +260,7 @@ class H1Server(asyncio.Protocol):
         self._headers = []
         self._host = b""
         self._head_bytes = 0
+        self._head_rx = 0
         self._nheaders = 0
         self._body_expected = False
         self._length = -1

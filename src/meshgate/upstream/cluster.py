@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -118,6 +119,11 @@ class Cluster:
         self.request_timeout = svc.requestTimeout / 1000.0
         pool = svc.pool
         self.max_connections = pool.maxConnections
+        # Streaming uploads may hold at most this many upstream connections
+        # (policies/_forward.BodyWait keeps the rest waiting, unread).
+        self.max_uploads = pool.maxUploads or max(1, pool.maxConnections // 2)
+        self.uploads = 0
+        self.upload_waiters: deque[Any] = deque()
         self.max_idle = pool.maxIdle
         self.idle_timeout = pool.idleTimeout / 1000.0
         self.dynamic = (svc.healthCheck is not None or (
