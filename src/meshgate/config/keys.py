@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import difflib
 import types
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import AliasChoices, BaseModel, ValidationError
@@ -43,6 +43,19 @@ PLUGINS_MESSAGE = (
 
 # Keys with a story of their own, wherever they appear at the top of a file.
 SPECIAL: dict[str, str] = {"plugins": PLUGINS_MESSAGE}
+
+# Node's tls.createServer / createSecureContext / http.createServer options, which EG
+# passed through from ``https.options``; meshgate accepts the names and ignores them.
+NODE_TLS_OPTIONS = frozenset((
+    "ALPNProtocols", "allowHalfOpen", "allowPartialTrustChain", "ca", "cert", "ciphers",
+    "clientCertEngine", "crl", "dhparam", "ecdhCurve", "enableTrace", "handshakeTimeout",
+    "headersTimeout", "highWaterMark", "honorCipherOrder", "insecureHTTPParser", "keepAlive",
+    "keepAliveInitialDelay", "keepAliveTimeout", "key", "maxHeaderSize", "maxVersion",
+    "minVersion", "noDelay", "passphrase", "pauseOnConnect", "pfx", "privateKeyEngine",
+    "privateKeyIdentifier", "pskIdentityHint", "rejectUnauthorized", "requestCert",
+    "requestTimeout", "secureOptions", "secureProtocol", "sessionIdContext", "sessionTimeout",
+    "sigalgs", "ticketKeys",
+))
 
 
 def _names(name: str, info: FieldInfo, populate: bool) -> list[str]:
@@ -108,6 +121,18 @@ def name_unknown_keys(exc: ValidationError, model: type[BaseModel]) -> list[Init
         rest.append({"type": PydanticCustomError(err["type"], err["msg"], ctx or None),
                      "loc": loc, "input": err.get("input")})
     return named + rest
+
+
+def check_keys(value: dict[str, Any], allowed: Collection[str], title: str) -> dict[str, Any]:
+    """A free-form mapping whose keys must be among ``allowed`` (each stray one named)."""
+    candidates = sorted(allowed, key=str.lower)
+    errors: list[InitErrorDetails] = [
+        {"type": PydanticCustomError("unknown_key", unknown_key_message(
+            str(key), candidates, top_level=False)), "loc": (str(key),), "input": item}
+        for key, item in value.items() if key not in allowed]
+    if errors:
+        raise ValidationError.from_exception_data(title, errors)
+    return value
 
 
 # -- walking a location through the annotations --------------------------------------

@@ -39,7 +39,6 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     Field,
-    JsonValue,
     ValidationError,
     field_validator,
     model_validator,
@@ -59,7 +58,7 @@ from meshgate.config.base import (
     relocate,
 )
 from meshgate.config.jsregex import to_python_regex
-from meshgate.config.keys import suggestion, unknown_key_message
+from meshgate.config.keys import NODE_TLS_OPTIONS, check_keys, suggestion
 from meshgate.config.mesh import (
     CircuitBreakers,
     HealthCheck,
@@ -97,29 +96,8 @@ class TlsCertificate(EGModel):
     ca: StrList = Field(default_factory=list)
 
 
-# Node's tls.createServer / createSecureContext / http.createServer options, which EG
-# passed through from ``https.options``; meshgate accepts the names and ignores them.
-NODE_TLS_OPTIONS = frozenset((
-    "ALPNProtocols", "allowHalfOpen", "allowPartialTrustChain", "ca", "cert", "ciphers",
-    "clientCertEngine", "crl", "dhparam", "ecdhCurve", "enableTrace", "handshakeTimeout",
-    "headersTimeout", "highWaterMark", "honorCipherOrder", "insecureHTTPParser", "keepAlive",
-    "keepAliveInitialDelay", "keepAliveTimeout", "key", "maxHeaderSize", "maxVersion",
-    "minVersion", "noDelay", "passphrase", "pauseOnConnect", "pfx", "privateKeyEngine",
-    "privateKeyIdentifier", "pskIdentityHint", "rejectUnauthorized", "requestCert",
-    "requestTimeout", "secureOptions", "secureProtocol", "sessionIdContext", "sessionTimeout",
-    "sigalgs", "ticketKeys",
-))
-
-_TLS_OPTION_NAMES: list[JsonValue] = [*sorted(NODE_TLS_OPTIONS)]
-
-
 def _node_tls_options(value: dict[str, Any]) -> dict[str, Any]:
-    errors = [custom_error("unknown_key", unknown_key_message(
-                  str(key), sorted(NODE_TLS_OPTIONS, key=str.lower), top_level=False),
-                  (str(key),), item)
-              for key, item in value.items() if key not in NODE_TLS_OPTIONS]
-    raise_errors("options", errors)
-    return value
+    return check_keys(value, NODE_TLS_OPTIONS, "options")
 
 
 class HttpsConfig(EGModel):
@@ -129,7 +107,7 @@ class HttpsConfig(EGModel):
         default_factory=dict)
     options: Annotated[dict[str, Any], AfterValidator(_node_tls_options)] = Field(
         default_factory=dict, description="Node TLS server options (accepted, not used)",
-        json_schema_extra={"propertyNames": {"enum": _TLS_OPTION_NAMES}})
+        json_schema_extra={"propertyNames": {"enum": [*sorted(NODE_TLS_OPTIONS)]}})
 
 
 class AdminConfig(EGModel):
