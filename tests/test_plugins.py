@@ -61,6 +61,22 @@ def test_a_proxy_only_worker_loads_no_consumer_store() -> None:
     assert json.loads(done.stdout) == []
 
 
+_WHITELIST_PROBE = """
+import json, sys
+from meshgate.config.loader import load_config
+load_config(sys.argv[1])
+print(json.dumps(sorted(m for m in sys.modules if m.startswith("meshgate.policies."))))
+"""
+
+
+def test_the_policies_whitelist_is_checked_without_importing_what_it_names() -> None:
+    """EG's basic starter whitelists eight policies and uses none: none is imported."""
+    basic = Path(__file__).parent / "data" / "eg-starters" / "basic"
+    done = subprocess.run([sys.executable, "-c", _WHITELIST_PROBE, str(basic)],
+                          capture_output=True, text=True, check=True, timeout=60)
+    assert json.loads(done.stdout) == []
+
+
 # -- out-of-tree plugins: a real package, installed with pip ---------------------------
 PLUGIN_SOURCE = Path(__file__).parent / "data" / "plugin-example"
 

@@ -15,12 +15,15 @@ Each built-in extension is one module in its package that calls
 4. at every module of the package, once.
 
 A worker thus imports only the extensions its config uses, plugins
-included. ``names()`` loads everything: built-ins first, then every entry
-point of the group. A plugin cannot replace a built-in. An entry point that
-fails to import, or gives a spec of another name, is a ``PluginError`` when
-its name is asked for (the config loader reports it at the line that used
-the name); ``names()`` leaves it out and records it in ``problems``, with any
-entry point named like a built-in, for ``meshgate validate`` to report.
+included; ``known(name)`` answers for a whitelist without importing a
+built-in whose module is named after it. ``names()`` loads everything:
+built-ins first, then every entry point of the group.
+
+A plugin cannot replace a built-in. An entry point that fails to import, or
+gives a spec of another name, is a ``PluginError`` when its name is asked
+for (the config loader reports it at the line that used the name);
+``names()`` leaves it out and records it in ``problems``, with any entry
+point named like a built-in, for ``meshgate validate`` to report.
 """
 
 from __future__ import annotations
@@ -98,6 +101,17 @@ class Registry(Generic[S]):
                 self._load()
                 spec = self._specs.get(name)
         return spec
+
+    def known(self, name: str) -> bool:
+        """Whether ``name`` would be found, importing only when that cannot be told
+        from module and entry-point names (a whitelist names more than is used)."""
+        if name in self._specs or name in self.entry_points():
+            return True
+        stem = name.replace("-", "_")       # a built-in's module is named after it
+        if (stem.isidentifier() and stem.islower() and not stem.startswith("_")
+                and _exists(f"{self.package}.{stem}")):
+            return True
+        return self.get(name) is not None
 
     def names(self) -> list[str]:
         self._load()

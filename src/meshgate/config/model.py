@@ -350,7 +350,7 @@ class GatewayConfig(EGModel):
         errors: list[InitErrorDetails] = []
         for i, name in enumerate(names):
             try:
-                found = POLICIES.get(name) is not None
+                found = POLICIES.known(name)
             except PluginError as exc:
                 errors.append(custom_error("policy_plugin", str(exc), (i,), name))
                 continue
