@@ -185,6 +185,23 @@ class RegistryConfig(MeshModel):
     serve: RegistryServe | None = Field(None, description="Embed the registry in this process")
 
 
+class CredentialChecks(MeshModel):
+    """Limits on checking presented secrets (key-auth, basic-auth, oauth2 clients)."""
+
+    hashWorkers: Annotated[int, Field(ge=1, le=64)] = Field(
+        2, description="Slow hashes run at once per worker process")
+    maxWaiting: Annotated[int, Field(ge=0)] = Field(
+        32, description="Checks waiting for a hash; beyond: 503 with Retry-After")
+    maxWaitingPerClient: Annotated[int, Field(ge=1)] = Field(
+        4, description="Checks one client address may have waiting; beyond: 429")
+    maxFailures: Annotated[int, Field(ge=1)] = Field(
+        10, description="Failed checks per client address in failureWindow; beyond: 429")
+    maxFailuresPerId: Annotated[int, Field(ge=1)] = Field(
+        20, description="Failed checks per key id / username in failureWindow; beyond: "
+                        "only clients without failures may try")
+    failureWindow: Annotated[Millis, Field(ge=1000)] = 60000
+
+
 def _no_plugins(value: Any) -> Any:
     """EG's ``plugins``: nothing (or an empty section) is fine, any plugin is not."""
     if value:
@@ -211,6 +228,8 @@ class SystemConfig(EGModel):
         json_schema_extra={"maxProperties": 0})
     cli: Annotated[CliConfig, Section] = Field(default_factory=CliConfig)
     registry: RegistryConfig | None = None
+    credentialChecks: Annotated[CredentialChecks, Section] = Field(
+        default_factory=CredentialChecks)
 
     @property
     def uses_redis(self) -> bool:

@@ -19,7 +19,11 @@ outcome (``getCommonAuthCallback`` in EG's ``gateway/actionParams.js``):
   who then stays;
 * a store or introspection endpoint that cannot answer: 503 (EG's
   ``next(err)`` was a 500), whatever ``passThrough`` says -- an outage must
-  not turn into anonymous access.
+  not turn into anonymous access;
+* a secret the store would not check now (``store.guard.Refused``: too many
+  failed checks from this client or of this key id, or too many checks
+  waiting for the slow hash): 429 or 503 with ``Retry-After``, whatever
+  ``passThrough`` says.
 
 An ``eg-consumer-id`` sent by the client is always dropped: only the gateway
 says who the consumer is.
@@ -44,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote_plus
 
 from meshgate.store import open_store_for
+from meshgate.store.guard import Refused
 
 if TYPE_CHECKING:
     from meshgate.policies import BuildContext
@@ -187,6 +192,14 @@ class Gate:
             ex.respond(503, b"Service Unavailable")
         return True
 
+    def refuse(self, ex: Exchange, exc: Refused) -> bool:
+        """The check was not run (``store.guard``): 429 / 503 with ``Retry-After``."""
+        if not ex.done:
+            reason = b"Too Many Requests" if exc.status == 429 else b"Service Unavailable"
+            ex.respond(exc.status, reason,
+                       [(b"retry-after", str(exc.retry_after).encode("latin-1"))])
+        return True
+
     def settle(self, ex: Exchange, pending: Awaitable[Identity | None],
                presented: bool = True) -> Awaitable[bool | None]:
         """The outcome once ``pending`` (a store or network look-up) has answered."""
@@ -196,6 +209,8 @@ class Gate:
                       presented: bool) -> bool | None:
         try:
             who = await pending
+        except Refused as refused:        # too many failures, or checks waiting
+            return self.refuse(ex, refused)
         except Exception as exc:          # store / endpoint unreachable
             return self.unavailable(ex, exc)
         if ex.done:

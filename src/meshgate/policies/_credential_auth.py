@@ -8,6 +8,9 @@ whether it names an active credential of an active consumer (``verify``).
 A pair seen before is answered from the store's verification cache
 (``VerifyCache.get``) without a coroutine; only a miss awaits the store,
 through ``Gate.settle``. The Identity is memoised per cached Credential.
+A miss names the client's address, whose failed checks the store counts
+(``store.guard``): too many, or too many checks waiting, and ``Gate``
+answers 429 / 503 with ``Retry-After`` instead of running the slow hash.
 
 In front of that, each policy remembers the Identity admitted for a header
 value as sent (``seen``, keyed by a digest of the value, never the value:
@@ -73,7 +76,7 @@ class CredentialAuth:
         generation = self.cache.generation
         hit = self.cache.get(verify_key(self.type, key_id, secret))
         if hit is MISS:
-            return self.gate.settle(ex, self._verify(key_id, secret))
+            return self.gate.settle(ex, self._verify(key_id, secret, ex.client_addr))
         if hit is None:
             return self.gate.deny(ex, presented=True)
         who = self.memo.credential(hit)
@@ -83,8 +86,8 @@ class CredentialAuth:
             self.seen[seen_key] = (who, generation)
         return self.gate.admit(ex, who)
 
-    async def _verify(self, key_id: str, secret: str) -> Identity | None:
-        cred = await self.store.verify(self.type, key_id, secret)
+    async def _verify(self, key_id: str, secret: str, client: bytes) -> Identity | None:
+        cred = await self.store.verify(self.type, key_id, secret, client.decode("latin-1"))
         return self.memo.credential(cred) if cred is not None else None
 
 

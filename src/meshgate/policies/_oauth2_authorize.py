@@ -51,6 +51,7 @@ from urllib.parse import quote, urlsplit
 from meshgate.policies._auth import REALM, basic_credentials
 from meshgate.policies._oauth2_server import (
     OAuthError,
+    client_of,
     guard,
     join,
     query_of,
@@ -170,7 +171,8 @@ class Authorization:
         sent = ex.header(b"authorization")
         if sent is not None:
             pair = basic_credentials(sent)
-            return await self.store.verify("basic-auth", *pair) if pair is not None else None
+            return (await self.store.verify("basic-auth", *pair, client_of(ex))
+                    if pair is not None else None)
         user_id = await self.sessions.user_id(ex)
         return await self.store.lookup("basic-auth", user_id) if user_id else None
 
@@ -187,7 +189,7 @@ class Authorization:
         form = await read_form(ex)
         back = local_path(form.get("returnTo")) or "/"
         username, password = form.get("username"), form.get("password")
-        user = (await self.store.verify("basic-auth", username, password)
+        user = (await self.store.verify("basic-auth", username, password, client_of(ex))
                 if username and password else None)
         if ex.done:
             return

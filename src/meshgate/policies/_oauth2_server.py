@@ -58,6 +58,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from meshgate.policies._auth import REALM, basic_credentials, query_param
 from meshgate.policies._pkce import verifier_error
 from meshgate.policies.jwt_auth import read_key_material
+from meshgate.store.guard import Refused
 from meshgate.store.model import now_ms
 
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ class AuthorizationServer:
             body = await self.minter.grant(cred.consumer_id, scopes,
                                            {"grant": grant}, refresh=False)
         elif grant == "password":
-            body = await self._password(cred.consumer_id, scopes, form)
+            body = await self._password(cred.consumer_id, scopes, form, client_of(ex))
         elif grant == "authorization_code":
             body = await self._code(cred.consumer_id, form)
         elif grant == "refresh_token":
@@ -196,19 +197,19 @@ class AuthorizationServer:
             pair = (client_id, secret)
         scope = query_param(ex.path, "scope") or form.get("scope")
         scopes = scope.split() if scope else None
-        cred = await self.store.verify("oauth2", *pair)
+        cred = await self.store.verify("oauth2", *pair, client_of(ex))
         if cred is None or (scopes and not set(scopes) <= set(cred.scopes)):
             return None
         return cred, scopes
 
     async def _password(self, client_id: str, scopes: list[str] | None,
-                        form: dict[str, str]) -> dict[str, Any]:
+                        form: dict[str, str], address: str) -> dict[str, Any]:
         username, password = form.get("username"), form.get("password")
         if not username:
             raise OAuthError("invalid_request", "Missing required parameter: username")
         if not password:
             raise OAuthError("invalid_request", "Missing required parameter: password")
-        user = await self.store.verify("basic-auth", username, password)
+        user = await self.store.verify("basic-auth", username, password, address)
         if user is None:
             raise OAuthError("invalid_grant", "Invalid resource owner credentials")
         props = {"grant": "password", "authenticatedUserId": user.consumer_id}
@@ -251,6 +252,11 @@ class AuthorizationServer:
                                        refresh=False)
 
 
+def client_of(ex: Exchange) -> str:
+    """The client's address, whose failed secret checks the store counts."""
+    return ex.client_addr.decode("latin-1")
+
+
 def refused_method(ex: Exchange, *allowed: bytes) -> bool:
     """Answer 405 (with ``Allow``) unless the request's method is one of ``allowed``."""
     if ex.method in allowed:
@@ -270,6 +276,8 @@ async def guard(ex: Exchange, work: Awaitable[None], gate: Gate) -> bool:
         await work
     except OAuthError as err:
         _json(ex, err.status, {"error": err.code, "error_description": str(err)})
+    except Refused as refused:        # too many failed or waiting secret checks
+        gate.refuse(ex, refused)
     except BodyError as err:
         if not ex.done:
             ex.keep_alive = False

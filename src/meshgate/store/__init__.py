@@ -32,6 +32,7 @@ from typing import Any
 
 from meshgate.store.api import Store
 from meshgate.store.cache import MISS
+from meshgate.store.guard import Limits
 from meshgate.store.model import (
     CREDENTIAL_TYPES,
     Conflict,
@@ -75,7 +76,8 @@ def open_store_for(system: Any, config_dir: Path | None) -> ConsumerStore:
     else:
         from meshgate.store.sqlite import SqliteBackend
         backend = SqliteBackend(sqlite_path(system, config_dir))
-    return ConsumerStore(backend, config_dir=config_dir, cipher_key=cipher_key)
+    limits = Limits.from_config(getattr(system, "credentialChecks", None))
+    return ConsumerStore(backend, config_dir=config_dir, cipher_key=cipher_key, limits=limits)
 
 
 def open_store(loaded: Any) -> ConsumerStore:

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from meshgate.store.backend import Backend, Clash, Doc, Op, Put
 from meshgate.store.cache import POLL_INTERVAL, VerifyCache
+from meshgate.store.guard import Guard, Limits
 from meshgate.store.model import (
     DEFAULT_APP_MODEL,
     DEFAULT_USER_MODEL,
@@ -52,16 +53,21 @@ SECRETS = "secret"
 
 class StoreCore:
     def __init__(self, backend: Backend, *, config_dir: Path | None = None,
-                 cipher_key: str = "sensitiveKey", cache_size: int = 10000) -> None:
+                 cipher_key: str = "sensitiveKey", cache_size: int = 10000,
+                 limits: Limits | None = None) -> None:
         self.backend = backend
         self.cache = VerifyCache(cache_size)
+        self.guard = Guard(limits)               # presented secrets' hashes (verify)
+        self._checks: dict[Any, asyncio.Future[Any]] = {}   # verifications under way
+        self._like = ""                          # a real stored hash: the dummy's model
+        self._dummy: tuple[str, str] = ("", "")  # (parameters, a hash nothing matches)
         self.user_model = PropertyModel.load(config_dir, "users.json", DEFAULT_USER_MODEL)
         self.app_model = PropertyModel.load(config_dir, "applications.json", DEFAULT_APP_MODEL)
         self.sealer = Sealer(cipher_key)
         self._poller: asyncio.Task[None] | None = None
         self._poller_loop: asyncio.AbstractEventLoop | None = None
         self._version: int | None = None
-        self._hash_slots = asyncio.Semaphore(4)   # concurrent scrypt runs
+        self._hash_slots = asyncio.Semaphore(4)   # concurrent scrypt runs of writes
         self.closed = False
 
     # -- writes and change tracking --------------------------------------------
@@ -131,6 +137,7 @@ class StoreCore:
 
     async def close(self) -> None:
         self.closed = True
+        self.guard.queue.close()
         if self._poller is not None and self._poller_loop is asyncio.get_running_loop():
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -182,6 +189,6 @@ class StoreCore:
         return None
 
     async def _slow(self, fn: Any, *args: Any) -> Any:
-        """Run a slow hash in a thread, a few at a time."""
+        """Run a slow hash of an Admin API write in a thread, a few at a time."""
         async with self._hash_slots:
             return await asyncio.to_thread(fn, *args)

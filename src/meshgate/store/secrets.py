@@ -7,7 +7,10 @@ Theory of operation
   16-byte random salt per secret). The parameters travel with the hash, so
   raising the cost (``MESHGATE_SCRYPT_COST``, log2 N, default 14) leaves old
   hashes valid. ``verify_hash`` is slow on purpose (about 0.1 s); callers
-  run it in a thread and the verification cache keeps it off the hot path.
+  run it in a thread (``guard.HashQueue``) and the verification cache keeps
+  it off the hot path. An unknown key id or user is checked against
+  ``dummy_hash`` (same parameters, matches nothing), so a wrong secret costs
+  the same whether or not the id exists.
 * JWT key secrets must stay readable to check HS256 signatures, so they are
   sealed, not hashed: AES-256-GCM under a key derived from system.config.yml
   ``crypto.cipherKey`` (``aesgcm$<nonce>$<ciphertext>``). Change
@@ -73,6 +76,21 @@ def verify_hash(secret: str, stored: str) -> bool:
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(actual, expected)
+
+
+def dummy_hash(like: str = "") -> str:
+    """A hash no secret matches, costing what ``like`` costs to check (the current cost
+    when ``like`` is not a hash): unknown key ids and users are checked against it."""
+    parts = like.split("$")
+    if len(parts) != 6 or parts[0] != "scrypt":
+        parts = ["scrypt", str(scrypt_cost()), str(SCRYPT_R), str(SCRYPT_P), "", ""]
+        size = SCRYPT_DKLEN
+    else:
+        try:
+            size = len(_unb64(parts[5]))
+        except ValueError:
+            size = SCRYPT_DKLEN
+    return "$".join([*parts[:4], _b64(os.urandom(16)), _b64(os.urandom(size))])
 
 
 def token_digest(secret: str) -> str:

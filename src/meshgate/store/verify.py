@@ -18,19 +18,28 @@ a client).
 Each answer is cached (``cache.VerifyCache``): ``cached_verify`` and
 ``cached_lookup`` are synchronous and return the cached answer or ``MISS``;
 on ``MISS`` the policy awaits ``verify`` / ``lookup``, which read the store
-(and run scrypt in a thread only for a secret never seen with this hash).
+(and run scrypt only for a secret never seen with this hash). Concurrent
+``verify`` calls for the same (id, secret) share one check.
+
+scrypt runs through ``guard.Guard`` (failed-attempt limits, a bounded and
+fair hash queue; ``Refused`` when it may not run now). An unknown or
+inactive id is checked against a dummy hash with the parameters of real
+ones, and its negative answer is cached the same way, so a wrong secret
+takes the same time whether or not the id exists.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+from functools import partial
 from typing import Any
 
 from meshgate.store.cache import MISS, lookup_key, verify_key
 from meshgate.store.core import CREDS, StoreCore
 from meshgate.store.credentials import HIDDEN, cred_key
 from meshgate.store.model import MULTI_TYPES, PASSWORD_KEY, Consumer, Credential
-from meshgate.store.secrets import verify_hash
+from meshgate.store.secrets import dummy_hash, verify_hash
 
 
 class VerifyMixin(StoreCore):
@@ -38,16 +47,37 @@ class VerifyMixin(StoreCore):
         """Sync fast path of ``verify``: a Credential, None, or ``MISS``."""
         return self.cache.get(verify_key(type_, key_id, secret))
 
-    async def verify(self, type_: str, key_id: str, secret: str) -> Credential | None:
+    async def verify(self, type_: str, key_id: str, secret: str,
+                     client: str = "") -> Credential | None:
+        """The credential, or None; ``client`` (an address) is whose failures count.
+
+        Raises ``guard.Refused`` when the check may not run now (429 / 503).
+        """
         key = verify_key(type_, key_id, secret)
         hit = self.cache.get(key)
         if hit is not MISS:
             return hit
         self._ensure_poller()
+        running = self._checks.get(key)
+        if running is None:               # one check per (id, secret) however many ask
+            running = asyncio.ensure_future(self._check(key, secret, client))
+            self._checks[key] = running
+            running.add_done_callback(partial(self._checked, key))
+        answer: Credential | None = await asyncio.shield(running)
+        return answer
+
+    async def _check(self, key: tuple[str, str, str, bytes], secret: str,
+                     client: str) -> Credential | None:
         generation = self.cache.generation
-        answer = await self._verify(type_, key_id, secret, key[3])
+        answer = await self._verify(key[1], key[2], secret, key[3], client)
         self.cache.put(generation, key, answer)
         return answer
+
+    def _checked(self, key: Any, task: asyncio.Future[Any]) -> None:
+        if self._checks.get(key) is task:
+            del self._checks[key]
+        if not task.cancelled():
+            task.exception()              # retrieved: its waiters may all be gone
 
     def cached_lookup(self, type_: str, key_id: str) -> Any:
         """Sync fast path of ``lookup``: a Credential, None, or ``MISS``."""
@@ -72,24 +102,34 @@ class VerifyMixin(StoreCore):
         return await self._active_consumer(ref, by_username=True)
 
     # -- the store side ----------------------------------------------------------------
-    async def _verify(self, type_: str, key_id: str, secret: str,
-                      digest: bytes) -> Credential | None:
+    async def _verify(self, type_: str, key_id: str, secret: str, digest: bytes,
+                      client: str) -> Credential | None:
         if not key_id or not secret:
             return None
         found = await self._lookup(type_, key_id)
-        if found is None:
-            return None
-        credential, stored = found
         if type_ == "jwt":
-            ok = credential.secret is not None and hmac.compare_digest(
-                credential.secret.encode(), secret.encode())
-        elif self.cache.proven(stored, digest):
-            ok = True
-        else:
-            ok = bool(stored) and await self._slow(verify_hash, secret, stored)
-            if ok:
-                self.cache.prove(stored, digest)
-        return credential if ok else None
+            ok = (found is not None and found[0].secret is not None
+                  and hmac.compare_digest(found[0].secret.encode(), secret.encode()))
+            return found[0] if found is not None and ok else None
+        credential, stored = found if found is not None else (None, "")
+        if stored:
+            if self.cache.proven(stored, digest):
+                return credential
+            self._like = stored
+        else:                             # nobody by that id: the same work, for nothing
+            stored = self._dummy_hash()
+        ok = await self.guard.check(client, (type_, key_id), verify_hash, secret, stored)
+        if not ok or credential is None:
+            return None
+        self.cache.prove(stored, digest)
+        return credential
+
+    def _dummy_hash(self) -> str:
+        """A hash nothing matches, with the parameters of the stored hashes last seen."""
+        params = self._like.rpartition("$")[0].rpartition("$")[0]
+        if self._dummy[0] != params or not self._dummy[1]:
+            self._dummy = (params, dummy_hash(self._like))
+        return self._dummy[1]
 
     async def _lookup(self, type_: str, key_id: str) -> tuple[Credential, str] | None:
         """The credential and its stored hash ("" for jwt), if usable."""
