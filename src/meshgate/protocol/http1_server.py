@@ -43,7 +43,6 @@ from meshgate.protocol.h1_head import (
 )
 from meshgate.protocol.h1_response import chunk, last_chunk, plain_headers, response_head
 from meshgate.protocol.hop import render_block
-from meshgate.protocol.path import needs_work
 
 if TYPE_CHECKING:
     from meshgate.server.context import WorkerContext
@@ -275,11 +274,12 @@ class H1Server(asyncio.Protocol):
             self._upgrade = False
             if body_expected:
                 bad = b"Bad Request: Upgrade with a request body\n"
-        ctx = self.ctx
+        # The usual request skips resolve(): origin-form, Host present, HTTP/1.1,
+        # and nothing path.normalize could change (no '%', '/.', '//') or refuse.
         if (url[:1] != b"/" or not host or bad or method == b"CONNECT" or version != b"1.1"
-                or b"#" in url or (ctx.normalize_paths and needs_work(url, ctx.merge_slashes))):
+                or b"%" in url or b"/." in url or b"//" in url or b"#" in url):
             url, host, headers, bad = resolve(url, host, headers, version, method, bad,
-                                              ctx.path_rules)
+                                              self.ctx.path_rules)
         if host == self._host_seen:        # a keep-alive client's usual case
             authority = self._authority
         else:

@@ -23,8 +23,8 @@ The steps, as Envoy's ``normalize_path`` and Istio's defaults do them:
    above the root);
 4. with ``merge_slashes``, runs of ``/`` become one.
 
-Most paths need none of this: ``needs_work`` looks for a ``%``, a ``/.`` or
-(when merging) a ``//`` and the codec skips the rest when there is none.
+Most paths need none of this: the codec calls ``normalize`` only for a
+target holding a ``%``, a ``/.`` or a ``//``.
 """
 
 from __future__ import annotations
@@ -43,11 +43,6 @@ _UNRESERVED: Final = frozenset(
 
 class BadPath(ValueError):
     """The path cannot be accepted (a bad escape, or an encoded slash refused)."""
-
-
-def needs_work(path: bytes, merge_slashes: bool) -> bool:
-    """Whether ``normalize`` could change ``path`` (query excluded by the caller)."""
-    return b"%" in path or b"/." in path or (merge_slashes and b"//" in path)
 
 
 def normalize(path: bytes, slashes: int = REJECT, merge_slashes: bool = False) -> bytes:

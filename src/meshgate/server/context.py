@@ -43,8 +43,6 @@ class WorkerContext:
         self.idle_timeout = 75.0
         self.body_timeout = 30.0                 # s without request-body bytes; 0 = none
         self.buffer_body = 65536                 # request bodies read whole before proxying
-        self.normalize_paths = True
-        self.merge_slashes = False
         self.path_rules: PathRules = DEFAULT_PATH_RULES
         self.refresh_date()
 
@@ -62,8 +60,6 @@ class WorkerContext:
         self.body_timeout = server.bodyTimeout / 1000.0
         self.buffer_body = server.bufferRequestBody
         paths = server.pathNormalization
-        self.normalize_paths = paths.normalize
-        self.merge_slashes = paths.mergeSlashes
         self.path_rules = (paths.normalize, SLASH_MODES[paths.encodedSlashes],
                            paths.mergeSlashes)
 
