@@ -439,3 +439,23 @@ def test_a_header_value_that_never_ends_is_431_without_waiting_for_it(gw: Gatewa
         response, _ = read_until_close(c, timeout=3)
     assert status_of(response) == 431
     assert sent < 1 << 20                      # refused within a few reads
+
+
+def test_a_decoded_query_parameter_cannot_add_header_lines(origin: StrictBackend,
+                                                           gateway_factory: Any) -> None:
+    config = gateway_config(origin.url)
+    config["policies"].append("headers")
+    config["pipelines"]["public"]["policies"].insert(
+        0, {"headers": [{"action": {"forwardHeaders": {"x-tag": "${req.query.tag}"}}}]})
+    gw = gateway_factory(config)
+    injected = b"a%0d%0aContent-Length:%200%0d%0a%0d%0aGET%20/admin/x%20HTTP/1.1%0d%0aX:%20b"
+    response, _ = send_raw(gw.port, b"POST /public/q?tag=%s HTTP/1.1\r\nHost: gw\r\n"
+                                     b"Content-Length: 3\r\nConnection: close\r\n\r\nabc"
+                                     % injected)
+    assert status_of(response) == 200
+    wait_until(lambda: origin.requests)
+    time.sleep(0.2)
+    assert origin.targets() == [b"/public/q?tag=" + injected]
+    (req,) = origin.requests
+    assert req.header(b"x-tag") == [b"aContent-Length: 0GET /admin/x HTTP/1.1X: b"]
+    assert req.body == b"abc"

@@ -23,6 +23,16 @@ if TYPE_CHECKING:
     from meshgate.protocol.exchange import Exchange
 
 Getter = Callable[["Exchange"], str]
+# Control characters a header value may not hold (RFC 9110 5.5): a decoded
+# query parameter rendered into a header must not start a new header line.
+_NOT_IN_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def header_value(text: str) -> bytes:
+    """A rendered template as a header value: latin-1, control characters removed."""
+    if _NOT_IN_HEADER.search(text) is not None:
+        text = _NOT_IN_HEADER.sub("", text)
+    return text.encode("latin-1", "replace")
 _EXPR = re.compile(r"\$\{\s*([^}]*?)\s*\}")
 _HEADER = re.compile(
     r"""^(?:req|egContext\.req)\.headers(?:\.([A-Za-z0-9_-]+)|\[['"]([^'"]+)['"]\])$""")

@@ -38,7 +38,7 @@ from urllib.parse import parse_qsl, urlencode
 from pydantic import Field, field_validator, model_validator
 
 from meshgate.config.base import ParamsModel
-from meshgate.gateway.template import compile_expression, compile_template
+from meshgate.gateway.template import compile_expression, compile_template, header_value
 
 if TYPE_CHECKING:
     from meshgate.protocol.exchange import Exchange
@@ -117,7 +117,7 @@ def compile_value(raw: Value) -> Render:
 def _header_text(value: Any) -> bytes:
     if isinstance(value, bool):
         value = "true" if value else "false"
-    return str(value).encode("latin-1", "replace")
+    return header_value(str(value))
 
 
 class Rules:

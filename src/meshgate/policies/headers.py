@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from meshgate.gateway.template import compile_template
+from meshgate.gateway.template import compile_template, header_value
 from meshgate.policies import POLICIES, BuildContext, PolicySpec
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class AddHeaders:
         names = self.names
         headers = [h for h in ex.headers if h[0] not in names]
         for name, render in self.rules:
-            headers.append((name, render(ex).encode("latin-1", "replace")))
+            headers.append((name, header_value(render(ex))))
         ex.headers = headers
 
 
