@@ -241,6 +241,7 @@ def test_upstream_connection_header_cannot_unframe_the_response(gw: Gateway) -> 
 @pytest.mark.parametrize("path", [
     b"/public/../admin/x", b"/public/%2e%2e/admin/x", b"/public/%2E%2E/admin/x",
     b"/public/./../admin/x", b"/public/x/../../admin/x", b"/public/.%2E/admin/x",
+    b"http://gw/public/../admin/x",
 ])
 def test_dot_segments_are_resolved_before_routing(gw: Gateway, origin: StrictBackend,
                                                   path: bytes) -> None:
@@ -251,7 +252,8 @@ def test_dot_segments_are_resolved_before_routing(gw: Gateway, origin: StrictBac
 
 
 @pytest.mark.parametrize("path", [b"/public/..%2fadmin/x", b"/public/..%2Fadmin/x",
-                                  b"/public/..%5cadmin/x", b"/public/%zz", b"/public/%2"])
+                                  b"/public/..%5cadmin/x", b"/public/..\\admin/x",
+                                  b"/public/%zz", b"/public/%2"])
 def test_encoded_slashes_and_bad_escapes_are_400(gw: Gateway, origin: StrictBackend,
                                                  path: bytes) -> None:
     response, closed = send_raw(gw.port, b"GET %s HTTP/1.1\r\nHost: gw\r\n\r\n" % path)
@@ -269,7 +271,8 @@ def test_the_upstream_gets_the_normalised_path(gw: Gateway, origin: StrictBacken
 def test_path_normalization_settings(origin: StrictBackend, gateway_factory: Any) -> None:
     gw = gateway_factory(gateway_config(origin.url, server={
         "pathNormalization": {"encodedSlashes": "unescape", "mergeSlashes": True}}))
-    for path, status in [(b"/public//x%2Fy", 200), (b"/public/..%2Fadmin/x", 401)]:
+    for path, status in [(b"/public//x%2Fy", 200), (b"/public/..%2Fadmin/x", 401),
+                         (b"/public/..\\admin/y", 401)]:
         response, _ = send_raw(gw.port, b"GET %s HTTP/1.1\r\nHost: gw\r\n"
                                          b"Connection: close\r\n\r\n" % path)
         assert status_of(response) == status

@@ -275,9 +275,10 @@ class H1Server(asyncio.Protocol):
             if body_expected:
                 bad = b"Bad Request: Upgrade with a request body\n"
         # The usual request skips resolve(): origin-form, Host present, HTTP/1.1,
-        # and nothing path.normalize could change (no '%', '/.', '//') or refuse.
+        # and nothing path.normalize could change or refuse (no '%', '\\', '/.', '//').
         if (url[:1] != b"/" or not host or bad or method == b"CONNECT" or version != b"1.1"
-                or b"%" in url or b"/." in url or b"//" in url or b"#" in url):
+                or b"%" in url or b"/." in url or b"//" in url or b"#" in url
+                or b"\\" in url):
             url, host, headers, bad = resolve(url, host, headers, version, method, bad,
                                               self.ctx.path_rules)
         if host == self._host_seen:        # a keep-alive client's usual case

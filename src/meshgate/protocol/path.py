@@ -15,16 +15,16 @@ The steps, as Envoy's ``normalize_path`` and Istio's defaults do them:
    digits, else the request is refused); encoded *unreserved* characters
    (RFC 3986 2.3: letters, digits, ``-._~``) are decoded and every other
    encoding is written with upper-case hex (RFC 3986 6.2.2.1);
-2. encoded ``/`` and ``\\`` (``%2F``, ``%5C``) are refused (``reject``, the
-   default), kept as they are (``keep``), or decoded to ``/`` (``unescape``):
-   a backend that decodes them would otherwise see more segments than the
-   router did;
+2. encoded ``/`` and ``\\`` (``%2F``, ``%5C``), and a raw ``\\``, are refused
+   (``reject``, the default), kept as they are (``keep``), or made ``/``
+   (``unescape``): a backend that decodes them, or takes ``\\`` for ``/`` as
+   Windows servers do, would otherwise see more segments than the router did;
 3. dot segments are removed as RFC 3986 5.2.4 says (``..`` never climbs
    above the root);
 4. with ``merge_slashes``, runs of ``/`` become one.
 
 Most paths need none of this: the codec calls ``normalize`` only for a
-target holding a ``%``, a ``/.`` or a ``//``.
+target holding a ``%``, a ``\\``, a ``/.`` or a ``//``.
 """
 
 from __future__ import annotations
@@ -49,6 +49,11 @@ def normalize(path: bytes, slashes: int = REJECT, merge_slashes: bool = False) -
     """The normalised form of an origin-form path (no query); BadPath if refused."""
     if b"%" in path:
         path = _decode(path, slashes)
+    if b"\\" in path:
+        if slashes == REJECT:
+            raise BadPath("'\\' in the path")
+        if slashes == UNESCAPE:
+            path = path.replace(b"\\", b"/")
     if merge_slashes and b"//" in path:
         path = _merge(path)
     if b"/." in path:
@@ -75,7 +80,7 @@ def _decode(path: bytes, slashes: int) -> bytes:
         value = int(path[i + 1:i + 3], 16)
         if value in _UNRESERVED:
             out.append(value)
-        elif value == 0x2F or value == 0x5C:   # '/' or '\'
+        elif value == 0x2F or value == 0x5C:   # '/' or '\\'
             if slashes == REJECT:
                 raise BadPath("encoded '/' or '\\' in the path")
             if slashes == UNESCAPE:
