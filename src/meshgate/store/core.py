@@ -59,6 +59,7 @@ class StoreCore:
         self.cache = VerifyCache(cache_size)
         self.guard = Guard(limits)               # presented secrets' hashes (verify)
         self._checks: dict[Any, asyncio.Future[Any]] = {}   # verifications under way
+        self._proven: dict[Any, None] = {}       # verify keys whose secret scrypt accepted
         self._like = ""                          # a real stored hash: the dummy's model
         self._dummy: tuple[str, str] = ("", "")  # (parameters, a hash nothing matches)
         self.user_model = PropertyModel.load(config_dir, "users.json", DEFAULT_USER_MODEL)

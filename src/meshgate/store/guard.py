@@ -18,9 +18,14 @@ work:
 * ``HashQueue`` -- ``hashWorkers`` threads run hashes; at most
   ``maxWaiting`` checks wait for one (503 + ``Retry-After`` beyond) and at
   most ``maxWaitingPerClient`` of them from one client (429 + ``Retry-After``).
-  Waiting checks are served client by client (round robin), clients with
-  no recent failure first, so a client flooding wrong secrets waits behind
-  its own attempts, not in front of everybody else's.
+  Waiting checks are served client by client: clients with no recent
+  failure first, then those with the fewest waiting, round robin among
+  equals; so a client flooding wrong secrets waits behind
+  its own attempts, not in front of everybody else's. When the queue is
+  full, a newcomer takes the place of the newest waiter of the client that
+  deserves it least -- one with failures, else one with more waiting than
+  the newcomer would have -- and that waiter gets the 503: a flood from
+  many addresses cannot keep a valid key's first use out.
 
 ``Refused`` carries the status and the seconds to wait; the auth policies
 turn it into the answer. Everything here runs on the worker's event loop;
@@ -175,14 +180,23 @@ class HashQueue:
         finally:
             self._release()
 
-    async def _wait(self, loop: asyncio.AbstractEventLoop, client: str) -> None:
-        if self.waiting >= self.max_waiting:
+    def room(self, client: str) -> None:
+        """Raise ``Refused`` if a check of ``client`` would be refused now (no change)."""
+        if self.busy < self.workers and not self.waiting:
+            return
+        queue = self.waiters.get(client)
+        if queue is not None and len(queue) >= self.per_client:
+            raise Refused(429, self.retry_after(), "too many credential checks waiting")
+        if self.waiting >= self.max_waiting and not self._victim(client):
             raise Refused(503, self.retry_after(), "credential checks saturated")
+
+    async def _wait(self, loop: asyncio.AbstractEventLoop, client: str) -> None:
+        self.room(client)
+        if self.waiting >= self.max_waiting:
+            self._evict(self._victim(client))
         queue = self.waiters.get(client)
         if queue is None:
             queue = self.waiters[client] = deque()
-        elif len(queue) >= self.per_client:
-            raise Refused(429, self.retry_after(), "too many credential checks waiting")
         turn: asyncio.Future[None] = loop.create_future()
         queue.append(turn)
         self.waiting += 1
@@ -198,11 +212,37 @@ class HashQueue:
                     del self.waiters[client]
             raise
 
+    def _victim(self, client: str) -> str:
+        """Whose waiter deserves a place less than ``client``: the client with failures,
+        then the most waiting, if that ranks above ``client`` with one more waiting
+        (max-min fair shares); "" if none."""
+        queue = self.waiters.get(client)
+        victim, worst = "", (not self.prefer(client), (len(queue) if queue else 0) + 1)
+        for other, waiting in self.waiters.items():
+            rank = (not self.prefer(other), len(waiting))
+            if rank > worst:
+                victim, worst = other, rank
+        return victim
+
+    def _evict(self, victim: str) -> None:
+        """Refuse (503) the newest waiter of ``victim``."""
+        queue = self.waiters[victim]
+        turn = queue.pop()
+        if not queue:
+            del self.waiters[victim]
+        self.waiting -= 1
+        if not turn.done():
+            turn.set_exception(Refused(503, self.retry_after(), "credential checks saturated"))
+
     def _next(self) -> str:
-        for client in self.waiters:
-            if self.prefer(client):
-                return client
-        return next(iter(self.waiters))
+        """Who goes next: no failures first, then the fewest waiting, then the longest
+        since its last turn (served clients go to the back)."""
+        best, rank = "", (True, 1 << 30)
+        for client, waiting in self.waiters.items():
+            mine = (not self.prefer(client), len(waiting))
+            if mine < rank:
+                best, rank = client, mine
+        return best
 
     def _release(self) -> None:
         """Hand the slot to the next waiter (round robin over clients), or free it."""
@@ -231,6 +271,13 @@ class Guard:
         self.limits = limits or Limits()
         self.failures = FailureLimits(self.limits)
         self.queue = HashQueue(self.limits, self.failures.clean)
+
+    def admit(self, client: str, ident: tuple[str, str]) -> None:
+        """Raise ``Refused`` now if a check would be: before any store read, so a refused
+        flood costs neither a read nor a hash (the same for known and unknown ids)."""
+        who = client_key(client)
+        self.failures.admit(who, ident)
+        self.queue.room(who)
 
     async def check(self, client: str, ident: tuple[str, str],
                     fn: Callable[[str, str], bool], secret: str, stored: str) -> bool:

@@ -69,8 +69,17 @@ class VerifyMixin(StoreCore):
     async def _check(self, key: tuple[str, str, str, bytes], secret: str,
                      client: str) -> Credential | None:
         generation = self.cache.generation
+        if key[1] != "jwt" and key[2] and secret and key not in self._proven:
+            # refused before any store read (the same for known and unknown ids); a
+            # pair proven before may need no hash, so it goes on to _verify
+            self.guard.admit(client, (key[1], key[2]))
         answer = await self._verify(key[1], key[2], secret, key[3], client)
         self.cache.put(generation, key, answer)
+        if answer is not None and key[1] != "jwt":
+            proven = self._proven
+            proven[key] = None
+            if len(proven) > self.cache.proof_size:
+                del proven[next(iter(proven))]
         return answer
 
     def _checked(self, key: Any, task: asyncio.Future[Any]) -> None:
