@@ -18,6 +18,7 @@ import base64
 import multiprocessing
 import socket
 import statistics
+import threading
 import time
 import uuid
 from collections import Counter
@@ -348,3 +349,41 @@ def test_unknown_and_known_ids_take_the_same_time_to_refuse(timing_gw: Gateway) 
     known, unknown = _medians(port, {"name": user["username"]}, {"name": wrong()},
                               "/basic/echo", 8)
     assert 0.5 <= unknown / known <= 2.0, (known, unknown)
+
+
+# -- the queue's own bookkeeping (in process, real threads) ---------------------------------
+
+
+def test_cancelled_and_displaced_waiters_leave_no_slot_behind() -> None:
+    from meshgate.store.guard import HashQueue, Limits, Refused
+
+    failing = {"bad"}
+    queue = HashQueue(Limits(hash_workers=1, max_waiting=2, max_waiting_per_client=2),
+                      lambda client: client not in failing)
+    gate = threading.Event()
+
+    async def until(check: Any) -> None:
+        for _ in range(100):              # event-loop turns, not time
+            if check():
+                return
+            await asyncio.sleep(0)
+        raise AssertionError("not reached")
+
+    async def scenario() -> bool:
+        running = asyncio.create_task(queue.run("a", gate.wait, 30))
+        await until(lambda: queue.busy == 1)
+        bad = [asyncio.create_task(queue.run("bad", lambda: True)) for _ in range(2)]
+        await until(lambda: queue.waiting == 2)
+        clean = asyncio.create_task(queue.run("good", lambda: True))
+        with pytest.raises(Refused) as refused:       # full: good displaces bad's newest
+            await bad[1]
+        assert refused.value.status == 503 and refused.value.retry_after >= 1
+        bad[0].cancel()                   # a client gone while waiting
+        await until(lambda: queue.waiting == 1)
+        gate.set()
+        assert await running and await clean
+        return bad[0].cancelled()
+
+    assert asyncio.run(scenario())
+    assert (queue.busy, queue.waiting, queue.waiters) == (0, 0, {})
+    queue.close()

@@ -188,18 +188,20 @@ class RegistryConfig(MeshModel):
 class CredentialChecks(MeshModel):
     """Limits on checking presented secrets (key-auth, basic-auth, oauth2 clients)."""
 
-    hashWorkers: Annotated[int, Field(ge=1, le=64)] = Field(
-        2, description="Slow hashes run at once per worker process")
-    maxWaiting: Annotated[int, Field(ge=0)] = Field(
-        32, description="Checks waiting for a hash; beyond: 503 with Retry-After")
-    maxWaitingPerClient: Annotated[int, Field(ge=1)] = Field(
-        4, description="Checks one client address may have waiting; beyond: 429")
-    maxFailures: Annotated[int, Field(ge=1)] = Field(
-        10, description="Failed checks per client address in failureWindow; beyond: 429")
-    maxFailuresPerId: Annotated[int, Field(ge=1)] = Field(
-        20, description="Failed checks per key id / username in failureWindow; beyond: "
-                        "only clients without failures may try")
-    failureWindow: Annotated[Millis, Field(ge=1000)] = 60000
+    hashWorkers: int = Field(
+        default=2, ge=1, le=64, description="Slow hashes run at once per worker process")
+    maxWaiting: int = Field(
+        default=32, ge=0, description="Checks waiting for a hash; beyond: 503, Retry-After")
+    maxWaitingPerClient: int = Field(
+        default=4, ge=1, description="Checks one client address may have waiting; beyond: 429")
+    maxFailures: int = Field(
+        default=10, ge=1, description="Failed checks per client address in failureWindow; "
+                                      "beyond: 429")
+    maxFailuresPerId: int = Field(
+        default=20, ge=1, description="Failed checks per key id / username in failureWindow; "
+                                      "beyond: only clients without failures may try")
+    failureWindow: int = Field(
+        default=60000, ge=1000, description="The sliding window of failures, ms")
 
 
 def _no_plugins(value: Any) -> Any:

@@ -82,9 +82,12 @@ def client_key(address: str) -> str:
     if ":" not in address:
         return address
     try:
-        return str(ipaddress.IPv6Network(f"{address}/64", strict=False).network_address)
+        ip = ipaddress.IPv6Address(address.partition("%")[0])
     except ValueError:
         return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False).network_address)
 
 
 class _Window:
