@@ -206,7 +206,7 @@ class HashQueue:
         try:
             await turn
         except asyncio.CancelledError:
-            if turn.done() and not turn.cancelled():
+            if turn.done() and not turn.cancelled() and turn.exception() is None:
                 self._release()          # handed the slot as we were cancelled
             elif turn in queue:
                 queue.remove(turn)
