@@ -165,6 +165,13 @@ VECTORS: dict[str, bytes] = {
                         + req(b"", line=b"GET /public/c HTTP/1.1")),
     "pipelined-admin-between": (req(b"", line=b"GET /public/a HTTP/1.1") + SMUGGLED
                                 + req(b"", line=b"GET /public/c HTTP/1.1")),
+    # a proxied request, then (in the same read) bytes that are refused: the first is
+    # still answered, then the refusal
+    "proxied-then-junk": req(b"", line=b"GET /public/a HTTP/1.1") + b"\x00",
+    "proxied-then-bad-line": req(b"", line=b"GET /public/a HTTP/1.1") + b"XYZ\r\n\r\n",
+    "proxied-then-encoded-slash": (req(b"", line=b"GET /public/a HTTP/1.1")
+                                   + req(b"", line=b"GET /public/%2F HTTP/1.1")),
+    "proxied-post-then-refused": req(cl(b"abc"), b"abc") + req(b"", line=b"GET /x#f HTTP/1.1"),
 }
 
 
