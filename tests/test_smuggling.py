@@ -2,7 +2,7 @@
 
 Each vector is raw bytes a client sends on one connection (a probe request
 follows it, see ``tests/support/recorder_client.py``). The gateway proxies
-``/public/*`` without authentication and ``/admin/*`` behind key-auth to an
+``/admin/*`` behind key-auth and every other path without authentication to an
 origin that parses with h11 and records every request. For every vector the
 same invariant holds: the origin parsed exactly the requests meshgate
 admitted and answered, with the bodies and paths the client sent (as a
@@ -141,6 +141,11 @@ VECTORS: dict[str, bytes] = {
     "backslash-dots": b"GET /public/..\\admin/x HTTP/1.1\r\nHost: gw\r\n\r\n",
     "encoded-backslash-dots": b"GET /public/..%5cadmin/x HTTP/1.1\r\nHost: gw\r\n\r\n",
     "connect": b"CONNECT gw:80 HTTP/1.1\r\nHost: gw:80\r\n\r\n",
+    "absolute-form-no-host": b"GET http://gw/public/x HTTP/1.1\r\n\r\n",
+    "asterisk-form": b"OPTIONS * HTTP/1.1\r\nHost: gw\r\n\r\n",
+    "asterisk-prefix-dots": b"GET */../admin/x HTTP/1.1\r\nHost: gw\r\n\r\n",
+    "asterisk-prefix-bad-escape": b"GET */p%zzublic/x HTTP/1.1\r\nHost: gw\r\n\r\n",
+    "relative-target-dots": b"GET public/../admin/x HTTP/1.1\r\nHost: gw\r\n\r\n",
     # -- Upgrade and Expect --------------------------------------------------------------------
     "upgrade-websocket-body": req(b"Connection: Upgrade\r\nUpgrade: websocket\r\n" + cl(SMUGGLED),
                                   SMUGGLED),

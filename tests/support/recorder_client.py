@@ -3,9 +3,10 @@
 Theory of operation
 -------------------
 ``Rig`` is a real meshgate in front of the recording origin
-(``tests/support/recorder.py``): ``/public/*`` is proxied without
-authentication, ``/admin/*`` behind key-auth (no test holds a key, so an
-``/admin`` request reaching the origin is a walk around the gateway).
+(``tests/support/recorder.py``): ``/admin/*`` is proxied behind key-auth,
+``/public/*`` and every other path without authentication. No test holds a
+key, so a request the origin resolves to ``/admin/...`` is a walk around the
+gateway.
 
 ``Rig.check(data)`` sends ``data`` on one connection, followed by a probe
 request (``GET /public/_probe``): the probe's answer proves every earlier
@@ -39,7 +40,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import h11
 import httpx
@@ -95,10 +95,11 @@ def rig_config(upstream: str) -> dict[str, Any]:
     return {
         "server": {"headersTimeout": 500, "bodyTimeout": 500},
         "apiEndpoints": {"public": {"host": "*", "paths": ["/public/*"]},
-                         "admin": {"host": "*", "paths": ["/admin/*"]}},
+                         "admin": {"host": "*", "paths": ["/admin/*"]},
+                         "rest": {"host": "*", "paths": ["*"]}},
         "serviceEndpoints": {"backend": {"url": upstream}},
         "policies": ["key-auth", "proxy"],
-        "pipelines": {"public": {"apiEndpoints": ["public"], "policies": [proxy]},
+        "pipelines": {"public": {"apiEndpoints": ["public", "rest"], "policies": [proxy]},
                       "admin": {"apiEndpoints": ["admin"],
                                 "policies": [{"key-auth": [{"action": {}}]}, proxy]}},
     }
@@ -249,8 +250,9 @@ def reference(data: bytes) -> tuple[list[Expected], str | None]:
         if one is None:
             return found, None
         found.append(one)
-        conn.send(h11.Response(status_code=200, headers=[("content-length", "0")]))
-        conn.send(h11.EndOfMessage())              # an Upgrade is declined
+        # a refusal-like answer declines an Upgrade or a CONNECT
+        conn.send(h11.Response(status_code=404, headers=[("content-length", "0")]))
+        conn.send(h11.EndOfMessage())
         if conn.their_state is not h11.DONE:       # MUST_CLOSE: nothing more is read
             return found, None
         data = bytes(conn.trailing_data[0])
@@ -274,8 +276,9 @@ def _one_request(conn: h11.Connection) -> Expected | None:
 def normalise(target: str) -> str:
     """A reference for the path a backend resolves: origin-form, escapes of unreserved
     characters decoded, dot segments removed (RFC 3986 5.2.4); the query dropped."""
-    if "://" in target:
-        target = urlsplit(target).path or "/"
+    scheme_authority = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*", target)
+    if scheme_authority:                                     # absolute-form
+        target = target[scheme_authority.end():] or "/"
     path = target.split("?", 1)[0].split("#", 1)[0]
     raw = path.encode("latin-1")
     out = bytearray()
@@ -314,8 +317,7 @@ def reaches_admin(target: str) -> bool:
     slashed = re.sub(r"%2[fF]|%5[cC]|\\", "/", target)
     for form in (target, slashed):
         for path in (form, re.sub("/{2,}", "/", form)):
-            resolved = normalise(path).lower()
-            if resolved == "/admin" or resolved.startswith("/admin/"):
+            if normalise(path).lower().startswith("/admin/"):
                 return True
     return False
 
