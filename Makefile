@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install demo test test-fast fuzz bench lint clean
 
 # The request path is compiled with mypyc (setup.py): editing one of those
 # modules rebuilds, as the editable install runs the compiled copy.
@@ -27,6 +27,23 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'not slow'
 
+# make fuzz: the property tests' long profile (tests/fuzz/__init__.py), then each
+# atheris harness for FUZZ_SECONDS; crashing inputs land in .fuzz/NAME/crashes/.
+FUZZ_SECONDS ?= 300
+FUZZ_STAMP := $(VENV)/.fuzz-installed
+
+$(FUZZ_STAMP): pyproject.toml
+	$(BIN)/python -m pip install -q 'atheris>=2.3'    # pyproject.toml's fuzz extra
+	touch $(FUZZ_STAMP)
+
+fuzz: $(STAMP) $(FUZZ_STAMP)
+	status=0; \
+	MESHGATE_FUZZ=long $(BIN)/python -m pytest -q --timeout=0 tests/test_smuggling.py \
+		tests/test_fuzz_http.py tests/test_fuzz_units.py || status=1; \
+	$(BIN)/python -m tests.fuzz.http_head -max_total_time=$(FUZZ_SECONDS) || status=1; \
+	$(BIN)/python -m tests.fuzz.path_normalize -max_total_time=$(FUZZ_SECONDS) || status=1; \
+	exit $$status
+
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/mesh_bench.py
@@ -36,5 +53,5 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis .fuzz
 	find src -name '*.so' -delete

@@ -11,12 +11,17 @@ the requests meshgate admitted, with the bodies and paths a strict parser
 reads in the client's bytes; nothing reached ``/admin``; every client got
 proper responses and a refusal closed its connection.
 
+The same conversations also go through the codec in-process
+(``tests/fuzz/inprocess.py``), cut into reads of several sizes: no sockets, so
+many more of them per second.
+
 ``make test`` runs a fast slice (see ``tests/fuzz``); ``make fuzz`` the long
 profile.
 """
 
 from __future__ import annotations
 
+import asyncio
 import string
 from collections.abc import Iterator
 
@@ -25,6 +30,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tests.fuzz import profile
+from tests.fuzz.inprocess import check, run
 from tests.support.recorder_client import Rig, describe
 
 SMUGGLED = b"GET /admin/smuggled HTTP/1.1\r\nHost: gw\r\n\r\n"
@@ -140,3 +146,18 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 def test_the_backend_parses_exactly_what_meshgate_admitted(rig: Rig, data: bytes) -> None:
     bad, answers, log = rig.check(data)
     assert not bad, f"sent {data!r}\n" + "\n".join(bad) + "\n" + describe(answers, log)
+
+
+@profile(fast_examples=200, long_examples=50000)
+@given(data=conversation(), read_size=st.sampled_from([0, 1, 2, 5, 64]))
+def test_the_codec_in_process_agrees_with_a_strict_parser(data: bytes, read_size: int) -> None:
+    """The same conversations through the codec alone (``tests/fuzz/inprocess.py``), with
+    the bytes cut into reads of ``read_size`` (0: one read)."""
+    reads = [data] if not read_size else [data[i:i + read_size]
+                                          for i in range(0, len(data), read_size)]
+    loop = asyncio.new_event_loop()
+    try:
+        bad = check(data, run(reads, loop))
+    finally:
+        loop.close()
+    assert not bad, f"sent {data!r}\n" + "\n".join(bad)

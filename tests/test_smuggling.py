@@ -7,7 +7,9 @@ origin that parses with h11 and records every request. For every vector the
 same invariant holds: the origin parsed exactly the requests meshgate
 admitted and answered, with the bodies and paths the client sent (as a
 strict parser reads them); nothing reached ``/admin``; the client got proper
-responses, a refusal being the last one on a closed connection.
+responses, a refusal being the last one on a closed connection. Each vector
+is also fed to the codec in-process (``tests/fuzz/inprocess.py``), whole and
+byte by byte.
 
 The vectors come from the public literature on desynchronisation (CL.TE,
 TE.CL, TE.TE obfuscations, Connection-nominated framing, obs-fold, bare CR
@@ -17,10 +19,12 @@ walk from ``/public`` to ``/admin``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
 
+from tests.fuzz.inprocess import check, run
 from tests.support.recorder_client import Answers, Response, Rig, describe, violations
 
 SMUGGLED = b"GET /admin/smuggled HTTP/1.1\r\nHost: gw\r\n\r\n"
@@ -191,6 +195,18 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 def test_vector(rig: Rig, vector: bytes) -> None:
     bad, answers, log = rig.check(vector)
     assert not bad, "\n".join(bad) + "\n" + describe(answers, log)
+
+
+@pytest.mark.parametrize("vector", list(VECTORS.values()), ids=list(VECTORS))
+def test_vector_in_process(vector: bytes) -> None:
+    """The codec alone (``tests/fuzz/inprocess.py``), the bytes in one read, then one by one."""
+    loop = asyncio.new_event_loop()
+    try:
+        for reads in ([vector], [vector[i:i + 1] for i in range(len(vector))]):
+            bad = check(vector, run(reads, loop))
+            assert not bad, f"{len(reads)} read(s):\n" + "\n".join(bad)
+    finally:
+        loop.close()
 
 
 def test_the_check_catches_a_smuggled_request() -> None:
