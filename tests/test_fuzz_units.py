@@ -28,7 +28,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tests.fuzz import profile
-from tests.support.recorder_client import normalise as reference_normalise
+from tests.support.recorder_reference import normalise as reference_normalise
 
 # -- the path normaliser -----------------------------------------------------------------
 SEGMENT_PIECES = [b"", b".", b"..", b"%2e", b"%2E", b".%2e", b"%2e%2E", b"a", b"B", b"%41",

@@ -37,7 +37,8 @@ from meshgate.protocol.http1_server import H1Server
 from meshgate.protocol.path import BadPath, normalize
 from meshgate.server.context import WorkerContext
 from meshgate.telemetry.metrics import Metrics
-from tests.support.recorder_client import normalise, parse_responses, reference
+from tests.support.recorder_client import parse_responses
+from tests.support.recorder_reference import normalise, reference
 
 
 class Transport(asyncio.Transport):

@@ -3,7 +3,7 @@
 ``python -m tests.fuzz.path_normalize -max_total_time=300``. A result must be
 absolute, free of dot segments and stable under a second pass; under the
 defaults it must also be a fixed point of an independent RFC 3986 resolver
-(``tests/support/recorder_client.normalise``) and equal that resolver's
+(``tests/support/recorder_reference.normalise``) and equal that resolver's
 reading of the input.
 """
 
@@ -14,7 +14,7 @@ import atheris
 with atheris.instrument_imports(include=["meshgate"]):
     from meshgate.protocol.path import SLASH_MODES, BadPath, normalize
 
-from tests.support.recorder_client import normalise
+from tests.support.recorder_reference import normalise
 
 MODES = tuple(SLASH_MODES.values())
 
