@@ -126,6 +126,8 @@ VECTORS: dict[str, bytes] = {
     "header-count-over-limit": req(b"X-Pad: a\r\n" * 101, line=b"GET /public/x HTTP/1.1"),
     "host-duplicate": b"GET /public/x HTTP/1.1\r\nHost: gw\r\nHost: evil\r\n\r\n",
     "host-missing": b"GET /public/x HTTP/1.1\r\n\r\n",
+    "host-duplicate-first-empty": b"GET /public/x HTTP/1.1\r\nHost: \r\nHost: gw\r\n\r\n",
+    "host-empty": b"GET /public/x HTTP/1.1\r\nHost: \r\n\r\n",
     "gateway-header-from-client": req(b"eg-consumer-id: admin\r\n",
                                       line=b"GET /public/x HTTP/1.1"),
     # -- request line and target ---------------------------------------------------------------
