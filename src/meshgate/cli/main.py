@@ -43,7 +43,7 @@ for _group, _names in (
 ):
     for _index, _name in enumerate(_names):
         app.add_typer(_group, name=_name, hidden=_index > 0)
-app.command("registry")(registry.registry)
+app.add_typer(registry.app, name="registry")
 app.command("sidecar")(sidecar.sidecar)
 
 ConfigDirArg = Annotated[

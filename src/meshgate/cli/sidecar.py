@@ -8,6 +8,12 @@ on each reload). Without ``--config`` the sidecar serves an empty config
 folder of its own: inbound to the app, outbound by service name, nothing
 else -- it needs only the registry address (``--registry`` or
 ``$MESHGATE_REGISTRY``). Bad options or config exit 2.
+
+The registry needs this service's join token (``--token-file``, else
+``$MESHGATE_JOIN_TOKEN``); an unreadable token file exits 2. Port 0 for
+``--inbound-port`` or ``--outbound-port`` is resolved here, once, to a free
+port: every worker then binds that same port (with SO_REUSEPORT each would
+otherwise get its own), and the inbound one is the port registered.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pydantic import ValidationError
 
 from meshgate.config.loader import ConfigError, find_config_dir, load_config
 from meshgate.config.mesh import SidecarConfig
+from meshgate.registry.tokens import read_token_file
 
 
 def sidecar(
@@ -42,6 +49,9 @@ def sidecar(
         help="Port the app calls other services through (Host header or HTTP_PROXY)")] = 15001,
     registry: Annotated[str | None, typer.Option(
         help="Registry URL (default: $MESHGATE_REGISTRY, then http://127.0.0.1:8500)")] = None,
+    token_file: Annotated[Path | None, typer.Option(
+        "--token-file", help="File holding this service's registry join token "
+                             "(default: $MESHGATE_JOIN_TOKEN)")] = None,
     address: Annotated[str, typer.Option(help="Address registered for this instance")
                        ] = "127.0.0.1",
     bind: Annotated[str, typer.Option(help="Address the listeners bind")] = "127.0.0.1",
@@ -70,6 +80,18 @@ def sidecar(
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s sidecar %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)    # heartbeats, watches
+    if token_file is not None:
+        try:
+            read_token_file(token_file)
+        except (OSError, ValueError) as exc:
+            typer.echo(f"meshgate sidecar: --token-file: {exc}", err=True)
+            raise typer.Exit(2) from None
+    try:
+        inbound_port = inbound_port or _free_port(bind)
+        outbound_port = outbound_port or _free_port(bind)
+    except OSError as exc:
+        typer.echo(f"meshgate sidecar: cannot bind {bind}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None
     try:
         side = SidecarConfig.model_validate({
             "service": service, "appPort": app_port, "inboundPort": inbound_port,
@@ -78,6 +100,7 @@ def sidecar(
             "zone": zone, "version": version, "weight": weight, "ttl": ttl,
             "selfRegister": not no_register,
             "registry": registry or os.environ.get("MESHGATE_REGISTRY"),
+            "tokenFile": str(token_file.resolve()) if token_file is not None else None,
             "appHealthPath": app_health_path, "adminPort": admin_port})
     except ValidationError as exc:
         typer.echo(f"meshgate sidecar: {exc.errors()[0]['msg']}", err=True)
@@ -96,6 +119,15 @@ def sidecar(
             raise typer.Exit(2) from None
         code = uvloop.run(serve(directory, workers, log_level, overlay))
     raise typer.Exit(code)
+
+
+def _free_port(host: str) -> int:
+    """A port free on ``host`` now, for a listener asked for on port 0."""
+    info = socket.getaddrinfo(host or None, 0, type=socket.SOCK_STREAM,
+                              flags=socket.AI_PASSIVE)[0]
+    with socket.socket(info[0], socket.SOCK_STREAM) as sock:
+        sock.bind(info[4])
+        return int(sock.getsockname()[1])
 
 
 def _overlay(loaded: object, *, side: SidecarConfig, apply: object) -> object:

@@ -222,6 +222,9 @@ class SidecarConfig(MeshModel):
     ttl: Millis = Field(10000, description="Registration TTL; heartbeats every third of it")
     selfRegister: bool = Field(True, description="Register this instance in the registry")
     registry: str | None = Field(None, description="Registry URL (default $MESHGATE_REGISTRY)")
+    tokenFile: str | None = Field(
+        None, description="File holding this service's registry join token (default "
+                          "$MESHGATE_JOIN_TOKEN)")
     appHealthPath: str | None = Field(
         None, description="HTTP path checking the local app (default: a TCP connect)")
     appHealthInterval: Millis = Field(1000, description="How often the local app is checked")

@@ -18,6 +18,12 @@ changes made during the outage are not lost.
 
 The registry URL is, in order: the ``url`` param, the system default handed
 in by the control plane, ``$MESHGATE_REGISTRY``, ``http://127.0.0.1:8500``.
+
+A registry started with ``--require-token-for-reads`` needs a token on the
+watch: the ``tokenFile`` param, else ``$MESHGATE_JOIN_TOKEN``, else
+``$MESHGATE_REGISTRY_TOKEN`` (read at each connection, so a rotated file is
+picked up). A 401/403 is reported (once, as the source turning stale) with
+what to set.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from pydantic import Field, field_validator
 from meshgate.config.base import MeshModel
 from meshgate.discovery import DISCOVERY, EndpointSpec, ProviderContext, ProviderSpec
 from meshgate.discovery._source import Backoff, SourceProvider
+from meshgate.registry.tokens import client_token
 
 log = logging.getLogger("meshgate.discovery")
 
@@ -50,6 +57,9 @@ class RegistryParams(MeshModel):
                                 "serviceEndpoint's name)")
     onlyPassing: bool = Field(False, description="Leave critical instances out instead of "
                               "reporting them unhealthy")
+    tokenFile: str | None = Field(None, description="File holding a registry token, for a "
+                                  "registry that requires one to read (default: "
+                                  "$MESHGATE_JOIN_TOKEN, then $MESHGATE_REGISTRY_TOKEN)")
 
     @field_validator("url")
     @classmethod
@@ -112,8 +122,10 @@ class RegistryProvider(SourceProvider):
     kind = "registry"
 
     def __init__(self, service: str, url: str, registry_service: str, only_passing: bool,
-                 on_stale: Callable[[bool], None] | None = None) -> None:
+                 on_stale: Callable[[bool], None] | None = None,
+                 token_file: str | None = None) -> None:
         super().__init__(service, on_stale)
+        self.token_file = token_file
         self.url = url
         self.registry_service = registry_service
         self.only_passing = only_passing
@@ -136,7 +148,7 @@ class RegistryProvider(SourceProvider):
                         self._emit(specs)
                     raise RegistryError("the watch stream ended")
                 except (httpx.HTTPError, RegistryError, ValueError, KeyError,
-                        TypeError) as exc:
+                        TypeError, OSError) as exc:
                     self._fail(f"registry {self.url}: {_describe(exc)}")
                 if synced:
                     backoff.reset()
@@ -144,7 +156,15 @@ class RegistryProvider(SourceProvider):
 
     async def _snapshots(self, client: httpx.AsyncClient) -> AsyncIterator[list[EndpointSpec]]:
         headers = {"accept": "text/event-stream", "cache-control": "no-cache"}
+        token = client_token(self.token_file)
+        if token:
+            headers["authorization"] = f"Bearer {token}"
         async with client.stream("GET", self.watch_url, headers=headers) as response:
+            if response.status_code in (401, 403):
+                raise RegistryError(
+                    f"the registry refused the watch ({response.status_code}): it requires "
+                    "a token to read; set the discovery's tokenFile, $MESHGATE_JOIN_TOKEN or "
+                    "$MESHGATE_REGISTRY_TOKEN")
             if response.status_code != 200:
                 body = (await response.aread()).decode(errors="replace")[:200]
                 raise RegistryError(f"watch answered HTTP {response.status_code}: {body}")
@@ -188,7 +208,7 @@ def _describe(exc: BaseException) -> str:
 def _build(params: RegistryParams, context: ProviderContext) -> RegistryProvider:
     return RegistryProvider(context.service, registry_url(params, context),
                             params.service or context.service, params.onlyPassing,
-                            context.on_stale)
+                            context.on_stale, params.tokenFile)
 
 
 DISCOVERY.add(ProviderSpec("registry", RegistryParams, _build,

@@ -25,18 +25,26 @@ when it is stored, dropped by ``changed()``), a service's list is cached per
 service index, and the full listing joins those, so even a first listing of
 ten thousand instances only concatenates bytes. (``lastHeartbeat`` in a listing may therefore lag
 until the next change of its service; heartbeats alone are not changes.)
+
+Each instance records the token that registered it (``registeredBy``, see
+``auth``); the view counts instances per token for the per-token cap, and
+``tokens`` is where the store keeps token records (in memory by default).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from meshgate.registry.tokens import TokenSource
 
 INITIAL_INDEX = 1
 DEFAULT_TTL_MS = 10_000
@@ -46,6 +54,9 @@ DEFAULT_PORT = 8500
 DEFAULT_ETCD_PREFIX = "/meshgate/registry"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,254}$")
+_HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})"
+                   r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?$")
+_LABEL = Field(None, max_length=255)
 
 
 def check_name(kind: str, value: str) -> str:
@@ -72,9 +83,9 @@ class InstanceSpec(BaseModel):
     address: str = Field(min_length=1, max_length=255, description="Host name or IP")
     port: int = Field(ge=1, le=65535)
     scheme: str = Field("http", pattern=r"^[a-z][a-z0-9+.-]*$", description="http, https, ...")
-    zone: str | None = None
-    version: str | None = None
-    tags: list[str] = Field(default_factory=list)
+    zone: str | None = _LABEL
+    version: str | None = _LABEL
+    tags: list[str] = Field(default_factory=list, max_length=64)
     metadata: dict[str, Any] = Field(default_factory=dict)
     ttl: int = Field(DEFAULT_TTL_MS, ge=50, le=86_400_000,
                      description="ms without a heartbeat before the instance is critical")
@@ -84,6 +95,26 @@ class InstanceSpec(BaseModel):
     # A client may send back an instance it read: these must match the path.
     id: str | None = None
     service: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        """An IP address or a DNS name: nothing a URL could be built around."""
+        try:
+            ipaddress.ip_address(value)
+            return value
+        except ValueError:
+            pass
+        if not _HOST.match(value) or value.replace(".", "").isdigit():
+            raise ValueError(f"invalid address {value!r}: expected an IP address or a DNS name")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        if any(len(tag) > 255 for tag in value):
+            raise ValueError("a tag is longer than 255 characters")
+        return value
 
 
 @dataclass(slots=True, eq=False)
@@ -99,6 +130,7 @@ class Instance:
     metadata: dict[str, Any]
     ttl: int
     deregister_critical_after: int
+    registered_by: str | None = None     # the token id (see ``auth``)
     status: str = PASSING
     registered_at: int = field(default_factory=now_ms)
     last_heartbeat: int = field(default_factory=now_ms)
@@ -115,11 +147,11 @@ class Instance:
 
     @classmethod
     def from_spec(cls, service: str, instance_id: str, spec: InstanceSpec,
-                  default_grace_ms: int) -> Instance:
+                  default_grace_ms: int, registered_by: str | None = None) -> Instance:
         grace = spec.deregisterCriticalAfter
         return cls(service, instance_id, spec.address, spec.port, spec.scheme, spec.zone,
                    spec.version, list(spec.tags), dict(spec.metadata), spec.ttl,
-                   default_grace_ms if grace is None else grace)
+                   default_grace_ms if grace is None else grace, registered_by)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Instance:
@@ -127,7 +159,8 @@ class Instance:
                    data.get("scheme", "http"), data.get("zone"), data.get("version"),
                    list(data.get("tags") or []), dict(data.get("metadata") or {}),
                    int(data["ttl"]), int(data["deregisterCriticalAfter"]),
-                   data.get("status", PASSING), int(data.get("registeredAt", now_ms())),
+                   data.get("registeredBy"), data.get("status", PASSING),
+                   int(data.get("registeredAt", now_ms())),
                    int(data.get("lastHeartbeat", now_ms())))
 
     def to_json(self) -> dict[str, Any]:
@@ -136,14 +169,16 @@ class Instance:
                 "version": self.version, "tags": self.tags, "metadata": self.metadata,
                 "ttl": self.ttl, "deregisterCriticalAfter": self.deregister_critical_after,
                 "status": self.status, "registeredAt": self.registered_at,
-                "lastHeartbeat": self.last_heartbeat}
+                "lastHeartbeat": self.last_heartbeat, "registeredBy": self.registered_by}
 
     def same_registration(self, other: Instance) -> bool:
         """Equal in everything a registration sets (not health or timestamps)."""
         return (self.address, self.port, self.scheme, self.zone, self.version, self.tags,
-                self.metadata, self.ttl, self.deregister_critical_after) == (
+                self.metadata, self.ttl, self.deregister_critical_after,
+                self.registered_by) == (
                 other.address, other.port, other.scheme, other.zone, other.version,
-                other.tags, other.metadata, other.ttl, other.deregister_critical_after)
+                other.tags, other.metadata, other.ttl, other.deregister_critical_after,
+                other.registered_by)
 
 
 class BaseStore:
@@ -159,6 +194,8 @@ class BaseStore:
         self._changed = asyncio.Event()
         self._fragments: dict[str, tuple[int, bytes]] = {}
         self._full: tuple[int, bytes] | None = None
+        self._per_token: Counter[str] = Counter()
+        self.tokens = TokenSource()
 
     # -- the interface the API calls (writes are the subclass's) ---------------
 
@@ -173,7 +210,8 @@ class BaseStore:
     async def close(self) -> None:
         self.release_watchers()
 
-    async def register(self, service: str, instance_id: str, spec: InstanceSpec) -> dict[str, Any]:
+    async def register(self, service: str, instance_id: str, spec: InstanceSpec,
+                       registered_by: str | None = None) -> dict[str, Any]:
         raise NotImplementedError
 
     async def heartbeat(self, service: str, instance_id: str) -> dict[str, Any] | None:
@@ -196,6 +234,12 @@ class BaseStore:
 
     def get(self, service: str, instance_id: str) -> Instance | None:
         return self._services.get(service, {}).get(instance_id)
+
+    def count(self, service: str) -> int:
+        return len(self._services.get(service, ()))
+
+    def count_registered_by(self, token_id: str) -> int:
+        return self._per_token[token_id]
 
     async def wait_change(self, index: int, service: str | None, timeout: float) -> bool:
         """Wait until the index of ``service`` (all if None) exceeds ``index``."""
@@ -246,7 +290,10 @@ class BaseStore:
 
     def _put(self, instance: Instance, index: int) -> None:
         instance.encoded()      # encoded at write time: a cold listing only joins bytes
-        self._services.setdefault(instance.service, {})[instance.id] = instance
+        found = self._services.setdefault(instance.service, {})
+        self._count_token(found.get(instance.id), -1)
+        found[instance.id] = instance
+        self._count_token(instance, 1)
         self._changed_service(instance.service, index)
 
     def _remove(self, service: str, instance_id: str, index: int) -> Instance | None:
@@ -254,11 +301,18 @@ class BaseStore:
         if found is None or instance_id not in found:
             return None
         instance = found.pop(instance_id)
+        self._count_token(instance, -1)
         if not found:
             del self._services[service]
             self._fragments.pop(service, None)
         self._changed_service(service, index)
         return instance
+
+    def _count_token(self, instance: Instance | None, delta: int) -> None:
+        if instance is not None and instance.registered_by is not None:
+            self._per_token[instance.registered_by] += delta
+            if self._per_token[instance.registered_by] <= 0:
+                del self._per_token[instance.registered_by]
 
     def _changed_service(self, service: str, index: int) -> None:
         self.index = max(self.index, index)

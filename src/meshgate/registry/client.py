@@ -18,6 +18,13 @@ registry that lost its state) resets the loop rather than blocking forever.
 every ttl/3, registers again when a heartbeat gets 404 (the registry forgot
 the instance, or it was removed while critical), retries through registry
 outages, and deregisters on ``stop()``.
+
+With a ``token`` every call carries ``Authorization: Bearer``. A registry
+that refuses a registration or heartbeat (401/403: no, unknown or revoked
+token, or one for another service; 413/422: an invalid instance; 429: a cap)
+is logged once as an error naming the cause, then retried quietly with
+backoff (a token may be created meanwhile); ``registered`` stays clear and
+``refused`` holds the reason until the registry accepts.
 """
 
 from __future__ import annotations
@@ -35,6 +42,10 @@ from meshgate.registry.base import DEFAULT_TTL_MS
 
 log = logging.getLogger("meshgate.registry.client")
 BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
+REFUSALS = {401: "the registry needs a valid token (--token-file, $MESHGATE_JOIN_TOKEN)",
+            403: "the token may not write this service",
+            413: "the instance is too large", 422: "the instance is invalid",
+            429: "the registry's instance limit is reached"}
 
 
 class RegistryError(Exception):
@@ -49,10 +60,13 @@ def _backoff(attempt: int) -> float:
 
 
 class RegistryClient:
-    def __init__(self, base_url: str, *, timeout: float = 5.0) -> None:
+    def __init__(self, base_url: str, *, timeout: float = 5.0, token: str | None = None
+                 ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout,
+                                       headers=headers)
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -74,7 +88,11 @@ class RegistryClient:
         if response.status_code == 404 and allow_404:
             return None
         if response.status_code >= 300:
-            raise RegistryError(f"{method} {path}: {response.status_code} {response.text}",
+            try:
+                detail = response.json()["detail"]
+            except (ValueError, KeyError, TypeError):
+                detail = response.text
+            raise RegistryError(f"{method} {path}: {response.status_code} {detail}",
                                 response.status_code)
         return response
 
@@ -181,6 +199,7 @@ class Registration:
         self.ttl_ms = int(fields.get("ttl", DEFAULT_TTL_MS))
         self.instance: dict[str, Any] | None = None
         self.registered = asyncio.Event()
+        self.refused: str | None = None         # why the registry refuses us, if it does
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -197,10 +216,26 @@ class Registration:
             self.instance = await self.client.register(self.service, self.instance_id,
                                                        **self.body)
         except RegistryError as exc:
-            log.warning("cannot register %s/%s: %s", self.service, self.instance_id, exc)
             self.registered.clear()
+            if not self._refusal("register", exc):
+                log.warning("cannot register %s/%s: %s", self.service, self.instance_id, exc)
             return False
+        if self.refused is not None:
+            log.info("registry accepted %s/%s now", self.service, self.instance_id)
+            self.refused = None
         self.registered.set()
+        return True
+
+    def _refusal(self, what: str, exc: RegistryError) -> bool:
+        """Log a refusal once (per cause); False when ``exc`` is not one."""
+        if exc.status not in REFUSALS:
+            return False
+        reason = f"{exc.status}: {REFUSALS[exc.status]}"
+        if self.refused != reason:
+            log.error("registry %s refused to %s %s/%s: %s (%s); retrying quietly",
+                      self.client.base_url, what, self.service, self.instance_id, exc,
+                      REFUSALS[exc.status])
+        self.refused = reason
         return True
 
     async def _run(self) -> None:
@@ -214,7 +249,11 @@ class Registration:
             try:
                 instance = await self.client.heartbeat(self.service, self.instance_id)
             except RegistryError as exc:
-                log.warning("heartbeat of %s/%s failed: %s", self.service, self.instance_id, exc)
+                if self._refusal("renew", exc):
+                    self.registered.clear()
+                else:
+                    log.warning("heartbeat of %s/%s failed: %s", self.service,
+                                self.instance_id, exc)
                 continue
             if instance is None:
                 await self._register()

@@ -26,6 +26,11 @@ unreachable.
 A write through this replica returns once the mirror shows it, so a read
 that follows a write on the same replica sees it. ``lastHeartbeat`` is the
 latest heartbeat this replica handled, else when the alive key was created.
+
+Token records (``tokens``) are keys ``{prefix}/tokens/{id}`` (the record's
+JSON: service, sha256 of the secret, never the token), mirrored by the same
+watch: a token made or revoked through any replica, or with ``meshgate
+registry token --etcd``, is known to every replica within a watch round trip.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from meshgate.registry.base import (
     dumps,
     now_ms,
 )
+from meshgate.registry.tokens import TokenRecord, TokenSource
 
 log = logging.getLogger("meshgate.registry.etcd")
 Key = tuple[str, str]
@@ -58,6 +64,46 @@ WRITE_VISIBLE_TIMEOUT = 2.0
 
 def _seconds(ms: int) -> int:
     return max(1, math.ceil(ms / 1000))
+
+
+class EtcdTokens(TokenSource):
+    """Token records as etcd keys, mirrored by the store's watch."""
+
+    def __init__(self, client: EtcdClient, prefix: str) -> None:
+        super().__init__()
+        self.client = client
+        self.prefix = f"{prefix}/tokens/"
+
+    async def add(self, record: TokenRecord) -> None:
+        await self.client.put(self.prefix + record.id, dumps(record.to_json()))
+        self._records[record.id] = record       # usable here before the watch shows it
+
+    async def remove(self, token_id: str) -> bool:
+        _, items = await self.client.get_prefix(self.prefix + token_id)
+        if not any(name == self.prefix + token_id for name, _ in items):
+            return False
+        await self.client.delete(self.prefix + token_id)
+        self._records.pop(token_id, None)
+        return True
+
+    def mirror(self, name: str, value: bytes | None) -> bool:
+        """Apply one key of the prefix if it is a token's (``None``: deleted)."""
+        if not name.startswith(self.prefix):
+            return False
+        token_id = name[len(self.prefix):]
+        if value is None:
+            self._records.pop(token_id, None)
+            return True
+        try:
+            self._records[token_id] = TokenRecord.from_json(json.loads(value))
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring malformed registry token key %s", name)
+        return True
+
+    def replace(self, items: list[tuple[str, bytes]]) -> None:
+        self._records = {}
+        for name, value in items:
+            self.mirror(name, value)
 
 
 class EtcdStore(BaseStore):
@@ -72,6 +118,7 @@ class EtcdStore(BaseStore):
         self._alive: dict[Key, int] = {}
         self._heartbeats: dict[Key, int] = {}
         self._watcher: asyncio.Task[None] | None = None
+        self.tokens: EtcdTokens = EtcdTokens(self.client, self.prefix)
 
     def _key(self, kind: str, key: Key) -> str:
         return f"{self.prefix}/{kind}/{key[0]}/{key[1]}"
@@ -92,9 +139,11 @@ class EtcdStore(BaseStore):
 
     # -- writes --------------------------------------------------------------------
 
-    async def register(self, service: str, instance_id: str, spec: InstanceSpec) -> dict[str, Any]:
+    async def register(self, service: str, instance_id: str, spec: InstanceSpec,
+                       registered_by: str | None = None) -> dict[str, Any]:
         key = (service, instance_id)
-        fresh = Instance.from_spec(service, instance_id, spec, self.default_grace_ms)
+        fresh = Instance.from_spec(service, instance_id, spec, self.default_grace_ms,
+                                   registered_by)
         current = self.get(service, instance_id)
         if current is not None and current.status == PASSING and current.same_registration(fresh):
             renewed = await self.heartbeat(service, instance_id)
@@ -188,6 +237,7 @@ class EtcdStore(BaseStore):
         alive: dict[Key, int] = {}
         for name, value in items:
             self._decode(name, value, records, alive)
+        self.tokens.replace(items)
         touched = set(self._records) | set(records) | set(self._alive) | set(alive)
         self._records, self._alive = records, alive
         self.revision = max(self.revision, revision)
@@ -213,6 +263,8 @@ class EtcdStore(BaseStore):
     def _apply(self, revision: int, batch: list[tuple[str, str, bytes]]) -> None:
         touched: set[Key] = set()
         for kind, name, value in batch:
+            if self.tokens.mirror(name, value if kind == "put" else None):
+                continue
             key = self._parse(name)
             if key is None:
                 continue

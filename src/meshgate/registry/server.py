@@ -13,6 +13,13 @@ instances that own them).
 
 ``serve_registry()`` is the standalone form: start, wait for SIGTERM/SIGINT
 (or the ``stop`` event), stop.
+
+Operator tokens (see ``auth``): ``$MESHGATE_REGISTRY_TOKEN`` and the
+``operator_token_file``, made with a new token (mode 0600) when missing.
+Without either, a registry with a data dir uses ``DATA_DIR/operator.token``
+(made on first start), and one without keeps a fresh token in a private
+temporary file for its lifetime; either way the path is logged, never the
+token. There is no way to start a registry whose writes are open.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -28,6 +37,7 @@ from typing import Literal
 import uvicorn
 
 from meshgate.registry.api import create_registry_app
+from meshgate.registry.auth import Limits, RegistryAuth
 from meshgate.registry.base import (
     DEFAULT_DEREGISTER_CRITICAL_AFTER_MS,
     DEFAULT_ETCD_PREFIX,
@@ -35,10 +45,39 @@ from meshgate.registry.base import (
     BaseStore,
 )
 from meshgate.registry.store import MemoryStore
+from meshgate.registry.tokens import OPERATOR_TOKEN_FILE, operator_token_file
 from meshgate.server.embed import EmbeddedServer, bind
 
 log = logging.getLogger("meshgate.registry")
 StoreKind = Literal["memory", "etcd"]
+TOKEN_ENV = "MESHGATE_REGISTRY_TOKEN"
+
+
+def operator_tokens(token_file: str | Path | None, data_dir: str | Path | None
+                    ) -> tuple[list[str], Path | None, str]:
+    """(operator tokens, their file, what to log about it) for a registry starting.
+
+    ``ValueError`` / ``OSError`` when the file given cannot be read or made."""
+    tokens = [t for t in [os.environ.get(TOKEN_ENV, "").strip()] if t]
+    path: Path | None = None
+    if token_file is not None:
+        path = Path(token_file)
+    elif data_dir is not None:
+        path = Path(data_dir) / OPERATOR_TOKEN_FILE
+    elif tokens:
+        return tokens, None, f"operator token from ${TOKEN_ENV}"
+    if path is None:
+        fd, name = tempfile.mkstemp(prefix="meshgate-registry-", suffix=".token")
+        os.close(fd)
+        path = Path(name)
+        path.unlink()
+        token, _ = operator_token_file(path)
+        return [*tokens, token], path, (f"operator token in {path} (mode 0600, for this run "
+                                        "only: give --operator-token-file or --data-dir to "
+                                        "keep one)")
+    token, created = operator_token_file(path)
+    made = "created, mode 0600" if created else "existing"
+    return [*tokens, token], path, f"operator token in {path} ({made})"
 
 
 def create_store(store: StoreKind = "memory", *, data_dir: str | Path | None = None,
@@ -64,13 +103,24 @@ class EmbeddedRegistry:
                  store: StoreKind | BaseStore = "memory", data_dir: str | Path | None = None,
                  etcd_endpoints: Sequence[str] = (), etcd_prefix: str = DEFAULT_ETCD_PREFIX,
                  deregister_critical_after_ms: int = DEFAULT_DEREGISTER_CRITICAL_AFTER_MS,
-                 keepalive: float = 15.0) -> None:
+                 keepalive: float = 15.0, operator_token_file: str | Path | None = None,
+                 require_token_for_reads: bool = False, limits: Limits | None = None) -> None:
         self.host = host
         self.port = port
         self.store = store if isinstance(store, BaseStore) else create_store(
             store, data_dir=data_dir, etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix,
             deregister_critical_after_ms=deregister_critical_after_ms)
-        self.app = create_registry_app(self.store, keepalive=keepalive)
+        try:
+            tokens, self.operator_token_path, self.token_note = operator_tokens(
+                operator_token_file, data_dir)
+        except (OSError, ValueError) as exc:
+            raise RuntimeError(f"cannot use the operator token file: {exc}") from None
+        self._ephemeral = (operator_token_file is None and data_dir is None
+                           and self.operator_token_path is not None)
+        self.auth = RegistryAuth(self.store.tokens, tokens,
+                                 require_token_for_reads=require_token_for_reads)
+        self.app = create_registry_app(self.store, self.auth, keepalive=keepalive,
+                                       limits=limits)
         self._server: EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -99,8 +149,8 @@ class EmbeddedRegistry:
                 self._task.result()
                 raise RuntimeError("the registry API stopped at start")
             await asyncio.sleep(0.01)
-        log.info("registry listening on %s (%s store)", self.url,
-                 type(self.store).__name__)
+        log.info("registry listening on %s (%s store); %s", self.url,
+                 type(self.store).__name__, self.token_note)
 
     async def stop(self) -> None:
         self.store.release_watchers()
@@ -109,6 +159,8 @@ class EmbeddedRegistry:
             with contextlib.suppress(Exception):
                 await self._task
         await self.store.close()
+        if self._ephemeral and self.operator_token_path is not None:
+            self.operator_token_path.unlink(missing_ok=True)
 
     async def __aenter__(self) -> EmbeddedRegistry:
         await self.start()
@@ -124,6 +176,8 @@ async def serve_registry(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
                          etcd_prefix: str = DEFAULT_ETCD_PREFIX,
                          deregister_critical_after_ms: int =
                          DEFAULT_DEREGISTER_CRITICAL_AFTER_MS,
+                         operator_token_file: str | Path | None = None,
+                         require_token_for_reads: bool = False, limits: Limits | None = None,
                          stop: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT (or ``stop`` is set), then stop cleanly."""
     stop = stop or asyncio.Event()
@@ -132,9 +186,12 @@ async def serve_registry(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
         loop.add_signal_handler(sig, stop.set)
     registry = EmbeddedRegistry(host, port, store=store, data_dir=data_dir,
                                 etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix,
-                                deregister_critical_after_ms=deregister_critical_after_ms)
+                                deregister_critical_after_ms=deregister_critical_after_ms,
+                                operator_token_file=operator_token_file,
+                                require_token_for_reads=require_token_for_reads, limits=limits)
     await registry.start()
     print(f"registry listening on {registry.url}", flush=True)
+    print(f"registry {registry.token_note}", flush=True)
     try:
         await stop.wait()
     finally:

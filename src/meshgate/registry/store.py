@@ -25,6 +25,9 @@ new file, never half of one. At start the file is read back and every
 instance gets a fresh ttl window from now, so a restart does not turn all of
 them critical at once; the index continues where it stopped so clients'
 blocking queries stay valid. ``close()`` writes a last snapshot.
+
+Tokens: with a ``data_dir`` their records live in its ``tokens.json``
+(``tokens.FileTokens``, shared with ``meshgate registry token``), else in memory.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from meshgate.registry.base import (
     dumps,
     now_ms,
 )
+from meshgate.registry.tokens import FileTokens
 
 log = logging.getLogger("meshgate.registry")
 SNAPSHOT_FILE = "registry.json"
@@ -66,6 +70,8 @@ class MemoryStore(BaseStore):
         self._sweeper: asyncio.Task[None] | None = None
         self._snapshot_task: asyncio.Task[None] | None = None
         self._dirty = False
+        if self.data_dir is not None:
+            self.tokens = FileTokens(self.data_dir)
 
     @property
     def snapshot_path(self) -> Path | None:
@@ -94,8 +100,10 @@ class MemoryStore(BaseStore):
 
     # -- writes --------------------------------------------------------------------
 
-    async def register(self, service: str, instance_id: str, spec: InstanceSpec) -> dict[str, Any]:
-        fresh = Instance.from_spec(service, instance_id, spec, self.default_grace_ms)
+    async def register(self, service: str, instance_id: str, spec: InstanceSpec,
+                       registered_by: str | None = None) -> dict[str, Any]:
+        fresh = Instance.from_spec(service, instance_id, spec, self.default_grace_ms,
+                                   registered_by)
         old = self.get(service, instance_id)
         if old is not None and old.status == PASSING and old.same_registration(fresh):
             return self._refresh(old).to_json()
@@ -225,6 +233,7 @@ class MemoryStore(BaseStore):
             return
         for instance in instances:
             self._services.setdefault(instance.service, {})[instance.id] = instance
+            self._count_token(instance, 1)
             # A fresh window from now: the registry was down, not the instances.
             critical_in = instance.ttl / 1000 if instance.status == PASSING else 0.0
             self._arm(instance, critical_in)

@@ -8,7 +8,8 @@ what differs is the config, rewritten by ``apply_sidecar`` after every load
 
 * ``sidecar`` is set from the command line (the workers open the outbound
   listener from it, the master registers the instance);
-* the ``http`` listener is the inbound port, unless the folder sets one;
+* the ``http`` listener is the inbound port, unless the folder sets one
+  (then the folder's port is the one registered);
   the Admin API (``/metrics``, ``/clusters``) listens on ``adminPort`` when
   given and the folder has no ``admin`` section;
 * a serviceEndpoint ``local`` points at the app (``appHost:appPort``);
@@ -40,8 +41,11 @@ def apply_sidecar(loaded: LoadedConfig, side: SidecarConfig) -> LoadedConfig:
     update: dict[str, Any] = {"sidecar": side}
     if gw.http is None:
         update["http"] = HttpConfig(port=side.inboundPort, hostname=side.bind)
+    elif gw.http.port != side.inboundPort:
+        side = side.model_copy(update={"inboundPort": gw.http.port})
+        update["sidecar"] = side
     if gw.admin is None and side.adminPort is not None:
-        update["admin"] = AdminConfig(port=side.adminPort, host=side.bind)
+        update["admin"] = AdminConfig.model_validate({"port": side.adminPort, "host": side.bind})
     services = dict(gw.serviceEndpoints)
     services.setdefault(LOCAL, ServiceEndpoint.model_validate(
         {"url": f"http://{side.appHost}:{side.appPort}"}))

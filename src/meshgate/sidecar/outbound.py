@@ -65,6 +65,8 @@ def outbound_service(cfg: SidecarConfig, name: str, registry_url: str | None) ->
     discovery: dict[str, Any] = {"type": "registry", "service": name}
     if registry_url:
         discovery["url"] = registry_url
+    if cfg.tokenFile:
+        discovery["tokenFile"] = cfg.tokenFile
     return ServiceEndpoint.model_validate({**cfg.outbound, "discovery": discovery})
 
 

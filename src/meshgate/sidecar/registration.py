@@ -13,6 +13,11 @@ again it registers again. An app that is not up yet when the sidecar starts
 is registered as soon as its first check passes.
 
 ``stop()`` (SIGTERM) deregisters before the sidecar drains.
+
+Registry calls carry the join token (``tokenFile``, else
+``$MESHGATE_JOIN_TOKEN``); "registered" is logged only once the registry
+accepted the instance, and a refusal (no or wrong token, a cap) is logged
+once as an error by the client.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 from meshgate.config.mesh import HealthCheck, SidecarConfig
 from meshgate.discovery import EndpointSpec
 from meshgate.registry.client import Registration, RegistryClient
+from meshgate.registry.tokens import client_token
 from meshgate.upstream.health import HealthChecker
 
 log = logging.getLogger("meshgate.sidecar")
@@ -32,7 +38,7 @@ log = logging.getLogger("meshgate.sidecar")
 class InstanceRegistration:
     def __init__(self, side: SidecarConfig, registry_url: str) -> None:
         self.side = side
-        self.client = RegistryClient(registry_url)
+        self.client = RegistryClient(registry_url, token=client_token(side.tokenFile))
         fields: dict[str, Any] = {"ttl": side.ttl, "zone": side.zone,
                                   "version": side.version, "tags": side.tags}
         if side.weight != 1:
@@ -71,7 +77,12 @@ class InstanceRegistration:
             if up and not self.registered:
                 await self.registration.start()
                 self.registered = True
-                log.info("app is up: registered %s/%s", self.service, self.instance_id)
+                if self.registration.registered.is_set():
+                    log.info("app is up: registered %s/%s", self.service, self.instance_id)
+                else:
+                    log.warning("app is up; %s/%s is not registered yet (%s); retrying",
+                                self.service, self.instance_id,
+                                self.registration.refused or "registry unreachable")
             elif not up and self.registered:
                 self.registered = False
                 await self.registration.stop(deregister=True)
