@@ -39,6 +39,8 @@ class RegistryProcess:
         line = self.process.stdout.readline()
         if "listening" not in line:
             raise RuntimeError(f"registry did not start: {line}{self.process.stdout.read()}")
+        token = (self.data_dir / "operator.token").read_text().strip()
+        self.headers = {"authorization": f"Bearer {token}"}
         return self
 
     def kill(self) -> None:
@@ -55,11 +57,11 @@ class RegistryProcess:
     def register(self, ident: str, port: int, **extra: Any) -> None:
         body = {"address": "127.0.0.1", "port": port, "ttl": 60000, **extra}
         httpx.put(f"{self.url}/v1/services/users/instances/{ident}", json=body,
-                  timeout=5).raise_for_status()
+                  timeout=5, headers=self.headers).raise_for_status()
 
     def deregister(self, ident: str) -> None:
         httpx.delete(f"{self.url}/v1/services/users/instances/{ident}",
-                     timeout=5).raise_for_status()
+                     timeout=5, headers=self.headers).raise_for_status()
 
 
 @pytest.fixture

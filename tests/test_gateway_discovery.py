@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from meshgate.registry.tokens import new_token
 from tests.support.gateway import free_port, wait_until
 
 
@@ -34,16 +35,19 @@ def _count(backend: Any) -> int:
 def test_registry_changes_reach_the_gateway_within_a_second(backend_factory, gateway_factory):
     port = free_port()
     registry = f"http://127.0.0.1:{port}"
-    gw = gateway_factory(_config(), system={"registry": {"serve": {"port": port}}})
+    token = new_token(None)[1]      # the embedded registry's operator token, from the env
+    auth = {"authorization": f"Bearer {token}"}
+    gw = gateway_factory(_config(), system={"registry": {"serve": {"port": port}}},
+                         env={"MESHGATE_REGISTRY_TOKEN": token})
     users = [backend_factory(f"users{i}") for i in range(2)]
     for i, b in enumerate(users):
-        r = httpx.put(f"{registry}/v1/services/users/instances/u{i}",
+        r = httpx.put(f"{registry}/v1/services/users/instances/u{i}", headers=auth,
                       json={"address": "127.0.0.1", "port": b.port, "ttl": 30000}, timeout=5)
         assert r.status_code == 200
     with httpx.Client(base_url=gw.url, timeout=10) as client:
         wait_until(lambda: {client.get("/name").text for _ in range(6)} == {"users0", "users1"},
                    timeout=5)
-        httpx.delete(f"{registry}/v1/services/users/instances/u0", timeout=5)
+        httpx.delete(f"{registry}/v1/services/users/instances/u0", timeout=5, headers=auth)
         gone = time.monotonic()
         seen: Counter[str] = Counter()
         # Keep the load on; a second after deregistration users0 gets nothing more.
@@ -53,7 +57,7 @@ def test_registry_changes_reach_the_gateway_within_a_second(backend_factory, gat
         results = Counter(client.get("/name").text for _ in range(50))
         assert results == {"users1": 50}
         assert _count(users[0]) == before
-        httpx.delete(f"{registry}/v1/services/users/instances/u1", timeout=5)
+        httpx.delete(f"{registry}/v1/services/users/instances/u1", timeout=5, headers=auth)
         wait_until(lambda: client.get("/").status_code == 503, timeout=2)
     clusters = httpx.get(gw.admin_url + "/clusters", timeout=5).json()
     assert clusters["users"]["controlPlane"]["provider"] == "registry"
@@ -67,8 +71,7 @@ def test_registry_loss_keeps_the_last_endpoints(backend_factory, gateway_factory
     cfg["serviceEndpoints"]["users"]["discovery"]["url"] = registry.url
     gw = gateway_factory(cfg)
     b = backend_factory("users0")
-    httpx.put(f"{registry.url}/v1/services/users/instances/u0",
-              json={"address": "127.0.0.1", "port": b.port, "ttl": 30000}, timeout=5)
+    registry.put("users", "u0", address="127.0.0.1", port=b.port, ttl=30000)
     with httpx.Client(base_url=gw.url, timeout=10) as client:
         wait_until(lambda: client.get("/name").text == "users0", timeout=5)
         registry.stop()

@@ -40,7 +40,7 @@ def test_register_heartbeat_deregister_list(registry: RegistryProcess) -> None:
         "id": "u1", "service": "users", "address": "10.1.0.1", "port": 9001,
         "scheme": "http", "zone": "a", "version": "v2", "tags": ["blue"],
         "metadata": {"weight": 3}, "ttl": 10000, "deregisterCriticalAfter": 30000,
-        "status": "passing", "registeredAt": 0, "lastHeartbeat": 0}
+        "status": "passing", "registeredAt": 0, "lastHeartbeat": 0, "registeredBy": "operator"}
     assert registry.put("users", "u2", scheme="https", ttl=60000).status_code == 200
 
     listed = registry.get("/v1/services/users")
@@ -54,16 +54,15 @@ def test_register_heartbeat_deregister_list(registry: RegistryProcess) -> None:
     assert everything["index"] >= body["index"]
 
     time.sleep(0.01)    # a later wall-clock millisecond for lastHeartbeat
-    beat = httpx.put(f"{registry.url}/v1/services/users/instances/u1/heartbeat")
+    beat = registry.heartbeat("users", "u1")
     assert beat.status_code == 200
     assert beat.json()["lastHeartbeat"] > inst["lastHeartbeat"]
-    assert httpx.put(f"{registry.url}/v1/services/users/instances/nope/heartbeat"
-                     ).status_code == 404
+    assert registry.heartbeat("users", "nope").status_code == 404
 
-    gone = httpx.delete(f"{registry.url}/v1/services/users/instances/u1")
+    gone = registry.delete("users", "u1")
     assert gone.status_code == 200
     assert int(gone.headers["X-Registry-Index"]) > body["index"]
-    assert httpx.delete(f"{registry.url}/v1/services/users/instances/u1").status_code == 404
+    assert registry.delete("users", "u1").status_code == 404
     assert [i["id"] for i in registry.instances("users")] == ["u2"]
 
     unknown = registry.get("/v1/services/never-registered").json()
@@ -91,7 +90,8 @@ def test_reregistration_with_same_fields_is_not_a_change(registry: RegistryProce
 ])
 def test_invalid_registration_is_422_with_reason(registry: RegistryProcess,
                                                  body: dict[str, Any], reason: str) -> None:
-    response = httpx.put(f"{registry.url}/v1/services/bad/instances/b1", json=body)
+    response = httpx.put(f"{registry.url}/v1/services/bad/instances/b1", json=body,
+                         headers=registry.headers)
     assert response.status_code == 422
     assert reason in response.text
     assert registry.instances("bad") == []
@@ -99,7 +99,7 @@ def test_invalid_registration_is_422_with_reason(registry: RegistryProcess,
 
 def test_invalid_names_and_wait_are_rejected(registry: RegistryProcess) -> None:
     response = httpx.put(f"{registry.url}/v1/services/-x/instances/b1",
-                         json={"address": "h", "port": 1})
+                         json={"address": "h", "port": 1}, headers=registry.headers)
     assert response.status_code == 422 and "service" in response.text
     assert registry.get("/v1/services/x", index=1, wait="soon").status_code == 400
 
@@ -118,7 +118,7 @@ def test_ttl_lapse_marks_critical_then_removes(registry: RegistryProcess) -> Non
     assert time.monotonic() - started >= 0.2      # the grace was served
     assert status() == {"l2": "critical"}
     # A heartbeat brings a critical instance back.
-    revived = httpx.put(f"{registry.url}/v1/services/lapse/instances/l2/heartbeat")
+    revived = registry.heartbeat("lapse", "l2")
     assert revived.status_code == 200 and revived.json()["status"] == "passing"
     assert status() == {"l2": "passing"}
 
@@ -127,7 +127,8 @@ def test_blocking_query_returns_early_on_change(registry: RegistryProcess) -> No
     index = registry.get("/v1/services/blocky").json()["index"]
 
     async def scenario() -> tuple[float, dict[str, Any]]:
-        async with httpx.AsyncClient(base_url=registry.url, timeout=10) as client:
+        async with httpx.AsyncClient(base_url=registry.url, timeout=10,
+                                     headers=registry.headers) as client:
             query = asyncio.create_task(client.get("/v1/services/blocky",
                                                    params={"index": index, "wait": "5s"}))
             await asyncio.sleep(0.3)
@@ -149,7 +150,8 @@ def test_blocking_query_times_out_and_ignores_other_services(
     index = registry.get("/v1/services/quiet").json()["index"]
 
     async def scenario() -> tuple[float, httpx.Response]:
-        async with httpx.AsyncClient(base_url=registry.url, timeout=10) as client:
+        async with httpx.AsyncClient(base_url=registry.url, timeout=10,
+                                     headers=registry.headers) as client:
             started = time.monotonic()
             query = asyncio.create_task(client.get("/v1/services/quiet",
                                                    params={"index": index, "wait": 600}))
@@ -172,7 +174,8 @@ def test_sse_watch_delivers_changes_quickly(registry: RegistryProcess) -> None:
     registry.put("streamed", "s1")
 
     async def scenario() -> None:
-        async with httpx.AsyncClient(base_url=registry.url, timeout=10) as client, \
+        async with httpx.AsyncClient(base_url=registry.url, timeout=10,
+                                     headers=registry.headers) as client, \
                 client.stream("GET", "/v1/watch/streamed") as one, \
                 client.stream("GET", "/v1/watch") as every:
             assert one.headers["content-type"].startswith("text/event-stream")
@@ -196,7 +199,7 @@ def test_sse_watch_delivers_changes_quickly(registry: RegistryProcess) -> None:
 
 def test_client_watch_and_registration_helper(registry: RegistryProcess) -> None:
     async def scenario() -> None:
-        async with RegistryClient(registry.url) as client:
+        async with RegistryClient(registry.url, token=registry.token) as client:
             seen: list[list[str]] = []
 
             async def watcher() -> None:
@@ -240,7 +243,7 @@ def test_snapshot_survives_sigkill(tmp_path: Path) -> None:
     try:
         first.put("kept", "k1", ttl=60000, tags=["a"])
         first.put("kept", "k2", ttl=60000)
-        httpx.delete(f"{first.url}/v1/services/kept/instances/k2")
+        first.delete("kept", "k2")
         index = first.get("/v1/services").json()["index"]
 
         def snapshot_has_it() -> bool:
@@ -284,7 +287,8 @@ def test_embedded_registry_in_the_callers_loop(tmp_path: Path) -> None:
         await embedded.start()
         try:
             assert embedded.port != 0
-            async with RegistryClient(embedded.url) as client:
+            token = (tmp_path / "operator.token").read_text().strip()
+            async with RegistryClient(embedded.url, token=token) as client:
                 await client.register("emb", "e1", "127.0.0.1", 1)
                 index, instances = await client.service("emb")
                 assert [i["id"] for i in instances] == ["e1"] and index > 1

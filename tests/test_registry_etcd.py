@@ -116,7 +116,7 @@ def test_two_replicas_share_state(tmp_path: Path, etcd_server: EtcdServer) -> No
     two = _registry(tmp_path, etcd_server)
     try:
         async def scenario() -> None:
-            async with httpx.AsyncClient(timeout=10) as client, \
+            async with httpx.AsyncClient(timeout=10, headers=one.headers) as client, \
                     client.stream("GET", f"{two.url}/v1/watch/orders") as stream:
                 events = Events(stream)
                 assert (await events.next())["instances"] == []
@@ -132,13 +132,13 @@ def test_two_replicas_share_state(tmp_path: Path, etcd_server: EtcdServer) -> No
 
         run(scenario())
         # A heartbeat through the other replica renews the same leases.
-        beat = httpx.put(f"{two.url}/v1/services/orders/instances/o1/heartbeat")
+        beat = two.heartbeat("orders", "o1")
         assert beat.status_code == 200 and beat.json()["status"] == "passing"
         assert one.stop(signal.SIGKILL) is not None
         # Replica two carries on alone.
         assert two.put("orders", "o2").status_code == 200
         assert [i["id"] for i in two.instances("orders")] == ["o1", "o2"]
-        assert httpx.delete(f"{two.url}/v1/services/orders/instances/o1").status_code == 200
+        assert two.delete("orders", "o1").status_code == 200
         assert [i["id"] for i in two.instances("orders")] == ["o2"]
         # A new replica starts from what is in etcd.
         three = _registry(tmp_path, etcd_server)
@@ -163,8 +163,7 @@ def test_lease_expiry_removes_unheartbeated_instance(tmp_path: Path,
         wait_until(lambda: [i["id"] for i in proc.instances("expiring")] == ["e2"],
                    timeout=8, interval=0.1)
         assert time.monotonic() - started >= 0.9
-        assert httpx.put(f"{proc.url}/v1/services/expiring/instances/e1/heartbeat"
-                         ).status_code == 404
+        assert proc.heartbeat("expiring", "e1").status_code == 404
     finally:
         proc.stop()
 
@@ -179,7 +178,7 @@ def test_critical_and_revival_through_etcd(tmp_path: Path, etcd_server: EtcdServ
             return [i["status"] for i in proc.instances("flaky")]
 
         wait_until(lambda: status() == ["critical"], timeout=8, interval=0.1)
-        beat = httpx.put(f"{proc.url}/v1/services/flaky/instances/f1/heartbeat")
+        beat = proc.heartbeat("flaky", "f1")
         assert beat.status_code == 200 and beat.json()["status"] == "passing"
         assert status() == ["passing"]
     finally:

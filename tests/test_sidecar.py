@@ -58,7 +58,11 @@ def mesh(tmp_path: Path, backend_factory: Any) -> Iterator[dict[str, Any]]:
     started: list[Sidecar] = []
 
     def sidecar(service: str, app_port: int, *args: str) -> Sidecar:
-        s = Sidecar(tmp_path, registry.url, service, app_port, *args)
+        token_file = tmp_path / f"{service}.token"
+        if not token_file.exists():
+            token_file.write_text(registry.join_token(service))
+        s = Sidecar(tmp_path, registry.url, service, app_port, "--token-file", str(token_file),
+                    *args)
         started.append(s)
         return s
 

@@ -1,4 +1,9 @@
-"""A real ``meshgate registry`` process for tests, and an SSE reader for its watches."""
+"""A real ``meshgate registry`` process for tests, and an SSE reader for its watches.
+
+The registry is started with an operator token file the test writes first
+(``token``, the same across restarts); ``headers`` authorize as the
+operator, ``join_token(service)`` makes a service's join token.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,12 @@ from typing import Any
 
 import httpx
 
+from meshgate.registry.tokens import new_token
 from tests.support.gateway import MESHGATE, free_port, stop_process, wait_until
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
 
 
 class RegistryProcess:
@@ -18,8 +28,13 @@ class RegistryProcess:
 
     def __init__(self, directory: Path, *args: str, port: int | None = None) -> None:
         self.directory = directory
-        self.args = list(args)
         self.port = port or free_port()
+        self.token_file = directory / f"registry-{self.port}-operator.token"
+        if not self.token_file.exists():
+            self.token_file.write_text(new_token(None)[1] + "\n")
+        self.token = self.token_file.read_text().strip()
+        self.headers = bearer(self.token)
+        self.args = ["--operator-token-file", str(self.token_file), *args]
         self.log_path = directory / f"registry-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
@@ -58,10 +73,24 @@ class RegistryProcess:
         body.setdefault("address", "10.0.0.1")
         body.setdefault("port", 8080)
         return httpx.put(f"{self.url}/v1/services/{service}/instances/{instance_id}",
-                         json=body, timeout=5)
+                         json=body, timeout=5, headers=self.headers)
+
+    def heartbeat(self, service: str, instance_id: str) -> httpx.Response:
+        return httpx.put(f"{self.url}/v1/services/{service}/instances/{instance_id}/heartbeat",
+                         timeout=5, headers=self.headers)
+
+    def delete(self, service: str, instance_id: str) -> httpx.Response:
+        return httpx.delete(f"{self.url}/v1/services/{service}/instances/{instance_id}",
+                            timeout=5, headers=self.headers)
+
+    def join_token(self, service: str) -> str:
+        made = httpx.post(f"{self.url}/v1/tokens", json={"service": service}, timeout=5,
+                          headers=self.headers)
+        assert made.status_code == 201, made.text
+        return str(made.json()["token"])
 
     def get(self, path: str, **params: Any) -> httpx.Response:
-        return httpx.get(self.url + path, params=params, timeout=30)
+        return httpx.get(self.url + path, params=params, timeout=30, headers=self.headers)
 
     def instances(self, service: str) -> list[dict[str, Any]]:
         return list(self.get(f"/v1/services/{service}").json()["instances"])
