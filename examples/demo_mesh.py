@@ -8,7 +8,9 @@ its output echoed line by line behind its name (but for the routine lines of
 heartbeats and health checks), its port read from its "listening on
 http://host:port" line when it picks one itself.
 
-``start_mesh`` starts, in this order: the registry (port 0); the apps (port
+``start_mesh`` starts, in this order: the registry (port 0; its operator
+token in its data dir, a join token per service made with ``meshgate registry
+token create`` and handed to that service's sidecars); the apps (port
 0, with ``HTTP_PROXY`` = the outbound port chosen for their sidecar, so they
 call other services by name through it); a sidecar per app plus the gateway,
 all at once. It returns when the gateway answers /ready, the registry lists
@@ -239,6 +241,7 @@ def start_mesh(children: list[Child], data_dir: Path, http_port: int, admin_port
                                   "--data-dir", str(data_dir / "registry")], LOOPBACK, last=True)
     children.append(registry)
     registry_url = f"http://127.0.0.1:{registry.wait_listening()}"
+    tokens = {service: join_token(meshgate, data_dir, service) for _, service in REPLICAS}
 
     apps: dict[str, tuple[Child, int, int]] = {}
     for name, service in REPLICAS:
@@ -258,7 +261,8 @@ def start_mesh(children: list[Child], data_dir: Path, http_port: int, admin_port
             meshgate, "sidecar", "--service", service, "--instance-id", name,
             "--app-port", str(app.wait_listening()), "--inbound-port", str(inbound),
             "--outbound-port", str(outbound), "--registry", registry_url,
-            "--ttl", str(SIDECAR_TTL_MS), "--config", SIDECAR_CONFIG], LOOPBACK, essential=False)
+            "--token-file", str(tokens[service]), "--ttl", str(SIDECAR_TTL_MS),
+            "--config", SIDECAR_CONFIG], LOOPBACK, essential=False)
         children.append(sidecar)
         replicas[name] = Replica(name, service, app, sidecar, inbound, outbound)
 
@@ -276,6 +280,20 @@ def start_mesh(children: list[Child], data_dir: Path, http_port: int, admin_port
     wait_for("the gateway's health checks", lambda: healthy(admin_port) == {
         (r.service, r.inbound) for r in replicas.values()}, children)
     return mesh
+
+
+def join_token(meshgate: str, data_dir: Path, service: str) -> Path:
+    """A registry join token for ``service`` (in the registry's data dir), in a 0600 file."""
+    made = subprocess.run([meshgate, "registry", "token", "create", "--service", service,
+                           "--data-dir", str(data_dir / "registry")],
+                          capture_output=True, text=True, check=False)
+    if made.returncode != 0:
+        raise DemoError(f"cannot make a join token for {service}: {made.stderr.strip()}")
+    path = data_dir / f"{service}.token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(made.stdout)
+    return path
 
 
 def registered(registry_url: str) -> set[tuple[str, str]]:
