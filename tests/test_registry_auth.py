@@ -8,7 +8,6 @@ data dir; sidecars and gateways are real processes too.
 from __future__ import annotations
 
 import hashlib
-import json
 import signal
 import stat
 import subprocess
@@ -165,3 +164,71 @@ def test_limits_on_size_and_count(registry: RegistryProcess, tmp_path: Path) -> 
     assert registry.delete("counted", "c0").status_code == 200
     assert put(registry, "counted", "c2", token).status_code == 200
     assert [i["id"] for i in registry.instances("sized")] == ["s1", "s2", "s3", "s4"]
+
+
+def _sidecar(tmp_path: Path, registry: RegistryProcess, service: str, app_port: int,
+             *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+    log = tmp_path / f"sidecar-{service}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [*MESHGATE, "sidecar", "--service", service, "--app-port", str(app_port),
+             "--inbound-port", "0", "--outbound-port", "0", "--registry", registry.url,
+             "--instance-id", f"{service}-1", *args],
+            stdout=out, stderr=subprocess.STDOUT)
+    return proc, log
+
+
+def test_sidecar_with_a_join_token_file_serves_traffic_on_the_port_it_bound(
+        tmp_path: Path, backend_factory: Any, gateway_factory: Any) -> None:
+    registry = RegistryProcess(tmp_path, "--data-dir", str(tmp_path / "data"),
+                               "--require-token-for-reads")
+    token_file = tmp_path / "users.token"
+    token_file.write_text(create_token(tmp_path / "data", "users") + "\n")
+    app = backend_factory("users-app")
+    sidecar, log = _sidecar(tmp_path, registry, "users", app.port,
+                            "--token-file", str(token_file))
+    try:
+        assert httpx.get(f"{registry.url}/v1/services/users").status_code == 401
+        [instance] = wait_until(lambda: registry.instances("users"), timeout=15)
+        # --inbound-port 0: the port registered is the one the sidecar listens on.
+        assert instance["port"] != 0
+        assert instance["registeredBy"] == token_file.read_text().split(".")[1]
+        direct = httpx.get(f"http://127.0.0.1:{instance['port']}/name", timeout=5)
+        assert direct.text == "users-app"
+        # A gateway discovering from the registry (reads need a token: tokenFile).
+        gw = gateway_factory({
+            "apiEndpoints": {"api": {"host": "*", "paths": ["/*"]}},
+            "serviceEndpoints": {"users": {"discovery": {
+                "type": "registry", "url": registry.url, "tokenFile": str(token_file)}}},
+            "policies": ["proxy"],
+            "pipelines": {"main": {"apiEndpoints": ["api"], "policies": [
+                {"proxy": [{"action": {"serviceEndpoint": "users"}}]}]}}})
+        wait_until(lambda: httpx.get(gw.url + "/name", timeout=5).text == "users-app",
+                   timeout=10)
+        assert "app is up: registered users/users-1" in log.read_text()
+    finally:
+        stop_process(sidecar)
+        registry.stop()
+
+
+def test_sidecar_refused_by_the_registry_says_so_once(tmp_path: Path,
+                                                       backend_factory: Any) -> None:
+    registry = RegistryProcess(tmp_path, "--data-dir", str(tmp_path / "data"),
+                               "--log-level", "debug")
+    wrong = tmp_path / "invoices.token"
+    wrong.write_text(create_token(tmp_path / "data", "invoices"))
+    app = backend_factory("users-app")
+    sidecar, log = _sidecar(tmp_path, registry, "users", app.port, "--token-file", str(wrong),
+                            "--ttl", "300")
+    try:
+        # Retries every 0.1 s (a third of the ttl): the registry sees many, the log one.
+        wait_until(lambda: registry.log().count("403 PUT /v1/services/users/") >= 5,
+                   timeout=15)
+        text = log.read_text()
+        assert text.count("refused") == 1, text
+        assert "403" in text and "not registered yet" in text
+        assert "app is up: registered" not in text
+        assert registry.instances("users") == []
+    finally:
+        stop_process(sidecar)
+        registry.stop()

@@ -26,6 +26,7 @@ per-token cap). Re-registering an instance that exists never hits a cap.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
@@ -33,6 +34,7 @@ from fastapi import HTTPException, Request
 from meshgate.registry.tokens import OPERATOR_ID, TokenSource, same_digest
 
 BEARER = "bearer "
+log = logging.getLogger("meshgate.registry.auth")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +83,14 @@ class RegistryAuth:
     def principal(self, request: Request) -> Principal:
         """The caller's identity, or 401."""
         header = request.headers.get("authorization", "")
-        if not header[:len(BEARER)].lower() == BEARER or not header[len(BEARER):].strip():
+        if header[:len(BEARER)].lower() != BEARER or not header[len(BEARER):].strip():
+            _refused(request, 401, "no token")
             raise HTTPException(401, "the registry needs a token: Authorization: Bearer "
                                      "<token> (meshgate registry token create)",
                                 headers={"WWW-Authenticate": 'Bearer realm="meshgate-registry"'})
         found = self.identify(header[len(BEARER):].strip())
         if found is None:
+            _refused(request, 401, "unknown or revoked token")
             raise HTTPException(401, "unknown or revoked registry token",
                                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         return found
@@ -95,6 +99,7 @@ class RegistryAuth:
         """A principal allowed to change instances of ``service``: else 401/403."""
         found = self.principal(request)
         if not found.may_write(service):
+            _refused(request, 403, f"token {found.token_id} is for {found.service!r}")
             raise HTTPException(403, f"token {found.token_id} is for service "
                                      f"{found.service!r}, not {service!r}")
         return found
@@ -102,6 +107,7 @@ class RegistryAuth:
     def operator(self, request: Request) -> Principal:
         found = self.principal(request)
         if not found.operator:
+            _refused(request, 403, f"token {found.token_id} is not an operator token")
             raise HTTPException(403, f"token {found.token_id} is a join token for "
                                      f"{found.service!r}; this needs an operator token")
         return found
@@ -109,3 +115,8 @@ class RegistryAuth:
     def reader(self, request: Request) -> None:
         if self.require_token_for_reads:
             self.principal(request)
+
+
+def _refused(request: Request, status: int, why: str) -> None:
+    client = request.client.host if request.client is not None else "?"
+    log.debug("%d %s %s from %s: %s", status, request.method, request.url.path, client, why)
