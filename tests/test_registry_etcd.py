@@ -214,3 +214,46 @@ def test_registry_resyncs_after_etcd_restart(
                    timeout=10, interval=0.1)
     finally:
         proc.stop()
+
+
+def test_tokens_live_in_etcd_hashed_and_shared_by_replicas(tmp_path: Path,
+                                                           etcd_server: EtcdServer) -> None:
+    import subprocess
+
+    from tests.support.gateway import MESHGATE
+    from tests.support.registry import bearer
+
+    one = _registry(tmp_path, etcd_server)
+    two = _registry(tmp_path, etcd_server)
+    try:
+        made = subprocess.run([*MESHGATE, "registry", "token", "create", "--service", "users",
+                               "--etcd", etcd_server.url, "--etcd-prefix", "/test/registry"],
+                              capture_output=True, text=True, timeout=30, check=False)
+        assert made.returncode == 0, made.stderr
+        token = made.stdout.strip()
+        token_id, secret = token.split(".")[1:]
+        body = {"address": "10.0.0.9", "port": 80}
+
+        def put(proc: RegistryProcess, service: str, ident: str) -> int:
+            return httpx.put(f"{proc.url}/v1/services/{service}/instances/{ident}",
+                             json=body, headers=bearer(token), timeout=5).status_code
+
+        wait_until(lambda: put(one, "users", "t1") == 200, timeout=5)
+        wait_until(lambda: put(two, "users", "t2") == 200, timeout=5)
+        assert put(two, "invoices", "t3") == 403
+
+        async def stored() -> list[tuple[str, bytes]]:
+            client = EtcdClient([etcd_server.url])
+            try:
+                return (await client.get_prefix("/test/registry/tokens/"))[1]
+            finally:
+                await client.close()
+
+        [(name, value)] = run(stored())
+        assert name.endswith(token_id) and secret.encode() not in value
+        revoked = httpx.delete(f"{one.url}/v1/tokens/{token_id}", headers=one.headers)
+        assert revoked.status_code == 200
+        wait_until(lambda: put(two, "users", "t4") == 401, timeout=5)
+    finally:
+        one.stop()
+        two.stop()

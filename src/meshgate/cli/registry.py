@@ -251,9 +251,9 @@ def token_list(data_dir: DataDirOption = None, etcd: EtcdOption = None,
                etcd_prefix: PrefixOption = DEFAULT_ETCD_PREFIX,
                registry: RegistryOption = None, token_file: TokenFileOption = None) -> None:
     """Every token: id, service (or operator), created, description."""
-    where = _Where(data_dir, etcd, etcd_prefix, registry, token_file)
+    records = _Where(data_dir, etcd, etcd_prefix, registry, token_file).records()
     typer.echo(f"{'ID':<14}{'SERVICE':<24}{'CREATED':<22}DESCRIPTION")
-    for item in where.records():
+    for item in records:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item["created"] / 1000))
         service = "(operator)" if item["operator"] else str(item["service"])
         typer.echo(f"{item['id']:<14}{service:<24}{created:<22}{item['description']}")
