@@ -20,6 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
 from meshgate.admin import config_api, consumers
+from meshgate.admin.adminkey import OPEN_PATHS
+from meshgate.admin.guard import JSON_TYPES, YAML_TYPES, install_guard
 from meshgate.server.embed import EmbeddedServer
 from meshgate.telemetry.metrics import Collector
 
@@ -82,6 +84,18 @@ def create_admin_app(master: Supervisor) -> FastAPI:
 
     app.add_exception_handler(StarletteHTTPException, http_error)
     return app
+
+
+def guard_admin(app: FastAPI, master: Supervisor) -> None:
+    """Keep browsers off the Admin API (``guard``): the names it answers to are
+    ``admin.host`` and ``admin.hosts`` of the config being served (reloads too)."""
+    def names() -> list[str]:
+        admin = master.config.gateway.admin
+        return [admin.host, *admin.hosts] if admin is not None else []
+
+    install_guard(app, names, accept=(*JSON_TYPES, *YAML_TYPES), open_paths=OPEN_PATHS,
+                  hint="list the names the Admin API answers to in admin.hosts "
+                       "of gateway.config.yml")
 
 
 def admin_server(app: FastAPI, host: str, port: int) -> EmbeddedServer:

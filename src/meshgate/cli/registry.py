@@ -87,6 +87,9 @@ def registry(
         help="Instances one join token may register")] = 256,
     max_metadata: Annotated[int, typer.Option(
         "--max-metadata", min=2, help="Bytes of an instance's metadata, serialized")] = 4096,
+    allowed_host: Annotated[list[str] | None, typer.Option(
+        "--allowed-host", help="A Host name the API answers to besides localhost, loopback "
+        "and its own addresses (repeat; '*': any)")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
 ) -> None:
     """Serve the service registry API (register, heartbeat, list, watch)."""
@@ -112,7 +115,8 @@ def registry(
             etcd_endpoints=endpoints, etcd_prefix=etcd_prefix,
             deregister_critical_after_ms=deregister_critical_after,
             operator_token_file=operator_token_file,
-            require_token_for_reads=require_token_for_reads, limits=limits))
+            require_token_for_reads=require_token_for_reads, limits=limits,
+            allowed_hosts=allowed_host or ()))
     except OSError as exc:
         typer.echo(f"meshgate registry: cannot listen on {host}:{port}: "
                    f"{exc.strerror or exc}", err=True)

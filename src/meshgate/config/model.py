@@ -113,6 +113,7 @@ class HttpsConfig(EGModel):
 class AdminConfig(EGModel):
     port: Port = 9876
     host: str = "localhost"
+    hosts: list[str] = Field(default_factory=list, description="Other Host names it answers to")
     hostname: str | None = Field(None, exclude=True, description="EG's older name of host")
     backlog: int | None = None
 

@@ -173,6 +173,7 @@ class RegistryServe(MeshModel):
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8500
+    hosts: list[str] = Field(default_factory=list, description="Other Host names it answers to")
     dataDir: str | None = Field(None, description="Snapshot folder (memory store)")
     store: Literal["memory", "etcd"] = "memory"
     etcd: list[str] = Field(default_factory=list, description="etcd endpoint URLs")

@@ -36,6 +36,7 @@ from typing import Literal
 
 import uvicorn
 
+from meshgate.admin.guard import install_guard
 from meshgate.registry.api import create_registry_app
 from meshgate.registry.auth import Limits, RegistryAuth
 from meshgate.registry.base import (
@@ -104,7 +105,8 @@ class EmbeddedRegistry:
                  etcd_endpoints: Sequence[str] = (), etcd_prefix: str = DEFAULT_ETCD_PREFIX,
                  deregister_critical_after_ms: int = DEFAULT_DEREGISTER_CRITICAL_AFTER_MS,
                  keepalive: float = 15.0, operator_token_file: str | Path | None = None,
-                 require_token_for_reads: bool = False, limits: Limits | None = None) -> None:
+                 require_token_for_reads: bool = False, limits: Limits | None = None,
+                 allowed_hosts: Sequence[str] = ()) -> None:
         self.host = host
         self.port = port
         self.store = store if isinstance(store, BaseStore) else create_store(
@@ -121,6 +123,9 @@ class EmbeddedRegistry:
                                  require_token_for_reads=require_token_for_reads)
         self.app = create_registry_app(self.store, self.auth, keepalive=keepalive,
                                        limits=limits)
+        names = [host, *allowed_hosts]      # no browser page may write (admin/guard.py)
+        install_guard(self.app, lambda: names, open_paths=("/v1/health",), error_key="detail",
+                      hint="give it with --allowed-host (registry.serve.hosts when embedded)")
         self._server: EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -178,6 +183,7 @@ async def serve_registry(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
                          DEFAULT_DEREGISTER_CRITICAL_AFTER_MS,
                          operator_token_file: str | Path | None = None,
                          require_token_for_reads: bool = False, limits: Limits | None = None,
+                         allowed_hosts: Sequence[str] = (),
                          stop: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT (or ``stop`` is set), then stop cleanly."""
     stop = stop or asyncio.Event()
@@ -188,7 +194,8 @@ async def serve_registry(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
                                 etcd_endpoints=etcd_endpoints, etcd_prefix=etcd_prefix,
                                 deregister_critical_after_ms=deregister_critical_after_ms,
                                 operator_token_file=operator_token_file,
-                                require_token_for_reads=require_token_for_reads, limits=limits)
+                                require_token_for_reads=require_token_for_reads, limits=limits,
+                                allowed_hosts=allowed_hosts)
     await registry.start()
     print(f"registry listening on {registry.url}", flush=True)
     print(f"registry {registry.token_note}", flush=True)

@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from meshgate.admin.adminkey import install_admin_key
-from meshgate.admin.app import admin_server, create_admin_app
+from meshgate.admin.app import admin_server, create_admin_app, guard_admin
 from meshgate.config.loader import ConfigError, LoadedConfig, load_config
 from meshgate.discovery.manager import DiscoveryManager
 from meshgate.registry.server import EmbeddedRegistry
 from meshgate.server.control import Channel, encode_config
 from meshgate.server.embed import bind
+from meshgate.server.ports import PortBusy, PortClaims, worker_listeners
 from meshgate.sidecar.outbound import outbound_service, registry_url
 from meshgate.sidecar.registration import InstanceRegistration
 from meshgate.telemetry.metrics import merge
@@ -286,7 +287,7 @@ class Master:
             return
         self.embedded_registry = EmbeddedRegistry(
             serve.host, serve.port, store=serve.store, data_dir=serve.dataDir,
-            etcd_endpoints=serve.etcd, etcd_prefix=serve.etcdPrefix)
+            etcd_endpoints=serve.etcd, etcd_prefix=serve.etcdPrefix, allowed_hosts=serve.hosts)
         await self.embedded_registry.start()
         log.info("registry serving on http://%s:%d", serve.host, self.embedded_registry.port)
 
@@ -335,8 +336,16 @@ class Master:
             app = create_admin_app(self)
             if install_admin_key(app):
                 log.info("admin API requires the MESHGATE_ADMIN_KEY bearer key")
+            guard_admin(app, self)      # outermost: a browser is refused before anything
             admin = admin_server(app, admin_cfg.host, admin_cfg.port)
             admin_task = loop.create_task(admin.serve(sockets=[sock]))
+        claims = PortClaims()
+        try:
+            await claims.claim(worker_listeners(self.config.gateway))
+        except PortBusy as exc:
+            log.error("cannot start: %s", exc)
+            await _stop_admin(admin, admin_task)
+            return 1
         try:
             await self._start_registry()
             await self.discovery.apply(self._discovered())
@@ -356,6 +365,7 @@ class Master:
                                return_when=asyncio.FIRST_COMPLETED)
             if self.started.done():
                 self.started.result()
+                claims.release()        # our workers' sockets now keep the ports ours
         except RuntimeError as exc:
             log.error("could not start: %s", exc)
             self.stop()
