@@ -13,8 +13,9 @@ Everything runs on loopback, each child in its own process group:
    each beside its own ``meshgate sidecar``, which registers the replica's
    inbound port in the registry. Every app gets ``HTTP_PROXY`` = its sidecar's
    outbound port, so invoices reaches ``http://users`` through the mesh;
-3. ``meshgate run examples/demo`` (http port MESHGATE_HTTP_PORT or 8080, admin
-   port MESHGATE_ADMIN_PORT or 9876) whose serviceEndpoints find both services
+3. ``meshgate run examples/demo`` (http port --http-port, else MESHGATE_HTTP_PORT,
+   else 8080; admin port MESHGATE_ADMIN_PORT, else 9876; --smoke takes free
+   ports for both unless they are given) whose serviceEndpoints find both services
    in the registry (REGISTRY_URL), with retries, outlier detection and health
    checks. Consumers live in a temporary SQLite folder. /invoices/* allows a
    consumer INVOICES_RATE_LIMIT (10) requests a minute; --smoke sets 25.
@@ -22,10 +23,11 @@ Everything runs on loopback, each child in its own process group:
 Once the gateway answers /ready and sees every replica healthy, the demo
 creates a user with an API key through the Admin API and prints what runs
 where, curl commands, and the ``kill`` command that stops a users replica.
-``--smoke`` instead checks the routes, kills users-1 (its app with SIGKILL,
-then its sidecar with SIGTERM) while requests keep succeeding, and checks the
-rate limit. Ctrl-C (or SIGTERM) stops every child: the gateway, sidecars and
-apps first, the registry last.
+``--smoke`` instead checks the routes, kills users-1's app with SIGKILL while
+requests keep succeeding (retries hide the sidecar's 502s), waits for the
+sidecar to deregister it on its own (its app check fails twice, about 2 s),
+stops the sidecar with SIGTERM, and checks the rate limit. Ctrl-C (or SIGTERM)
+stops every child: the gateway, sidecars and apps first, the registry last.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from demo_mesh import Child, DemoError, Mesh, fetch, say, start_mesh, stop_all
+from demo_mesh import Child, DemoError, Mesh, fetch, free_port, say, start_mesh, stop_all
 
 RATE_LIMIT = 10        # examples/demo/gateway.config.yml: default max per consumer and minute
 SMOKE_RATE_LIMIT = 25  # --smoke raises it, so the failover requests fit in one window
@@ -145,17 +147,27 @@ class Smoke:
 
     def failover(self) -> None:
         victim = self.mesh.replicas["users-1"]
-        say(f"demo: SIGKILL users-1's app (pid {victim.app.proc.pid}); "
-            "its sidecar stays registered")
+        say(f"demo: SIGKILL users-1's app (pid {victim.app.proc.pid}); its sidecar answers "
+            "502 until its app check fails twice, then deregisters it")
+        killed = time.monotonic()
         victim.app.kill(signal.SIGKILL)
         self.outbound_hides_users_1()
         self.all_served_by_users_2("after users-1's app died", 20)
+        ids = self.users_registered(deadline=killed + 5)
+        self.expect(ids == ["users-2"], f"users-1's sidecar deregistered it "
+                    f"{time.monotonic() - killed:.1f}s after the kill: the registry lists {ids}")
         say(f"demo: SIGTERM users-1's sidecar (pid {victim.sidecar.proc.pid})")
         victim.sidecar.kill(signal.SIGTERM)
-        status, body = fetch(f"http://127.0.0.1:{self.mesh.registry_port}/v1/services/users")
-        ids = [i.get("id") for i in json.loads(body)["instances"]] if status == 200 else body
-        self.expect(ids == ["users-2"], f"the registry lists only users-2: {ids}")
-        self.all_served_by_users_2("after users-1's sidecar deregistered", 10)
+        self.all_served_by_users_2("after users-1's sidecar stopped", 10)
+
+    def users_registered(self, deadline: float) -> object:
+        """The users instances the registry lists, once only users-2 is left (or at deadline)."""
+        while True:
+            status, body = fetch(f"http://127.0.0.1:{self.mesh.registry_port}/v1/services/users")
+            ids = [i.get("id") for i in json.loads(body)["instances"]] if status == 200 else body
+            if ids == ["users-2"] or time.monotonic() > deadline:
+                return ids
+            time.sleep(0.05)
 
     def outbound_hides_users_1(self) -> None:
         """The invoices replica's own view: its sidecar's outbound port retries elsewhere."""
@@ -201,23 +213,35 @@ def banner(mesh: Mesh, key: str, limit: int) -> str:
     lines += [
         "", "Stop a users replica; requests keep succeeding:",
         f"  kill {users1.app.proc.pid}",
-        "      # users-1's app dies; its sidecar stays registered but answers 502",
+        "      # users-1's app dies; its sidecar answers 502 until its app check (every 1 s)",
+        "      # fails twice, then deregisters users-1: gone from the registry within ~2 s",
         f"  for i in 1 2 3 4; do curl -s http://localhost:{mesh.http_port}/users/1; echo; done",
         f"  for i in 1 2 3; do {by_user}; echo; done",
-        "      # all 200 from users-2: retries, outlier detection and health checks hide users-1",
+        "      # all 200 from users-2: until then retries (and outlier detection) hide the 502s",
         f"  kill {users1.sidecar.proc.pid}",
-        "      # users-1's sidecar deregisters, then drains; the registry lists users-2 only",
+        "      # users-1's sidecar drains and exits (a sidecar killed with -9 cannot",
+        "      # deregister: its instance turns critical after its 3 s TTL)",
         "", "Rate limit:", f"  {limit_loop}",
         f"      # 200 until the key has made {limit} /invoices calls this minute, then 429",
         "", "Ctrl-C stops everything.", ""]
     return "\n".join(lines)
 
 
+def port_option(given: int | None, env: str, default: int, smoke: bool) -> int:
+    """The port given, else $env, else a free port for --smoke, else the default."""
+    if given is not None:
+        return given
+    if os.environ.get(env):
+        return int(os.environ[env])
+    return free_port() if smoke else default
+
+
 def run(args: argparse.Namespace, children: list[Child]) -> int:
     limit = (SMOKE_RATE_LIMIT if args.smoke
              else int(os.environ.get("INVOICES_RATE_LIMIT") or RATE_LIMIT))
-    admin_port = int(os.environ.get("MESHGATE_ADMIN_PORT", "9876"))
-    mesh = start_mesh(children, Path(args.data_dir), args.http_port, admin_port,
+    admin_port = port_option(None, "MESHGATE_ADMIN_PORT", 9876, args.smoke)
+    http_port = port_option(args.http_port, "MESHGATE_HTTP_PORT", 8080, args.smoke)
+    mesh = start_mesh(children, Path(args.data_dir), http_port, admin_port,
                       {"INVOICES_RATE_LIMIT": str(limit)})
     key = create_demo_key(admin_port)
     if args.smoke:
@@ -229,9 +253,9 @@ def run(args: argparse.Namespace, children: list[Child]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the meshgate demo.")
-    parser.add_argument(
-        "--http-port", type=int, default=int(os.environ.get("MESHGATE_HTTP_PORT", "8080"))
-    )
+    parser.add_argument("--http-port", type=int, default=None,
+                        help="the gateway's port (default: $MESHGATE_HTTP_PORT, else 8080; "
+                             "a free port with --smoke)")
     parser.add_argument("--smoke", action="store_true",
                         help="play the scenario with checks, then exit 0/1")
     args = parser.parse_args(argv)

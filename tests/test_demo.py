@@ -64,16 +64,25 @@ def gone(pid: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_demo_smoke_plays_the_scenario() -> None:
-    proc, http_port = demo("--smoke")
+    """Run as documented: no port given, so --smoke must not need 8080 or 9876 free."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MESHGATE_HTTP_PORT", "MESHGATE_ADMIN_PORT")}
+    proc = subprocess.Popen([sys.executable, str(EXAMPLES / "demo.py"), "--smoke"], cwd=ROOT,
+                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = run_to_end(proc, timeout=60)
     assert proc.returncode == 0, out
     assert "smoke test passed" in out and "FAIL" not in out, out
     for line in ("invoices joined user 2 with the record a users replica sent",
                  "invoices-1's sidecar, Host: users: 10/10 requests succeeded",
                  "after users-1's app died: 20/20 requests succeeded, served by users-2",
-                 "the registry lists only users-2",
+                 "users-1's sidecar deregistered it",
+                 "the registry lists ['users-2']",
                  "429 (want 429)"):
         assert line in out, out
+    ports = {int(p) for p in re.findall(r"GET http://127\.0\.0\.1:(\d+)/users/1 ", out)}
+    admin = {int(p) for p in re.findall(r"GET http://127\.0\.0\.1:(\d+)/clusters", out)}
+    assert len(ports) == 1 and len(admin) == 1 and not (ports | admin) & {8080, 9876}, out
+    http_port = ports.pop()
     assert "ignored SIGTERM" not in out, out
     with pytest.raises(ConnectionRefusedError):     # the gateway is gone with the demo
         socket.create_connection(("127.0.0.1", http_port), timeout=5).close()
