@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# Two stamps: meshgate itself (what running it needs: `make demo`), and the
+# dev extras on top (what testing needs: `make test`, `lint`, `fuzz`).
 STAMP  := $(VENV)/.installed
+DEV    := $(VENV)/.dev-installed
 
 .PHONY: install demo test test-fast fuzz bench lint clean
 
@@ -13,18 +16,26 @@ COMPILED := $(shell $(PYTHON) setup.py --print-compiled)
 $(STAMP): pyproject.toml setup.py $(COMPILED)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e .
 	touch $(STAMP)
+
+# The dev extras alone (pyproject.toml's `dev`), so adding them never rebuilds
+# the package: `make test` after `make demo` installs just these.
+$(DEV): pyproject.toml | $(STAMP)
+	$(BIN)/python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', \
+		'rb'))['project']['optional-dependencies']['dev']))" > $(VENV)/dev-requirements.txt
+	$(BIN)/python -m pip install -q -r $(VENV)/dev-requirements.txt
+	touch $(DEV)
 
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
-test: $(STAMP)
+test: $(STAMP) $(DEV)
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(DEV)
 	$(BIN)/python -m pytest -q -m 'not slow'
 
 # make fuzz: the property tests' long profile (tests/fuzz/__init__.py), then each
@@ -36,7 +47,7 @@ $(FUZZ_STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q 'atheris>=2.3'    # pyproject.toml's fuzz extra
 	touch $(FUZZ_STAMP)
 
-fuzz: $(STAMP) $(FUZZ_STAMP)
+fuzz: $(STAMP) $(DEV) $(FUZZ_STAMP)
 	status=0; \
 	MESHGATE_FUZZ=long $(BIN)/python -m pytest -q --timeout=0 tests/test_smuggling.py \
 		tests/test_fuzz_http.py tests/test_fuzz_units.py || status=1; \
@@ -48,7 +59,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/mesh_bench.py
 
-lint: $(STAMP)
+lint: $(STAMP) $(DEV)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/mypy
 
