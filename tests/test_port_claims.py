@@ -22,7 +22,7 @@ MESHGATE = [sys.executable, "-m", "meshgate"]
 
 def second_run(directory: Path, config: dict[str, Any], *args: str
                ) -> subprocess.CompletedProcess[str]:
-    directory.mkdir()
+    directory.mkdir(exist_ok=True)
     (directory / "gateway.config.yml").write_text(yaml.safe_dump(config))
     return subprocess.run([*MESHGATE, "run", str(directory), *args], capture_output=True,
                           text=True, timeout=30)
@@ -98,3 +98,19 @@ def test_a_second_sidecar_on_the_same_inbound_port_exits_1(tmp_path: Path) -> No
     finally:
         first.terminate()
         first.wait(15)
+
+
+def test_the_embedded_registry_port_in_use_is_refused(tmp_path: Path) -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        directory = tmp_path / "gw"
+        directory.mkdir()
+        (directory / "system.config.yml").write_text(yaml.safe_dump(
+            {"registry": {"serve": {"host": "127.0.0.1", "port": port}}}))
+        config = {"http": {"port": free_port(), "hostname": "127.0.0.1"},
+                  "admin": {"port": free_port(), "host": "127.0.0.1"}}
+        result = second_run(directory, config)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"the registry cannot listen on 127.0.0.1:{port}" in result.stderr

@@ -288,7 +288,11 @@ class Master:
         self.embedded_registry = EmbeddedRegistry(
             serve.host, serve.port, store=serve.store, data_dir=serve.dataDir,
             etcd_endpoints=serve.etcd, etcd_prefix=serve.etcdPrefix, allowed_hosts=serve.hosts)
-        await self.embedded_registry.start()
+        try:
+            await self.embedded_registry.start()
+        except OSError as exc:
+            raise RuntimeError(f"the registry cannot listen on {serve.host}:{serve.port}: "
+                               f"{exc.strerror or exc}") from None
         log.info("registry serving on http://%s:%d", serve.host, self.embedded_registry.port)
 
     async def _stop_registry(self) -> None:
