@@ -222,3 +222,12 @@ def test_sidecar_admin_refuses_a_rebound_host(tmp_path: Path) -> None:
                          timeout=5).status_code == 415
     finally:
         stop_process(process)
+
+
+def test_the_refusals_are_documented(gw: Gateway, registry: RegistryProcess) -> None:
+    paths = admin(gw, "GET", "/openapi.json").json()["paths"]
+    assert "421" in paths["/users"]["get"]["responses"]
+    assert {"403", "415", "421"} <= set(paths["/users"]["post"]["responses"])
+    registry_paths = httpx.get(f"{registry.url}/openapi.json", timeout=5).json()["paths"]
+    put = registry_paths["/v1/services/{service}/instances/{instance_id}"]["put"]
+    assert {"403", "415", "421"} <= set(put["responses"])

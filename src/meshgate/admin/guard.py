@@ -30,6 +30,7 @@ follow, and this ASGI middleware closes both before any route runs:
 ``/v1/health``) skip the Host check for GET and HEAD, as they skip the admin
 key. Every answer gets ``X-Content-Type-Options: nosniff``, ``X-Frame-Options:
 DENY`` and ``Cache-Control: no-store``; nothing here ever adds CORS headers.
+``install_guard`` also lists the refusals in a FastAPI app's OpenAPI document.
 """
 
 from __future__ import annotations
@@ -209,8 +210,41 @@ def _same_origin(origin: str, host: tuple[str, int | None] | None) -> bool:
     return parsed[0] == host[0] and (parsed[1] or default) == (host[1] or default)
 
 
+_REFUSALS = {421: "The Host is not one this server answers to (DNS rebinding)",
+             403: "A cross-origin write (Origin, Sec-Fetch-Site)",
+             415: "A write whose body is not JSON"}
+
+
+def document_refusals(schema: dict[str, Any], error_key: str = "error") -> dict[str, Any]:
+    """Add the guard's answers to an OpenAPI document: 421 everywhere, 403 / 415 on writes."""
+    error = {"application/json": {"schema": {
+        "type": "object", "properties": {error_key: {"type": "string"}},
+        "required": [error_key]}}}
+    for item in schema.get("paths", {}).values():
+        for method, operation in item.items():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            statuses = (421, 403, 415) if method.upper() in WRITES else (421,)
+            for status in statuses:
+                operation["responses"].setdefault(
+                    str(status), {"description": _REFUSALS[status], "content": error})
+    return schema
+
+
 def install_guard(app: Any, hosts: Callable[[], Iterable[str]],
                   **options: Any) -> None:
-    """Wrap ``app`` (FastAPI / Starlette, before it starts) in a ``BrowserGuard``."""
+    """Wrap ``app`` (FastAPI / Starlette, before it starts) in a ``BrowserGuard``; a
+    FastAPI app's ``/openapi.json`` then lists the guard's answers too."""
     app.add_middleware(BrowserGuard, hosts=hosts, **options)
+    build = getattr(app, "openapi", None)
+    if build is None:
+        return
+    key = str(options.get("error_key", "error"))
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_refusals(build(), key)
+        return app.openapi_schema
+
+    app.openapi = openapi
 
