@@ -10,6 +10,7 @@ around the gateway.
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -401,11 +402,54 @@ def test_request_trailers_are_filtered(gw: Gateway, origin: StrictBackend) -> No
     pytest.param(b"GET /public/x#frag HTTP/1.1\r\nHost: gw\r\n\r\n", id="fragment"),
     pytest.param(b"GET /public/x\r\n\r\n", id="http09"),
     pytest.param(b"GET /public/x HTTP/0.9\r\n\r\n", id="http09-version"),
+    pytest.param(b"GET */../admin/x HTTP/1.1\r\nHost: gw\r\n\r\n", id="asterisk-prefix"),
+    pytest.param(b"GET * HTTP/1.1\r\nHost: gw\r\n\r\n", id="asterisk-not-options"),
+    pytest.param(b"GET public/../admin/x HTTP/1.1\r\nHost: gw\r\n\r\n", id="relative"),
+    pytest.param(b"GET ftp://gw/public/x HTTP/1.1\r\nHost: gw\r\n\r\n", id="other-scheme"),
+    pytest.param(b"GET http://u@gw/public/x HTTP/1.1\r\nHost: gw\r\n\r\n", id="userinfo"),
+    pytest.param(b"GET http://gw/public/x HTTP/1.1\r\n\r\n", id="absolute-no-host-header"),
+    pytest.param(b"GET /public/x HTTP/1.1\r\nHost:\r\nHost: gw\r\n\r\n", id="host-twice"),
 ])
 def test_odd_targets_are_400(gw: Gateway, origin: StrictBackend, raw: bytes) -> None:
     response, closed = send_raw(gw.port, raw)
     assert status_of(response) == 400 and closed
     assert origin.requests == []
+
+
+@pytest.mark.parametrize("te, status", [
+    (b"Transfer-Encoding: gzip, chunked\r\n", 501),
+    (b"Transfer-Encoding: x\r\nTransfer-Encoding: chunked\r\n", 501),
+    (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", 400),
+])
+def test_transfer_codings_other_than_one_chunked_are_refused(
+        gw: Gateway, origin: StrictBackend, te: bytes, status: int) -> None:
+    response, closed = send_raw(gw.port, b"POST /public/x HTTP/1.1\r\nHost: gw\r\n" + te
+                                + b"\r\n3\r\nabc\r\n0\r\n\r\n")
+    assert status_of(response) == status and closed
+    assert origin.requests == []
+
+
+def test_absolute_form_authority_replaces_host(gw: Gateway, origin: StrictBackend) -> None:
+    response, _ = send_raw(gw.port, b"GET http://[::1]:8080/public/../public/v6 HTTP/1.1\r\n"
+                                     b"Host: gw\r\nConnection: close\r\n\r\n")
+    assert status_of(response) == 200
+    (req,) = origin.requests
+    assert req.target == b"/public/v6"
+    assert (b"host", b"[::1]:8080") in req.headers
+
+
+@pytest.mark.parametrize("junk", [b"\x00", b"XYZ\r\n\r\n", b"GET /x#f HTTP/1.1\r\n\r\n"])
+def test_answers_owed_before_a_bad_request_are_sent_first(
+        gw: Gateway, origin: StrictBackend, junk: bytes) -> None:
+    """A request already proxied when the next bytes turn out bad is answered,
+    then the 400, then the close; nothing after the bad bytes is read."""
+    first = b"GET /public/a HTTP/1.1\r\nHost: gw\r\n\r\n"
+    second = b"GET /public/b HTTP/1.1\r\nHost: gw\r\n\r\n"
+    response, closed = send_raw(gw.port, first + second + junk
+                                + b"GET /admin/z HTTP/1.1\r\nHost: gw\r\n\r\n", timeout=3)
+    assert closed, response
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", response) == [b"200", b"200", b"400"]
+    assert origin.targets() == [b"/public/a", b"/public/b"]
 
 
 def test_an_upload_waiting_for_a_slot_goes_when_one_ends(origin: StrictBackend,

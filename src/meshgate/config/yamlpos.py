@@ -80,7 +80,9 @@ def load_yaml(text: str, file: str) -> tuple[Any, dict[Path, int]]:
         return loader.load_with_lines(file)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
+        # At the end of the text libyaml may place its mark one line past the
+        # last: name the last line instead.
+        line = min(mark.line + 1, text.count("\n") + 1) if mark is not None else None
         problem = exc.problem or exc.context or "invalid YAML"
         if exc.context and exc.problem:
             problem = f"{exc.context}, {exc.problem}"

@@ -64,29 +64,52 @@ def drop_nominated(headers: Headers, tokens: bytes) -> Headers:
     return [h for h in headers if h[0] not in names]
 
 
+def te_refusal(value: bytes, count: int) -> bytes:
+    """Why a Transfer-Encoding other than one ``chunked`` is refused (b"" if it is not).
+
+    The gateway de-chunks and re-frames every body, so it forwards no transfer
+    coding; one it does not implement is 501 (RFC 9112 6.1), and ``chunked``
+    twice, in a list or in two headers, is 400.
+    """
+    codings = [c.strip() for c in value.lower().split(b",")]
+    if any(c != b"chunked" for c in codings):
+        return b"Not Implemented: transfer coding other than chunked\n"
+    if count > 1 or len(codings) > 1:
+        return b"Bad Request: chunked applied more than once\n"
+    return b""
+
+
 def resolve(url: bytes, host: bytes, headers: Headers, version: bytes, method: bytes,
-            bad: bytes, rules: PathRules = DEFAULT_PATH_RULES,
+            bad: bytes, rules: PathRules = DEFAULT_PATH_RULES, host_sent: bool = True,
             ) -> tuple[bytes, bytes, Headers, bytes]:
     """(target, Host, headers, why refused or b"") of a parsed head.
 
     An absolute-form target becomes origin-form and its authority the Host
     (replacing the header); its path is normalised by ``rules``; HTTP/0.9,
-    HTTP/1.1 without a Host, a bad target or path, a fragment and CONNECT are
-    refused. ``bad`` is a refusal the parser callbacks found.
+    HTTP/1.1 without a Host header (``host_sent``) or with an empty one and no
+    authority in the target, a target that is neither origin-form, absolute
+    ``http(s)://`` form nor ``OPTIONS *``, a bad path, a fragment and CONNECT
+    are refused. ``bad`` is a refusal the parser callbacks found.
     """
     if version == b"0.9":
         return b"/", host, headers, b"Bad Request: HTTP/0.9 is not supported\n"
     if b"#" in url and not bad:
         bad = b"Bad Request: a fragment in the request target\n"
+    if not host_sent and version == b"1.1" and not bad:
+        bad = b"Bad Request: missing Host header\n"     # RFC 9112 3.2, whatever the target
     if url[:1] != b"/":
-        try:
-            url, target_host = absolute_form(url, host)
-        except httptools.HttpParserInvalidURLError:
-            url, target_host, bad = b"/", host, b"Bad Request: invalid request target\n"
-        if target_host != host:        # RFC 9112 3.2.2: the target's authority wins over Host
-            headers = [h for h in headers if h[0] != b"host"]
-            headers.append((b"host", target_host))
-            host = target_host
+        if url == b"*":
+            if method != b"OPTIONS" and not bad:
+                bad = b"Bad Request: '*' is a target for OPTIONS only\n"
+        else:
+            try:
+                url, target_host = absolute_form(url, host)
+            except httptools.HttpParserInvalidURLError:
+                url, target_host, bad = b"/", host, b"Bad Request: invalid request target\n"
+            if target_host != host:    # RFC 9112 3.2.2: the target's authority wins over Host
+                headers = [h for h in headers if h[0] != b"host"]
+                headers.append((b"host", target_host))
+                host = target_host
     if not host and version == b"1.1" and not bad:
         bad = b"Bad Request: missing Host header\n"
     if rules[0] and url[:1] == b"/" and not bad:
@@ -108,18 +131,27 @@ def normalized(url: bytes, rules: PathRules) -> tuple[bytes, bytes]:
 
 
 def absolute_form(url: bytes, host: bytes) -> tuple[bytes, bytes]:
-    """(origin-form target, authority) of ``http://host/path?q``; InvalidURLError if bad."""
-    if url == b"*":
-        return url, host
+    """(origin-form target, authority) of ``http(s)://host/path?q``.
+
+    InvalidURLError for anything else: a target that is not origin-form must
+    be a URL with an http or https scheme and a host (``*/../admin``,
+    ``admin/x`` or ``//evil/x`` are not, and would reach no normaliser).
+    """
     # Any: httptools' stubs type these fields as bytes, but absent parts are
     # None, and compiled code would enforce the stubs' word.
     parsed: Any = httptools.parse_url(url)
+    schema = (parsed.schema or b"").lower()
+    if (schema != b"http" and schema != b"https") or not parsed.host or parsed.userinfo:
+        raise httptools.HttpParserInvalidURLError("not an absolute http(s) URL")
     path = parsed.path or b"/"
+    if path[:1] != b"/":
+        raise httptools.HttpParserInvalidURLError("no path")
     if parsed.query:
         path += b"?" + parsed.query
-    if parsed.host:
-        host = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
-    return path, host
+    name = parsed.host
+    if b":" in name:                   # an IPv6 literal: parse_url drops its brackets
+        name = b"[" + name + b"]"
+    return path, name + (b":%d" % parsed.port if parsed.port else b"")
 
 
 def host_only(host: bytes) -> bytes:
@@ -136,8 +168,10 @@ class Refusal:
 
     name = ""
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, status: int = 0) -> None:
         self.body = body
+        # A transfer coding we do not implement (RFC 9112 6.1) is 501, the rest 400.
+        self.status = status or (501 if body.startswith(b"Not Implemented") else 400)
 
     def run(self, ex: Exchange) -> None:
-        ex.respond(400, self.body)
+        ex.respond(self.status, self.body)

@@ -40,6 +40,7 @@ from meshgate.protocol.h1_head import (
     drop_nominated,
     host_only,
     resolve,
+    te_refusal,
 )
 from meshgate.protocol.h1_response import chunk, last_chunk, plain_headers, response_head
 from meshgate.protocol.hop import render_block
@@ -66,10 +67,11 @@ class _LastMessage(Exception):
 class H1Server(asyncio.Protocol):
     __slots__ = (
         "_authority", "_bad_head", "_body_expected", "_chunked", "_clock", "_closing", "_current",
-        "_expect", "_final", "_head_bytes", "_head_rx", "_headers", "_host", "_host_seen", "_last",
-        "_length", "_nheaders", "_nominated", "_out", "_parsing", "_paused_reading", "_queue",
-        "_queued", "_tick_mark", "_tick_since", "_upgrade", "_url", "_write_paused", "ctx",
-        "nread", "nreq", "outbound", "parser", "peer", "phase", "scheme", "transport",
+        "_expect", "_final", "_head_bytes", "_head_rx", "_headers", "_host", "_host_seen",
+        "_host_sent", "_last", "_length", "_nheaders", "_nominated", "_out", "_parsing",
+        "_paused_reading", "_queue", "_queued", "_te", "_tick_mark", "_tick_since", "_upgrade",
+        "_url", "_write_paused", "ctx", "nread", "nreq", "outbound", "parser", "peer", "phase",
+        "scheme", "transport"
     )
 
     def __init__(self, ctx: WorkerContext, scheme: bytes = b"http",
@@ -83,6 +85,8 @@ class H1Server(asyncio.Protocol):
         self._url = b""
         self._headers: Headers = []
         self._host = b""
+        self._host_sent = False                # a Host header came (perhaps empty)
+        self._te = 0                           # Transfer-Encoding headers in this head
         self._host_seen = b""                  # the last request's Host ...
         self._authority = b""                  # ... and the authority made of it
         self._head_bytes = 0
@@ -209,14 +213,18 @@ class H1Server(asyncio.Protocol):
         name = name.lower()
         n = len(name)
         if n == 4 and name == b"host":
-            if self._host:
+            if self._host_sent:
                 self._bad_head = b"Bad Request: more than one Host header\n"
+            self._host_sent = True
             self._host = value
         elif n == 14 and name == b"content-length":
             self._length = int(value)      # llhttp accepted it: digits only, one header
             self._body_expected = self._length > 0
         elif n == 17 and name == b"transfer-encoding":
             self._body_expected = True
+            self._te += 1
+            if (self._te > 1 or value.lower() != b"chunked") and not self._bad_head:
+                self._bad_head = te_refusal(value, self._te)
         elif n == 6 and name == b"expect":
             self._expect = value.lower() == b"100-continue"
         elif n == 10 and name == b"connection":
@@ -250,6 +258,7 @@ class H1Server(asyncio.Protocol):
         parser = self.parser
         url = self._url
         host = self._host
+        host_sent = self._host_sent
         headers = self._headers
         body_expected = self._body_expected
         length = self._length
@@ -258,6 +267,8 @@ class H1Server(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._host = b""
+        self._host_sent = False
+        self._te = 0
         self._head_bytes = 0
         self._head_rx = 0
         self._nheaders = 0
@@ -280,7 +291,7 @@ class H1Server(asyncio.Protocol):
                 or b"%" in url or b"/." in url or b"//" in url or b"#" in url
                 or b"\\" in url):
             url, host, headers, bad = resolve(url, host, headers, version, method, bad,
-                                              self.ctx.path_rules)
+                                              self.ctx.path_rules, host_sent)
         if host == self._host_seen:        # a keep-alive client's usual case
             authority = self._authority
         else:
@@ -456,13 +467,34 @@ class H1Server(asyncio.Protocol):
             self._resume_reading()
 
     def _reject(self, status: int, body: bytes) -> None:
-        """A protocol error: answer if the client is owed nothing else, then close."""
+        """A protocol error: the client gets the answers it is owed, then this one, then the close.
+
+        Requests read whole before the error (one in flight, others queued)
+        are answered first, in order; nothing after the error is read. A
+        request whose body was being read when it broke is not dispatched.
+        """
+        self._last = True                    # the parser is spent: whatever follows is dropped
         ex = self._current
+        if ex is not None and ex is not self._parsing and not ex.done:
+            queue = self._queue
+            if queue and queue[-1] is self._parsing:
+                queue.pop()                  # its body broke off: it is refused, not served
+            self._parsing = None
+            refusal = Exchange(self, b"GET", b"/", [], b"", self.scheme, self.peer, b"1.1",
+                               False, self._clock())
+            refusal.keep_alive = False
+            refusal.body_done = True
+            refusal.pipeline = Refusal(body, status)
+            if queue is None:
+                self._queue = queue = deque()
+            queue.append(refusal)
+            self._pause_reading()
+            return
         self._queue = None
-        if ex is None or (not ex.done and not ex.status and ex is self._parsing):
+        if ex is None or (not ex.done and not ex.status):
             if ex is None:
                 ex = Exchange(self, b"GET", b"/", [], b"", self.scheme, self.peer, b"1.1",
-                              False, self.ctx.loop.time())
+                              False, self._clock())
                 self._current = ex
             ex.keep_alive = False
             if ex.body_sink is not None:
@@ -473,11 +505,8 @@ class H1Server(asyncio.Protocol):
         self._close()
 
     def timeout_head(self) -> None:
-        """The head did not arrive within headersTimeout."""
-        if self._current is None:
-            self._reject(408, b"Request Timeout\n")
-        else:
-            self._close()
+        """The head did not arrive within headersTimeout (after any answer still owed)."""
+        self._reject(408, b"Request Timeout\n")
 
     def _close(self) -> None:
         if self.transport is not None:
