@@ -254,7 +254,9 @@ def test_dot_segments_are_resolved_before_routing(gw: Gateway, origin: StrictBac
 
 @pytest.mark.parametrize("path", [b"/public/..%2fadmin/x", b"/public/..%2Fadmin/x",
                                   b"/public/..%5cadmin/x", b"/public/..\\admin/x",
-                                  b"/public/%zz", b"/public/%2"])
+                                  b"/public/%zz", b"/public/%2", b"/public/..;/admin/x",
+                                  b"/public/..;jsessionid=1/admin/x", b"/public/.;/x",
+                                  b"/public/..%3b/admin/x", b"/public/%2e%2e;/admin/x"])
 def test_encoded_slashes_and_bad_escapes_are_400(gw: Gateway, origin: StrictBackend,
                                                  path: bytes) -> None:
     response, closed = send_raw(gw.port, b"GET %s HTTP/1.1\r\nHost: gw\r\n\r\n" % path)

@@ -143,3 +143,26 @@ def test_app_death_deregisters_and_recovery_registers_again(mesh: dict[str, Any]
     wait_until(lambda: not _instances(mesh["registry"], "users"), timeout=4)
     mesh["backend"]("users0", "--port", str(port))
     wait_until(lambda: len(_instances(mesh["registry"], "users")) == 1, timeout=5)
+
+
+def test_inbound_port_keeps_the_framing_the_caller_sent(mesh: dict[str, Any]) -> None:
+    """A Connection header naming Content-Length cannot unframe a request on its way
+    through a sidecar's inbound port to the app (the gateway's row-1 smuggling)."""
+    from tests.test_bad_input import send_raw, status_of
+    from tests.test_request_integrity import StrictBackend, smuggling_post
+
+    app = StrictBackend()
+    try:
+        side = mesh["sidecar"]("invoices", int(app.url.rsplit(":", 1)[1]), "--no-register")
+        smuggled = b"GET /admin/delete-everything HTTP/1.1\r\nHost: app\r\n\r\n"
+        response, _ = send_raw(side.inbound, smuggling_post(smuggled), timeout=3)
+        assert status_of(response) == 200
+        # A probe on a fresh connection: once it is in, anything smuggled would be too.
+        assert httpx.get(f"http://127.0.0.1:{side.inbound}/probe", timeout=5).text == "/probe"
+        posts = [r for r in app.requests if r.line.startswith(b"POST")]
+        assert [r.target for r in posts] == [b"/public/x"]
+        assert posts[0].body == smuggled
+        assert posts[0].header(b"content-length") == [b"%d" % len(smuggled)]
+        assert not [t for t in app.targets() if t.startswith(b"/admin")]
+    finally:
+        app.close()

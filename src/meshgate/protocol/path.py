@@ -23,6 +23,10 @@ The steps, as Envoy's ``normalize_path`` and Istio's defaults do them:
    above the root);
 4. with ``merge_slashes``, runs of ``/`` become one.
 
+A dot segment with path parameters (``..;x``, ``.;``, ``..%3B``) is refused:
+servers that strip ``;`` parameters before resolving dots (Tomcat, Jetty)
+would read ``/public/..;/admin`` as ``/admin``, which the router never saw.
+
 Most paths need none of this: the codec calls ``normalize`` only for a
 target holding a ``%``, a ``\\``, a ``/.`` or a ``//``.
 """
@@ -106,6 +110,8 @@ def remove_dot_segments(path: bytes) -> bytes:
     last = len(segments) - 1
     for i in range(1, len(segments)):           # segments[0] is b"" (the leading '/')
         seg = segments[i]
+        if seg[:1] == b"." and (seg.startswith((b".;", b"..;", b".%3B", b"..%3B"))):
+            raise BadPath("a dot segment with ';' parameters in the path")
         if seg == b".":
             if i == last:
                 out.append(b"")                 # "/a/." -> "/a/"
