@@ -29,7 +29,11 @@ if TYPE_CHECKING:
 VERSIONS: Final = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"0.9"}
 
 # Sent upstream by the gateway alone; a client's copy is dropped at parse time.
+# (H1Server.on_header tests for this one name by its length: keep them in step.)
 GATEWAY_ONLY: Final = frozenset({b"eg-consumer-id"})
+
+# The refusal of a head with more than server.maxHeaders fields.
+TOO_MANY_HEADERS: Final = b"Request Header Fields Too Large: too many header fields\n"
 
 # Fields that may not come in a trailer (RFC 9110 6.5.1): framing, routing,
 # request modifiers, authentication, and what the gateway itself sets.
@@ -170,8 +174,10 @@ class Refusal:
 
     def __init__(self, body: bytes, status: int = 0) -> None:
         self.body = body
-        # A transfer coding we do not implement (RFC 9112 6.1) is 501, the rest 400.
-        self.status = status or (501 if body.startswith(b"Not Implemented") else 400)
+        # A transfer coding we do not implement (RFC 9112 6.1) is 501, too many
+        # header fields 431, the rest 400.
+        self.status = status or (501 if body.startswith(b"Not Implemented") else
+                                 431 if body.startswith(b"Request Header Fields") else 400)
 
     def run(self, ex: Exchange) -> None:
         ex.respond(self.status, self.body)

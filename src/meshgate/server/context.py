@@ -44,6 +44,7 @@ class WorkerContext:
         self.body_timeout = 30.0                 # s without request-body bytes; 0 = none
         self.buffer_body = 65536                 # request bodies read whole before proxying
         self.path_rules: PathRules = DEFAULT_PATH_RULES
+        self.merge_slashes = False               # path_rules[2], read per request
         self.refresh_date()
 
     def install(self, snapshot: Snapshot) -> None:
@@ -62,6 +63,7 @@ class WorkerContext:
         paths = server.pathNormalization
         self.path_rules = (paths.normalize, SLASH_MODES[paths.encodedSlashes],
                            paths.mergeSlashes)
+        self.merge_slashes = paths.normalize and paths.mergeSlashes
 
     def swap(self, snapshot: Snapshot) -> None:
         old = self.snapshot
