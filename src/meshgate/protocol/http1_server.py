@@ -44,6 +44,7 @@ from meshgate.protocol.h1_head import (
 )
 from meshgate.protocol.h1_response import chunk, last_chunk, plain_headers, response_head
 from meshgate.protocol.hop import render_block
+from meshgate.protocol.websocket import websocket_requested
 
 if TYPE_CHECKING:
     from meshgate.server.context import WorkerContext
@@ -67,7 +68,7 @@ class _LastMessage(Exception):
 class H1Server(asyncio.Protocol):
     __slots__ = (
         "_authority", "_bad_head", "_body_expected", "_chunked", "_clock", "_closing", "_current",
-        "_expect", "_final", "_head_bytes", "_head_rx", "_headers", "_host", "_host_seen",
+        "_expect", "_final", "_head_bytes", "_head_rx", "_headers", "_held", "_host", "_host_seen",
         "_host_sent", "_last", "_length", "_nheaders", "_nominated", "_out", "_parsing",
         "_paused_reading", "_queue", "_queued", "_te", "_tick_mark", "_tick_since", "_upgrade",
         "_url", "_write_paused", "ctx", "nread", "nreq", "outbound", "parser", "peer", "phase",
@@ -99,6 +100,7 @@ class H1Server(asyncio.Protocol):
         self._nominated = b""                  # Connection tokens naming other headers
         self._final = False                    # no request may follow the one being read
         self._last = False                     # ... and it was read: the rest is discarded
+        self._held: list[bytes] | None = None  # bytes after a WebSocket handshake (a tunnel's)
         self.nread = 0                         # reads so far: progress for the body timeout
         self._clock = ctx.loop.time
         self._bad_head = b""               # why the head being read is unacceptable
@@ -143,6 +145,8 @@ class H1Server(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._last:                  # the last request was read: the rest is discarded
+            if self._held is not None:
+                self._hold(data)        # ... unless a WebSocket tunnel may want it
             return
         self.nread += 1
         rest = b""
@@ -162,6 +166,10 @@ class H1Server(asyncio.Protocol):
             # request. One with a body was refused (the parser stops at its head).
             self.parser = httptools.HttpRequestParser(self)
             rest = data[exc.args[0]:] if exc.args else b""
+            if self._held is not None:  # a WebSocket handshake: no HTTP follows it
+                self._last = True
+                self._hold(rest)
+                rest = b""
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _LastMessage):
@@ -281,10 +289,13 @@ class H1Server(asyncio.Protocol):
         if self._nominated:                # Connection names hop-by-hop headers to drop
             headers = drop_nominated(headers, self._nominated)
             self._nominated = b""
+        websocket = False
         if self._upgrade:
             self._upgrade = False
             if body_expected:
                 bad = b"Bad Request: Upgrade with a request body\n"
+            else:
+                websocket = method == b"GET" and websocket_requested(headers)
         # The usual request skips resolve(): origin-form, Host present, HTTP/1.1,
         # and nothing path.normalize could change or refuse (no '%', '\\', '/.', '//').
         if (url[:1] != b"/" or not host or bad or method == b"CONNECT" or version != b"1.1"
@@ -310,6 +321,12 @@ class H1Server(asyncio.Protocol):
         if bad:
             ex.keep_alive = False
             ex.pipeline = Refusal(bad)
+        if websocket:
+            # What follows the head is the tunnel's, if the proxy opens one, and
+            # never parsed as HTTP: a refused handshake ends the connection.
+            ex.upgrade = True
+            ex.keep_alive = False
+            self._held = []
         self._parsing = ex
         if self._current is None:
             self._current = ex
@@ -440,6 +457,45 @@ class H1Server(asyncio.Protocol):
             ex.source = source
             if source is not None and self._write_paused:
                 source.pause_producing()
+
+    # -- WebSocket: the connection leaves HTTP ------------------------------
+    def _hold(self, data: bytes) -> None:
+        """Bytes after a WebSocket handshake: set aside unparsed, reading paused."""
+        held = self._held
+        if held is None or self._closing:
+            return
+        if data:
+            held.append(data)
+            if sum(map(len, held)) > self.ctx.max_header_bytes:
+                self._held = None        # more than a client may send before the 101
+                self._close()
+                return
+        self._pause_reading()
+
+    def switch_protocols(self, ex: Exchange, head: bytes) -> tuple[asyncio.Transport, bytes] | None:
+        """Send ``head`` (a 101) and give up the connection: (its transport, bytes held).
+
+        The exchange ends here, counted with status 101; from now on the
+        transport belongs to whoever took it (a tunnel), and this protocol
+        never touches it again. None when the client is gone.
+        """
+        transport = self.transport
+        if transport is None or self._closing or ex is not self._current or ex.done:
+            return None
+        self.send_queued()
+        transport.write(head)
+        ex.status = 101
+        ex.done = True
+        self.ctx.metrics.observe(ex, self._clock())
+        if ex.on_done is not None:
+            ex.on_done(ex)
+        held = b"".join(self._held or ())
+        self._held = None
+        self._current = None
+        self._closing = True
+        self.transport = None
+        self.ctx.connections.discard(self)
+        return transport, held
 
     # -- exchange end, errors ----------------------------------------------
     def _finish(self, ex: Exchange) -> None:
