@@ -23,11 +23,14 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from meshgate.protocol.websocket import accept_for
+from tests import test_sidecar
 from tests.support.gateway import Gateway, proxy_config, wait_until
 from tests.support.ws_backend import RawUpstream, WsBackend, header, masked_text_frame
 from tests.test_auth_key import Admin, key_of
 from tests.test_bad_input import send_raw, status_of
-from tests.test_sidecar import _instances, mesh  # noqa: F401  (mesh: a fixture)
+from tests.test_sidecar import _instances
+
+mesh = test_sidecar.mesh        # the fixture: a registry and sidecars
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 

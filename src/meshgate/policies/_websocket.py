@@ -121,5 +121,5 @@ def with_websocket(action: Action, choose: Callable[[Exchange], Forward],
     """``action``, or the action that also tunnels WebSocket when ``params`` allow it."""
     if params is False:
         return action
-    options = params if isinstance(params, WebSocketParams) else WebSocketParams()
+    options = params if isinstance(params, WebSocketParams) else WebSocketParams.model_validate({})
     return WebSocketProxy(action, choose, options, ctx)
