@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,11 +25,12 @@ from websockets.sync.client import ClientConnection, connect
 
 from meshgate.protocol.websocket import accept_for
 from tests import test_sidecar
-from tests.support.gateway import Gateway, proxy_config, wait_until
+from tests.support.gateway import Gateway, free_port, proxy_config, wait_until
 from tests.support.ws_backend import RawUpstream, WsBackend, header, masked_text_frame
 from tests.test_auth_key import Admin, key_of
 from tests.test_bad_input import send_raw, status_of
 from tests.test_sidecar import _instances
+from tests.test_tls import Pki
 
 mesh = test_sidecar.mesh        # the fixture: a registry and sidecars
 
@@ -351,6 +353,43 @@ def test_metrics_count_handshakes_tunnels_and_bytes(gateway_factory: Any,
     for direction in ("upstream", "downstream"):      # 1000 bytes plus framing and close
         moved = counter(gw, "meshgate_websocket_bytes_total", direction=direction)
         assert 1000 < moved < 1100, (direction, moved)
+
+
+def test_a_reload_closes_tunnels_after_the_drain_timeout(gateway_factory: Any,
+                                                         origin: WsBackend) -> None:
+    config = ws_config(origin.url)
+    config["server"] = {"drainTimeout": 300}
+    gw = gateway_factory(config)
+    with open_ws(gw) as ws:
+        ws.send("x")
+        ws.recv(timeout=5)
+        config["serviceEndpoints"]["backend"]["timeout"] = 30000
+        gw.write(config)
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=8)
+    assert counter(gw, "meshgate_websocket_tunnels_closed_total", reason="reload") == 1
+    with open_ws(gw) as ws:                    # the new config tunnels too
+        ws.send("y")
+        assert ws.recv(timeout=5) == "y"
+
+
+def test_wss_through_the_tls_listener(tmp_path_factory: pytest.TempPathFactory,
+                                      gateway_factory: Any, origin: WsBackend) -> None:
+    pki = Pki(tmp_path_factory.mktemp("pki"))
+    config = ws_config(origin.url)
+    config["https"] = {"port": free_port(), "hostname": "127.0.0.1",
+                       "tls": {"default": pki.leaf("gw", "gw.example.com")}}
+    gateway_factory(config)
+    tls = ssl.create_default_context(cafile=str(pki.ca_path))
+    sock = socket.create_connection(("127.0.0.1", config["https"]["port"]), timeout=5)
+    with connect("wss://gw.example.com/secure", sock=sock, ssl=tls, open_timeout=5,
+                 max_size=None, compression=None) as ws:
+        big = os.urandom(1 << 20)
+        ws.send(big)
+        assert ws.recv(timeout=10) == big
+        ws.send("small")
+        assert ws.recv(timeout=5) == "small"
+    assert origin.handshakes[-1][1]["x-forwarded-proto"] == ["https"]
 
 
 # -- sidecars -------------------------------------------------------------------------------
