@@ -177,12 +177,13 @@ def test_rate_limit_refuses_the_second_handshake(gw: Gateway, origin: WsBackend)
 
 def test_a_route_without_the_opt_in_serves_plain_http(gw: Gateway,
                                                       origin: WsBackend) -> None:
-    frame = masked_text_frame(b"not for HTTP")
-    response, closed = send_raw(gw.port, handshake(b"/plain/chat") + frame)
-    # The origin got a GET without Upgrade and answered as websockets does (426).
-    assert status_of(response) == 426 and closed
-    assert "upgrade" not in origin.handshakes[-1][1]
-    assert b"connection: close" in response.lower()
+    after = b"GET /plain/after HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+    response, closed = send_raw(gw.port, handshake(b"/plain/chat") + after)
+    # The origin got two GETs without Upgrade and answered as websockets does (426);
+    # what followed the handshake was the next request, as for any plain request.
+    assert response.count(b"HTTP/1.1 426 ") == 2 and closed
+    assert [path for path, _ in origin.handshakes[-2:]] == ["/plain/chat", "/plain/after"]
+    assert "upgrade" not in origin.handshakes[-2][1]
 
 
 def test_an_invalid_handshake_is_400_and_another_version_426(gw: Gateway,

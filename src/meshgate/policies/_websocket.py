@@ -56,6 +56,9 @@ class WebSocketProxy:
     def __call__(self, ex: Exchange) -> Any:
         if not ex.upgrade:
             return self.inner(ex)
+        # No HTTP after this handshake: a tunnel, or the close (the bytes the
+        # client sent after it were meant for a tunnel and are never parsed).
+        ex.keep_alive = False
         refused = handshake_refusal(ex)
         if refused is not None:
             status, body, headers = refused

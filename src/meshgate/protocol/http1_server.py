@@ -166,10 +166,12 @@ class H1Server(asyncio.Protocol):
             # request. One with a body was refused (the parser stops at its head).
             self.parser = httptools.HttpRequestParser(self)
             rest = data[exc.args[0]:] if exc.args else b""
-            if self._held is not None:  # a WebSocket handshake: no HTTP follows it
-                self._last = True
+            if self._held is not None and self._current is not None:
+                self._last = True       # a WebSocket handshake in flight: hold what follows
                 self._hold(rest)
                 rest = b""
+            else:
+                self._held = None       # ... answered already: parse on, as for any request
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _LastMessage):
@@ -294,8 +296,8 @@ class H1Server(asyncio.Protocol):
             self._upgrade = False
             if body_expected:
                 bad = b"Bad Request: Upgrade with a request body\n"
-            else:
-                websocket = method == b"GET" and websocket_requested(headers)
+            elif method == b"GET" and version == b"1.1" and parser.should_keep_alive():
+                websocket = websocket_requested(headers)
         # The usual request skips resolve(): origin-form, Host present, HTTP/1.1,
         # and nothing path.normalize could change or refuse (no '%', '\\', '/.', '//').
         if (url[:1] != b"/" or not host or bad or method == b"CONNECT" or version != b"1.1"
@@ -322,10 +324,9 @@ class H1Server(asyncio.Protocol):
             ex.keep_alive = False
             ex.pipeline = Refusal(bad)
         if websocket:
-            # What follows the head is the tunnel's, if the proxy opens one, and
-            # never parsed as HTTP: a refused handshake ends the connection.
+            # What follows the head waits, unparsed: a tunnel's if the proxy opens
+            # one (which then ends HTTP here, refused or not), else the next request.
             ex.upgrade = True
-            ex.keep_alive = False
             self._held = []
         self._parsing = ex
         if self._current is None:
@@ -472,6 +473,15 @@ class H1Server(asyncio.Protocol):
                 return
         self._pause_reading()
 
+    def _unhold(self) -> None:
+        """A handshake served as plain HTTP: what followed it is the next request."""
+        held = b"".join(self._held or ())
+        self._held = None
+        self._last = False
+        self._resume_reading()
+        if held:
+            self.data_received(held)
+
     def switch_protocols(self, ex: Exchange, head: bytes) -> tuple[asyncio.Transport, bytes] | None:
         """Send ``head`` (a 101) and give up the connection: (its transport, bytes held).
 
@@ -520,6 +530,9 @@ class H1Server(asyncio.Protocol):
         if self._parsing is None and self.phase == BUSY:
             self.phase = IDLE
         if self._paused_reading:
+            if self._held is not None:
+                self._unhold()
+                return
             self._resume_reading()
 
     def _reject(self, status: int, body: bytes) -> None:
