@@ -19,7 +19,10 @@ Mesh extensions: ``split`` (weighted serviceEndpoints, pinned by header or
 cookie match, optionally sticky by ``stickyBy``) instead of
 ``serviceEndpoint``; ``mirror`` (a percentage of requests copied to another
 serviceEndpoint, responses discarded); ``requestTimeout`` (overall deadline,
-covering retries). Clusters with retries, breakers, outlier detection or a
+covering retries); ``websocket`` (``true`` or ``{idleTimeout, maxTunnels}``:
+WebSocket handshakes are tunnelled, see ``_websocket.py``; off by default, as
+in nginx and Envoy, and then a handshake is served as a plain request).
+Clusters with retries, breakers, outlier detection or a
 latency-aware balancer send through a ``Call`` (``upstream/call.py``);
 others with one pool write. The per-request part is ``_forward.py``.
 """
@@ -36,6 +39,7 @@ from meshgate.config.model import ProxyOptions
 from meshgate.policies import POLICIES, Action, BuildContext, PolicySpec
 from meshgate.policies._forward import Forward
 from meshgate.policies._split import Mirror, Split
+from meshgate.policies._websocket import WebSocketParams, with_websocket
 
 
 class SplitMatch(BaseModel):
@@ -93,6 +97,8 @@ class ProxyParams(BaseModel):
     timeout: int | None = Field(None, ge=0, description="Response timeout in ms")
     proxyTimeout: int | None = Field(None, ge=0, description="Alias of timeout")
     headers: dict[str, str] = Field(default_factory=dict, description="Headers to add")
+    websocket: bool | WebSocketParams = Field(
+        False, description="Tunnel WebSocket handshakes (true, or idleTimeout / maxTunnels)")
     proxyOptions: Annotated[dict[str, Any], BeforeValidator(
         _known_proxy_options, json_schema_input_type=ProxyOptions)] = Field(
         default_factory=dict, description="Deprecated in EG: overrides the above")
@@ -109,15 +115,17 @@ class ProxyParams(BaseModel):
 def build_proxy(params: ProxyParams, ctx: BuildContext) -> Action:
     action: Action
     if params.split is not None:
-        action = Split(params, [(Forward(params, t.serviceEndpoint, ctx), t)
-                                for t in params.split], ctx)
+        split = Split(params, [(Forward(params, t.serviceEndpoint, ctx), t)
+                               for t in params.split], ctx)
+        action, choose = split, split.choose
     else:
         assert params.serviceEndpoint is not None
-        action = Forward(params, params.serviceEndpoint, ctx)
+        forward = Forward(params, params.serviceEndpoint, ctx)
+        action, choose = forward, lambda ex: forward
     if params.mirror is not None and params.mirror.percentage > 0:
         shadow = Forward(params, params.mirror.serviceEndpoint, ctx)
         action = Mirror(action, shadow, params.mirror.percentage, ctx)
-    return action
+    return with_websocket(action, choose, params.websocket, ctx)
 
 
 POLICIES.add(PolicySpec(

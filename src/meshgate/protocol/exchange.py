@@ -111,6 +111,7 @@ class Exchange:
         "started",
         "status",
         "trailers",
+        "upgrade",
         "vars",
     )
     # Declared here too: modules in an import cycle with this one (and mypyc,
@@ -157,6 +158,9 @@ class Exchange:
         self.on_done: Any = None            # callback(ex) once the exchange ended, however
         self.retry: Any = None              # the upstream Call when retries/limits apply
         self.keep_alive = True
+        # A WebSocket handshake (GET, Upgrade: websocket, Connection: upgrade, no
+        # body): the codec set the bytes after it aside, for a tunnel or for nothing.
+        self.upgrade = False
         self.source: ResponseSource | None = None   # who produces the response body
         # Set by policies (cors, rate-limit); merged into the head by the codec.
         self.response_headers_extra: Headers | None = None

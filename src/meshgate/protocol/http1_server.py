@@ -44,6 +44,7 @@ from meshgate.protocol.h1_head import (
 )
 from meshgate.protocol.h1_response import chunk, last_chunk, plain_headers, response_head
 from meshgate.protocol.hop import render_block
+from meshgate.protocol.websocket import websocket_requested
 
 if TYPE_CHECKING:
     from meshgate.server.context import WorkerContext
@@ -67,7 +68,7 @@ class _LastMessage(Exception):
 class H1Server(asyncio.Protocol):
     __slots__ = (
         "_authority", "_bad_head", "_body_expected", "_chunked", "_clock", "_closing", "_current",
-        "_expect", "_final", "_head_bytes", "_head_rx", "_headers", "_host", "_host_seen",
+        "_expect", "_final", "_head_bytes", "_head_rx", "_headers", "_held", "_host", "_host_seen",
         "_host_sent", "_last", "_length", "_merge", "_nheaders", "_nominated", "_out", "_parsing",
         "_paused_reading", "_queue", "_queued", "_te", "_tick_mark", "_tick_since", "_upgrade",
         "_url", "_write_paused", "ctx", "nread", "nreq", "outbound", "parser", "peer", "phase",
@@ -100,6 +101,7 @@ class H1Server(asyncio.Protocol):
         self._nominated = b""                  # Connection tokens naming other headers
         self._final = False                    # no request may follow the one being read
         self._last = False                     # ... and it was read: the rest is discarded
+        self._held: list[bytes] | None = None  # bytes after a WebSocket handshake (a tunnel's)
         self.nread = 0                         # reads so far: progress for the body timeout
         self._clock = ctx.loop.time
         self._bad_head = b""               # why the head being read is unacceptable
@@ -144,6 +146,8 @@ class H1Server(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._last:                  # the last request was read: the rest is discarded
+            if self._held is not None:
+                self._hold(data)        # ... unless a WebSocket tunnel may want it
             return
         self.nread += 1
         rest = b""
@@ -163,6 +167,12 @@ class H1Server(asyncio.Protocol):
             # request. One with a body was refused (the parser stops at its head).
             self.parser = httptools.HttpRequestParser(self)
             rest = data[exc.args[0]:] if exc.args else b""
+            if self._held is not None and self._current is not None:
+                self._last = True       # a WebSocket handshake in flight: hold what follows
+                self._hold(rest)
+                rest = b""
+            else:
+                self._held = None       # ... answered already: parse on, as for any request
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _LastMessage):
@@ -287,10 +297,13 @@ class H1Server(asyncio.Protocol):
         if self._nominated:                # Connection names hop-by-hop headers to drop
             headers = drop_nominated(headers, self._nominated)
             self._nominated = b""
+        websocket = False
         if self._upgrade:
             self._upgrade = False
             if body_expected:
                 bad = b"Bad Request: Upgrade with a request body\n"
+            elif method == b"GET" and version == b"1.1" and parser.should_keep_alive():
+                websocket = websocket_requested(headers)
         # The usual request skips resolve(): origin-form, Host present, HTTP/1.1,
         # and nothing path.normalize could change or refuse (no '%', '#', '\\',
         # '/.', nor '//' when slashes are merged). One translate() finds the first
@@ -318,6 +331,11 @@ class H1Server(asyncio.Protocol):
         if bad:
             ex.keep_alive = False
             ex.pipeline = Refusal(bad)
+        if websocket:
+            # What follows the head waits, unparsed: a tunnel's if the proxy opens
+            # one (which then ends HTTP here, refused or not), else the next request.
+            ex.upgrade = True
+            self._held = []
         self._parsing = ex
         if self._current is None:
             self._current = ex
@@ -449,6 +467,54 @@ class H1Server(asyncio.Protocol):
             if source is not None and self._write_paused:
                 source.pause_producing()
 
+    # -- WebSocket: the connection leaves HTTP ------------------------------
+    def _hold(self, data: bytes) -> None:
+        """Bytes after a WebSocket handshake: set aside unparsed, reading paused."""
+        held = self._held
+        if held is None or self._closing:
+            return
+        if data:
+            held.append(data)
+            if sum(map(len, held)) > self.ctx.max_header_bytes:
+                self._held = None        # more than a client may send before the 101
+                self._close()
+                return
+        self._pause_reading()
+
+    def _unhold(self) -> None:
+        """A handshake served as plain HTTP: what followed it is the next request."""
+        held = b"".join(self._held or ())
+        self._held = None
+        self._last = False
+        self._resume_reading()
+        if held:
+            self.data_received(held)
+
+    def switch_protocols(self, ex: Exchange, head: bytes) -> tuple[asyncio.Transport, bytes] | None:
+        """Send ``head`` (a 101) and give up the connection: (its transport, bytes held).
+
+        The exchange ends here, counted with status 101; from now on the
+        transport belongs to whoever took it (a tunnel), and this protocol
+        never touches it again. None when the client is gone.
+        """
+        transport = self.transport
+        if transport is None or self._closing or ex is not self._current or ex.done:
+            return None
+        self.send_queued()
+        transport.write(head)
+        ex.status = 101
+        ex.done = True
+        self.ctx.metrics.observe(ex, self._clock())
+        if ex.on_done is not None:
+            ex.on_done(ex)
+        held = b"".join(self._held or ())
+        self._held = None
+        self._current = None
+        self._closing = True
+        self.transport = None
+        self.ctx.connections.discard(self)
+        return transport, held
+
     # -- exchange end, errors ----------------------------------------------
     def _finish(self, ex: Exchange) -> None:
         ex.done = True
@@ -472,6 +538,9 @@ class H1Server(asyncio.Protocol):
         if self._parsing is None and self.phase == BUSY:
             self.phase = IDLE
         if self._paused_reading:
+            if self._held is not None:
+                self._unhold()
+                return
             self._resume_reading()
 
     def _reject(self, status: int, body: bytes) -> None:

@@ -14,7 +14,8 @@ what differs is the config, rewritten by ``apply_sidecar`` after every load
   given and the folder has no ``admin`` section;
 * a serviceEndpoint ``local`` points at the app (``appHost:appPort``);
 * with no pipelines in the folder, one pipeline ``inbound`` proxies every
-  request to ``local`` -- so a sidecar needs no config at all. A folder's own
+  request to ``local``, WebSocket included (a sidecar is transparent) -- so
+  a sidecar needs no config at all. A folder's own
   pipelines (auth, rate limits, faults ...) serve inbound traffic instead.
 """
 
@@ -55,6 +56,6 @@ def apply_sidecar(loaded: LoadedConfig, side: SidecarConfig) -> LoadedConfig:
                                   "inbound": [ApiEndpoint.model_validate({"paths": ["/*"]})]}
         update["pipelines"] = {"inbound": Pipeline.model_validate({
             "apiEndpoints": ["inbound"],
-            "policies": [{"proxy": [{"action": {"serviceEndpoint": LOCAL}}]}]})}
+            "policies": [{"proxy": [{"action": {"serviceEndpoint": LOCAL, "websocket": True}}]}]})}
         update["policies"] = sorted({*gw.policies, "proxy"})
     return dataclasses.replace(loaded, gateway=gw.model_copy(update=update))

@@ -17,6 +17,9 @@ definition. Requests that arrive before the first endpoint
 set are parked on the cluster (``Cluster.park``) and sent when it arrives, or
 answered 503 if it does not come within the park timeout.
 
+WebSocket handshakes are tunnelled to the service (``policies/_websocket.py``):
+the outbound port is as transparent as the inbound one.
+
 Names that cannot be services (IP literals, ``localhost``, anything with
 characters a DNS label cannot hold) get 404.
 """
@@ -33,6 +36,7 @@ from meshgate.gateway.pipeline import CompiledPipeline, Step
 from meshgate.gateway.router import Route
 from meshgate.policies import BuildContext
 from meshgate.policies._forward import Forward
+from meshgate.policies._websocket import with_websocket
 from meshgate.policies.proxy import ProxyParams
 from meshgate.upstream.cluster import Cluster, build_cluster
 
@@ -103,8 +107,10 @@ class OutboundRouter:
             self.clusters[name] = cluster
             self.subscribe(name)
         bctx = BuildContext({name: cluster}, None, "outbound", [], self.ctx.services)
-        forward = Forward(ProxyParams.model_validate({"serviceEndpoint": name}), name, bctx)
-        pipeline = CompiledPipeline("outbound", (Step("proxy", None, forward),))
+        params = ProxyParams.model_validate({"serviceEndpoint": name, "websocket": True})
+        forward = Forward(params, name, bctx)
+        action = with_websocket(forward, lambda ex: forward, params.websocket, bctx)
+        pipeline = CompiledPipeline("outbound", (Step("proxy", None, action),))
         return Route(order=0, endpoint="outbound", pipeline=pipeline, host="*", path="/*",
                      methods=None, metric_key=("outbound", "outbound"))
 

@@ -34,6 +34,7 @@ GAUGES = {
     "meshgate_workers": "Worker processes answering",
     "meshgate_config_reloads": "Configuration reloads applied",
     "meshgate_retries_active": "Retries in flight",
+    "meshgate_websocket_tunnels_active": "WebSocket tunnels open",
 }
 
 # Labelled counters the mesh features add: name -> (help, label names).
@@ -63,6 +64,14 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
         ("service_endpoint", "endpoint")),
     "meshgate_endpoint_timed_responses": (
         "Responses timed per endpoint (guarded clusters)", ("service_endpoint", "endpoint")),
+    "meshgate_websocket_tunnels_opened": ("WebSocket tunnels opened (upstream answered 101)",
+                                          ("service_endpoint",)),
+    "meshgate_websocket_tunnels_closed": ("WebSocket tunnels closed, by why",
+                                          ("service_endpoint", "reason")),
+    "meshgate_websocket_bytes": ("Bytes relayed through WebSocket tunnels, by where they went",
+                                 ("service_endpoint", "direction")),
+    "meshgate_websocket_overflow": ("WebSocket handshakes refused by maxTunnels (503)",
+                                    ("service_endpoint",)),
 }
 # Labelled gauges, set when scraped.
 LABELLED_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -87,6 +96,7 @@ class Metrics:
         self.gauges: dict[str, float] = {}
         self.counters: dict[tuple[str, tuple[str, ...]], float] = {}
         self.labelled: dict[tuple[str, tuple[str, ...]], float] = {}   # gauges, set at scrape
+        self.tunnels = 0                 # WebSocket tunnels open (protocol/tunnel.py)
 
     def count(self, name: str, labels: tuple[str, ...], n: float = 1) -> None:
         key = (name, labels)
@@ -107,7 +117,9 @@ class Metrics:
     def export(self) -> dict[str, Any]:
         rows = [[ep, pl, cluster, status, *cell]
                 for ((ep, pl), cluster, status), cell in self.table.items()]
-        return {"requests": rows, "gauges": dict(self.gauges),
+        gauges = dict(self.gauges)
+        gauges["meshgate_websocket_tunnels_active"] = self.tunnels
+        return {"requests": rows, "gauges": gauges,
                 "counters": [[name, list(labels), v]
                              for (name, labels), v in self.counters.items()],
                 "labelled": [[name, list(labels), v]
