@@ -1,0 +1,545 @@
+"""HTTP/2 upstream codec: one connection to one endpoint, many streams.
+
+Theory of operation
+-------------------
+``H2Connection`` is the asyncio Protocol of one upstream connection, driving
+the ``h2`` library (client side, headers kept as bytes). Each proxied
+Exchange becomes an ``H2Stream``: its request head is the HTTP/1.1 head the
+proxy built (``Forward.head``), turned into pseudo-headers and a header list
+without the connection-specific fields (``request_headers``); framing is
+HTTP/2's own, so nothing in that list can change where the request ends.
+
+The connection's life is one state machine (``_TRANSITIONS``):
+CONNECTING (preface sent, the peer's SETTINGS not seen yet) -> READY
+(streams may open, up to the lower of our ``maxConcurrentStreams`` and the
+peer's) -> DRAINING (a GOAWAY came or we sent one: no new streams, those in
+flight finish) -> CLOSED. A protocol error, or a connection the peer closed,
+goes straight to CLOSED. The pool opens streams only on a READY connection
+(``has_room``) and learns of every change through the ``H2Owner`` callbacks,
+so this codec never imports a pool.
+
+Flow control, both ways:
+
+* request body: a stream writes what the peer's windows allow and keeps the
+  rest; while it keeps anything, the client's reading is paused through the
+  Exchange (``pause_body``), and a WINDOW_UPDATE sends more and resumes it;
+* response body: DATA goes to the Exchange's responder as it comes. The
+  connection window is credited at once (a slow client must not stall the
+  other streams); a stream's window only while its client keeps up -- when
+  the responder pauses the stream (``pause_producing``) its window is left to
+  run out, which stops that stream's sender and nothing else.
+
+Endings: a response ends with END_STREAM (trailers, if any, relayed when the
+client can take them: an HTTP/2 client, or an HTTP/1.1 one that sent ``TE:
+trailers`` -- its response is then chunked). RST_STREAM or a lost connection
+before the response head is a 502 the ``Call`` may retry as ``reset``; a
+stream the peer did not process (REFUSED_STREAM, or above a GOAWAY's last
+stream id) is handed back to the pool, which sends it again elsewhere
+(``H2Owner.unprocessed``). After the head, such an ending aborts the client's
+response. The response deadline is the worker's sweep, as for HTTP/1.1:
+streams in flight sit in ``ctx.upstream_conns``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from meshgate.protocol.h1_head import FORBIDDEN_TRAILERS
+from meshgate.protocol.http1_client import upstream_failed
+
+if TYPE_CHECKING:
+    from meshgate.protocol.exchange import Exchange, Headers
+    from meshgate.server.context import WorkerContext
+
+log = logging.getLogger("meshgate.upstream.h2")
+
+CONNECTING, READY, DRAINING, CLOSED = "connecting", "ready", "draining", "closed"
+_TRANSITIONS: Final = {
+    CONNECTING: {READY, DRAINING, CLOSED},
+    READY: {DRAINING, CLOSED},
+    DRAINING: {CLOSED},
+    CLOSED: set(),
+}
+
+# Never sent in an HTTP/2 request (RFC 9113 8.2.2); TE is sent only as "trailers".
+_CONNECTION_SPECIFIC: Final = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
+    b"te", b"host", b"http2-settings",
+})
+_NOT_RELAYED: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection",
+                                 b"transfer-encoding", b"upgrade", b"te", b"trailer"})
+_KEEP_BODY: Final = 65536       # a body up to this is kept to resend an unprocessed stream
+
+
+class H2Owner(Protocol):
+    """What a connection tells its pool (``upstream/h2_pool.py``)."""
+
+    ctx: WorkerContext
+    responses: int
+    errors: int
+
+    def room(self, conn: H2Connection) -> None: ...
+
+    def gone(self, conn: H2Connection) -> None: ...
+
+    def unprocessed(self, stream: H2Stream) -> None: ...
+
+
+def request_headers(head: bytes, scheme: bytes, ex: Exchange) -> list[tuple[bytes, bytes]]:
+    """The HTTP/2 header list of an HTTP/1.1 request head built by the proxy."""
+    lines = head.split(b"\r\n")
+    method, _, rest = lines[0].partition(b" ")
+    path = rest.rpartition(b" ")[0]
+    authority = b""
+    fields: list[tuple[bytes, bytes]] = []
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, _, value = line.partition(b":")
+        value = value.strip()
+        if name == b"host":
+            authority = value
+        elif name not in _CONNECTION_SPECIFIC:
+            fields.append((name, value))
+    for name, value in ex.headers:           # gRPC and friends ask for trailers
+        if name == b"te" and b"trailers" in value.lower():
+            fields.append((b"te", b"trailers"))
+            break
+    return [(b":method", method), (b":scheme", scheme), (b":authority", authority),
+            (b":path", path), *fields]
+
+
+def _wants_trailers(ex: Exchange) -> bool:
+    if ex.http_version == b"2":
+        return True
+    return any(n == b"te" and b"trailers" in v.lower() for n, v in ex.headers)
+
+
+class H2Stream:
+    """One Exchange on an HTTP/2 connection: body sink, response source, deadline."""
+
+    __slots__ = ("blocked", "chunked", "conn", "deadline", "end_out", "ex", "head", "kept",
+                 "kept_size", "out", "paused", "resends", "started", "stream_id", "timeout",
+                 "trailers", "trailers_out", "unacked")
+
+    def __init__(self, conn: H2Connection, ex: Exchange, head: bytes, chunked: bool,
+                 timeout: float, resends: int) -> None:
+        self.conn = conn
+        self.ex: Exchange | None = ex
+        self.head = head                 # kept to send it again elsewhere
+        self.chunked = chunked
+        self.timeout = timeout
+        self.deadline = 0.0
+        self.stream_id = 0
+        self.started = False             # the response head went to the client
+        self.out: list[bytes] = []       # request body the peer's window has no room for
+        self.end_out = False             # ... and its end, once sent
+        self.trailers_out: Headers | None = None
+        self.blocked = False             # we paused the client's body
+        self.paused = False              # the client reads slowly: hold the window
+        self.unacked = 0                 # response bytes not yet credited to the stream
+        self.trailers: Headers | None = None
+        # Without a Call, a short body is kept to send an unprocessed stream again.
+        self.kept: list[bytes] | None = [] if ex.retry is None else None
+        self.kept_size = 0
+        self.resends = resends           # times this request was sent again, unprocessed
+
+    # -- BodySink: the request body ------------------------------------------
+    def body_data(self, data: bytes) -> None:
+        if self.ex is None:
+            return
+        kept = self.kept
+        if kept is not None:
+            kept.append(data)
+            self.kept_size += len(data)
+            if self.kept_size > _KEEP_BODY:
+                self.kept = None
+        self.out.append(data)
+        self._push()
+
+    def body_end(self, trailers: Headers | None) -> None:
+        if self.ex is None:
+            return
+        self.end_out = True
+        self.trailers_out = trailers
+        self._push()
+
+    def body_abort(self) -> None:
+        self.abort()
+
+    def _push(self) -> None:
+        """Send what the windows allow; pause the client while anything waits."""
+        conn = self.conn
+        if conn.state == CLOSED:
+            return
+        try:
+            conn.send_body(self)
+        except h2.exceptions.H2Error:
+            self.ex = None           # the stream is gone; its reset or the close reports
+            return
+        ex = self.ex
+        if ex is None:
+            return
+        if self.out and not self.blocked:
+            self.blocked = True
+            ex.responder.pause_body(ex)
+        elif not self.out and self.blocked:
+            self.blocked = False
+            ex.responder.resume_body(ex)
+
+    # -- ResponseSource --------------------------------------------------------
+    def pause_producing(self) -> None:
+        self.paused = True
+
+    def resume_producing(self) -> None:
+        self.paused = False
+        if self.unacked:
+            self.conn.credit(self, self.unacked)
+
+    def abort(self) -> None:
+        """The client is gone, or a Call discards the response: cancel the stream only."""
+        if self.ex is not None:
+            self.ex = None
+            self.conn.cancel(self)
+
+    def expire(self) -> None:
+        """Called by the worker's sweep once ``deadline`` has passed."""
+        ex = self.ex
+        self.abort()
+        if ex is not None:
+            upstream_failed(ex, self, "timeout", 504, b"Gateway Timeout\n")
+
+    # -- what the connection reports ------------------------------------------
+    def on_head(self, headers: Headers) -> None:
+        ex = self.ex
+        if ex is None:
+            return
+        status = 0
+        block: list[bytes] = []
+        length: int | None = None
+        for name, value in headers:
+            if name == b":status":
+                status = int(value)
+            elif name == b"content-length":
+                length = int(value)
+            elif name[:1] != b":" and name not in _NOT_RELAYED:
+                block.append(b"%s: %s\r\n" % (name, value))
+        owner = self.conn.owner
+        owner.responses += 1
+        if status >= 500:
+            owner.errors += 1
+        call = ex.retry
+        if call is not None and call.response(self, status):
+            return                       # discarded (and cancelled): the Call retries
+        self.started = True
+        self.kept = None
+        has_body = ex.method != b"HEAD" and status != 204 and status != 304
+        if has_body and ex.http_version != b"2" and _wants_trailers(ex):
+            length = None                # chunked, so that trailers can follow
+        elif length is not None and status != 204:
+            block.append(b"content-length: %d\r\n" % length)
+        if status == 204:
+            length = None
+        ex.responder.start_response_raw(ex, status, b"".join(block), has_body, length)
+
+    def on_data(self, data: bytes, size: int) -> None:
+        ex = self.ex
+        if ex is not None and self.started:
+            ex.responder.send_data(ex, data)
+        self.unacked += size
+        if not self.paused:
+            self.conn.credit(self, 0)
+
+    def on_trailers(self, headers: Headers) -> None:
+        self.trailers = [(n, v) for n, v in headers
+                         if n[:1] != b":" and n not in FORBIDDEN_TRAILERS]
+
+    def on_end(self) -> None:
+        ex = self.ex
+        self.ex = None
+        if ex is None or ex.done:
+            return
+        if not self.started:             # END_STREAM without a final response head
+            upstream_failed(ex, self, "protocol", 502, b"Bad Gateway: no response head\n")
+            return
+        trailers = self.trailers if self.trailers and _wants_trailers(ex) else None
+        ex.responder.end_response(ex, trailers)
+
+    def on_reset(self, refused: bool) -> None:
+        """RST_STREAM from the peer, or the connection ended under this stream."""
+        ex = self.ex
+        self.ex = None
+        if ex is None or ex.done:
+            return
+        if self.started:
+            ex.responder.abort(ex)
+        elif refused:
+            self.ex = ex
+            self.conn.owner.unprocessed(self)
+        else:
+            upstream_failed(ex, self, "reset", 502, b"Bad Gateway: upstream stream reset\n")
+
+
+class H2Connection(asyncio.Protocol):
+    """One HTTP/2 connection to an endpoint (see the module docstring)."""
+
+    def __init__(self, owner: H2Owner, max_streams: int, stream_window: int,
+                 connection_window: int) -> None:
+        self.owner = owner
+        self.state = CONNECTING
+        self.transport: asyncio.Transport | None = None
+        self.h2 = h2.connection.H2Connection(config=h2.config.H2Configuration(
+            client_side=True, header_encoding=None))
+        self.h2.local_settings = h2.settings.Settings(client=True, initial_values={
+            h2.settings.SettingCodes.ENABLE_PUSH: 0,
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: stream_window,
+        })
+        self.our_max = max_streams
+        self.max_streams = 1              # until the peer's SETTINGS say more
+        self.stream_window = stream_window
+        self.connection_window = connection_window
+        self.alpn_refused = False         # TLS without "h2" where it was required
+        self.streams: dict[int, H2Stream] = {}
+        self.idle_since = 0.0
+        self.conn_unacked = 0
+        self._queued = False
+        # Resolved once the peer's SETTINGS arrived (READY) or the connection ended.
+        self.ready: asyncio.Future[None] = owner.ctx.loop.create_future()
+
+    # -- the state machine ---------------------------------------------------------
+    def _to(self, state: str) -> None:
+        if state not in _TRANSITIONS[self.state]:
+            return                         # e.g. a GOAWAY while already closed
+        self.state = state
+        if not self.ready.done():
+            self.ready.set_result(None)
+        if state == CLOSED:
+            self.owner.gone(self)
+            if self.transport is not None:
+                self.transport.close()
+
+    def has_room(self) -> bool:
+        return self.state == READY and len(self.streams) < self.max_streams
+
+    # -- streams -------------------------------------------------------------------
+    def open_stream(self, ex: Exchange, head: bytes, chunked: bool, timeout: float,
+                    scheme: bytes, resends: int) -> None:
+        stream = H2Stream(self, ex, head, chunked, timeout, resends)
+        sid = self.h2.get_next_available_stream_id()
+        try:
+            self.h2.send_headers(sid, request_headers(head, scheme, ex),
+                                 end_stream=not ex.body_expected)
+        except h2.exceptions.H2Error as exc:
+            log.debug("request refused by the HTTP/2 codec: %s", exc)
+            upstream_failed(ex, None, "protocol", 502, b"Bad Gateway: invalid request head\n")
+            return
+        stream.stream_id = sid
+        self.streams[sid] = stream
+        ctx = self.owner.ctx
+        if timeout:
+            call = ex.retry
+            stream.deadline = (ex.started if call is None else call.sent) + timeout
+            ctx.upstream_conns.add(stream)
+        ex.source = stream
+        self.flush_soon()
+        if ex.body_expected:
+            call = ex.retry
+            (ex if call is None else call).attach_body_sink(stream)
+
+    def send_body(self, stream: H2Stream) -> None:
+        """Write as much of the stream's pending body as the windows allow."""
+        h2c = self.h2
+        sid = stream.stream_id
+        out = stream.out
+        while out:
+            room = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
+            if room <= 0:
+                break
+            data = out[0]
+            if len(data) > room:
+                out[0] = data[room:]
+                data = data[:room]
+            else:
+                out.pop(0)
+            h2c.send_data(sid, data)
+        if not out and stream.end_out:
+            stream.end_out = False
+            if stream.trailers_out:
+                h2c.send_headers(sid, stream.trailers_out, end_stream=True)
+            else:
+                h2c.end_stream(sid)
+        self.flush_soon()
+
+    def credit(self, stream: H2Stream, extra: int) -> None:
+        """Give the stream's window back once half of it is used (or at once: ``extra``)."""
+        if stream.unacked >= self.stream_window // 2 or (extra and stream.unacked):
+            n, stream.unacked = stream.unacked, 0
+            if stream.stream_id in self.streams:
+                with contextlib.suppress(h2.exceptions.H2Error):   # closed meanwhile
+                    self.h2.increment_flow_control_window(n, stream.stream_id)
+                self.flush_soon()
+
+    def cancel(self, stream: H2Stream) -> None:
+        if self._forget(stream) and self.state != CLOSED:
+            with contextlib.suppress(h2.exceptions.H2Error):       # closed on the wire
+                self.h2.reset_stream(stream.stream_id, h2.errors.ErrorCodes.CANCEL)
+            self.flush_soon()
+
+    def _forget(self, stream: H2Stream) -> bool:
+        if self.streams.pop(stream.stream_id, None) is None:
+            return False
+        self.owner.ctx.upstream_conns.discard(stream)
+        if not self.streams:
+            self.idle_since = self.owner.ctx.now
+            if self.state == DRAINING:
+                self._to(CLOSED)
+                return True
+        if self.state == READY:
+            self.owner.room(self)
+        return True
+
+    # -- writing ---------------------------------------------------------------------
+    def flush_soon(self) -> None:
+        """Frames leave with the rest of this pass's writes (one write per connection)."""
+        if not self._queued:
+            self._queued = True
+            self.owner.ctx.batch.add(self)
+
+    def send_queued(self) -> None:
+        self._queued = False
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and self.state != CLOSED:
+            self.transport.write(data)
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() != "h2":
+            self.alpn_refused = True       # the pool decides: HTTP/1.1, or a failure
+            return
+        self.h2.initiate_connection()
+        extra = self.connection_window - 65535
+        if extra > 0:
+            self.h2.increment_flow_control_window(extra)
+        self.send_queued()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._to(CLOSED)
+        self._end_all(refused=False)
+
+    def pause_writing(self) -> None:
+        for stream in list(self.streams.values()):
+            ex = stream.ex
+            if ex is not None and ex.body_expected and not ex.body_done:
+                ex.responder.pause_body(ex)
+
+    def resume_writing(self) -> None:
+        for stream in list(self.streams.values()):
+            ex = stream.ex
+            if ex is not None and not ex.done and not stream.blocked:
+                ex.responder.resume_body(ex)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            log.info("HTTP/2 protocol error from upstream: %s", exc)
+            self.send_queued()             # h2 queued a GOAWAY naming the error
+            self._fail_all()
+            return
+        touched: list[H2Stream] = []
+        for event in events:
+            self._event(event, touched)
+        for stream in touched:
+            ex = stream.ex
+            if ex is not None:
+                ex.responder.flush(ex)
+                if stream.deadline:
+                    stream.deadline = self.owner.ctx.now + stream.timeout
+        self.send_queued()
+
+    def _event(self, event: Any, touched: list[H2Stream]) -> None:
+        sid = getattr(event, "stream_id", 0)
+        stream = self.streams.get(sid) if sid else None
+        if isinstance(event, h2.events.DataReceived):
+            self.conn_unacked += event.flow_controlled_length
+            if self.conn_unacked >= self.connection_window // 2:
+                self.h2.increment_flow_control_window(self.conn_unacked)
+                self.conn_unacked = 0
+            if stream is not None:
+                stream.on_data(event.data, event.flow_controlled_length)
+                touched.append(stream)
+        elif isinstance(event, h2.events.ResponseReceived):
+            if stream is not None:
+                stream.on_head(event.headers)
+                touched.append(stream)
+        elif isinstance(event, h2.events.TrailersReceived):
+            if stream is not None:
+                stream.on_trailers(event.headers)
+        elif isinstance(event, h2.events.StreamEnded):
+            if stream is not None:
+                stream.on_end()
+                self._forget(stream)
+        elif isinstance(event, h2.events.StreamReset):
+            if stream is not None:
+                self._forget(stream)
+                stream.on_reset(event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM)
+        elif isinstance(event, h2.events.WindowUpdated):
+            for waiting in ([stream] if sid else list(self.streams.values())):
+                if waiting is not None and (waiting.out or waiting.end_out):
+                    waiting._push()
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            peer = self.h2.remote_settings.max_concurrent_streams
+            self.max_streams = min(self.our_max, peer)
+            if self.state == CONNECTING:
+                self._to(READY)
+            if self.state == READY:
+                self.owner.room(self)
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self._goaway(event.last_stream_id or 0)
+
+    def _goaway(self, last_stream_id: int) -> None:
+        """No new streams; those the peer never processed go elsewhere."""
+        self._to(DRAINING)
+        for sid in [s for s in self.streams if s > last_stream_id]:
+            stream = self.streams[sid]
+            self._forget(stream)
+            stream.on_reset(refused=True)
+        if not self.streams:
+            self._to(CLOSED)
+
+    def _fail_all(self) -> None:
+        self._to(CLOSED)
+        self._end_all(refused=False)
+
+    def _end_all(self, refused: bool) -> None:
+        streams = list(self.streams.values())
+        self.streams.clear()
+        ctx = self.owner.ctx
+        for stream in streams:
+            ctx.upstream_conns.discard(stream)
+            stream.on_reset(refused)
+
+    def close(self) -> None:
+        """Close when idle; with streams in flight, a GOAWAY first and close after them."""
+        if self.state == CLOSED:
+            return
+        if self.streams and self.transport is not None:
+            with contextlib.suppress(h2.exceptions.H2Error):
+                self.h2.close_connection()
+            self.send_queued()
+            self._to(DRAINING)
+        else:
+            self._to(CLOSED)
