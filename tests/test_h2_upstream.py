@@ -166,3 +166,168 @@ def test_one_mib_bodies_both_ways_exact(origin_factory, gateway_factory) -> None
     assert b"content-length" not in origin.seen.requests[-1]
     r = get(gw, f"/big/{1 << 20}")
     assert r.content == bytes(i % 251 for i in range(1 << 20))
+
+
+# -- pooling ----------------------------------------------------------------------------
+def test_200_concurrent_requests_share_few_connections(nginx_factory, gateway_factory) -> None:
+    nginx = nginx_factory("http2")
+    gw = gateway_factory(h2_config(f"http://127.0.0.1:{nginx.port}"))
+    with httpx.Client(timeout=20, limits=httpx.Limits(max_connections=200)) as client, \
+            concurrent.futures.ThreadPoolExecutor(200) as pool:
+        results = list(pool.map(lambda i: client.get(f"{gw.url}/r{i}"), range(200)))
+    assert [r.status_code for r in results] == [200] * 200
+    assert all(r.text == "nginx says hi\n" for r in results)
+    seen = wait_until(lambda: len(nginx.requests()) >= 200 and nginx.requests())
+    assert {proto for _, proto, _ in seen} == {"HTTP/2.0"}
+    # 100 streams per connection (ours and nginx's default): at most 4 connections
+    assert len({conn for conn, _, _ in seen}) <= 4
+
+
+def test_stream_limit_opens_connections_up_to_the_cap_then_queues(
+        origin_factory, gateway_factory) -> None:
+    origin = origin_factory(max_streams=1)
+    gw = gateway_factory(h2_config(f"http://127.0.0.1:{origin.port}",
+                                   http2={"maxConnections": 3}))
+    with concurrent.futures.ThreadPoolExecutor(9) as pool:
+        results = list(pool.map(lambda i: get(gw, "/wait/300"), range(9)))
+    assert [r.status_code for r in results] == [200] * 9
+    assert origin.seen.connections == 3           # the cap, then requests waited
+    assert origin.seen.peak_streams == 1
+
+
+def test_pending_overflow_is_503_with_the_overload_header(origin_factory, gateway_factory) -> None:
+    origin = origin_factory(max_streams=1)
+    gw = gateway_factory(h2_config(
+        f"http://127.0.0.1:{origin.port}", http2={"maxConnections": 1},
+        circuitBreakers={"maxPendingRequests": 1}))
+    assert get(gw, "/plain").status_code == 200       # the connection is up: 1 stream, 1 waiter
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: get(gw, "/wait/500"), range(4)))
+    statuses = sorted(r.status_code for r in results)
+    assert statuses.count(200) == 2 and statuses.count(503) == 2
+    assert all(r.headers["x-meshgate-overloaded"] == "true"
+               for r in results if r.status_code == 503)
+
+
+def test_goaway_streams_above_last_stream_id_are_sent_again(origin_factory,
+                                                           gateway_factory) -> None:
+    origin = origin_factory(goaway_after=4)
+    gw = gateway_factory(h2_config(f"http://127.0.0.1:{origin.port}"))
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: httpx.post(gw.url + "/wait/200", content=b"b%d" % i,
+                                                     timeout=10), range(4)))
+    assert sorted(r.content for r in results) == [b"b0", b"b1", b"b2", b"b3"]
+    assert origin.seen.connections == 2
+    # the three unprocessed streams came again on the second connection
+    assert len(origin.seen.requests) == 7
+
+
+# -- failures --------------------------------------------------------------------------
+def test_rst_stream_is_502_or_retried(origin_factory, gateway_factory) -> None:
+    origin = origin_factory()
+    gw = gateway_factory(h2_config(f"http://127.0.0.1:{origin.port}"))
+    assert get(gw, "/reset").status_code == 502
+    assert get(gw, "/plain").status_code == 200          # the connection lives on
+    assert origin.seen.connections == 1
+    retried = gateway_factory(h2_config(f"http://127.0.0.1:{origin.port}",
+                                        retry={"retryOn": ["reset"], "numRetries": 2}))
+    before = len(origin.seen.paths)
+    assert get(retried, "/reset").status_code == 502
+    assert origin.seen.paths[before:] == [b"/reset"] * 3
+
+
+def test_no_response_in_time_is_504(origin_factory, gateway_factory) -> None:
+    origin = origin_factory()
+    gw = gateway_factory(h2_config(f"http://127.0.0.1:{origin.port}", timeout=300))
+    assert get(gw, "/hang").status_code == 504
+    assert get(gw, "/plain").status_code == 200
+    assert origin.seen.connections == 1
+
+
+def test_5xx_retried_on_another_stream(origin_factory, gateway_factory) -> None:
+    origin = origin_factory()
+    gw = gateway_factory(h2_config(f"http://127.0.0.1:{origin.port}",
+                                   retry={"retryOn": ["5xx"], "numRetries": 1}))
+    assert get(gw, "/status/503").status_code == 503
+    assert origin.seen.paths == [b"/status/503"] * 2
+    assert origin.seen.connections == 1
+
+
+# -- trailers --------------------------------------------------------------------------
+def raw_get(port: int, path: str, extra: str = "") -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n"
+                     .encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def test_trailers_reach_a_client_that_asked_for_them(origin_factory, gateway_factory) -> None:
+    origin = origin_factory()
+    gw = gateway_factory(h2_config(f"http://127.0.0.1:{origin.port}"))
+    with_te = raw_get(gw.port, "/trailers", "TE: trailers\r\n")
+    head, _, body = with_te.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert body.endswith(b"0\r\ngrpc-status: 0\r\nx-sum: 42\r\n\r\n")
+    assert origin.seen.requests[-1][b"te"] == b"trailers"
+    plain = raw_get(gw.port, "/trailers")
+    head, _, body = plain.partition(b"\r\n\r\n")
+    assert b"content-length: 13" in head.lower() and body == b"with trailers"
+    assert b"te" not in origin.seen.requests[-1]
+
+
+# -- TLS and ALPN ------------------------------------------------------------------------
+def test_h2_over_tls_with_alpn(origin_factory, gateway_factory, leaf) -> None:
+    origin = origin_factory(tls=tls_server_context(leaf, ["h2"]))
+    gw = gateway_factory(proxy_config(f"https://127.0.0.1:{origin.port}", service={
+        "protocol": "h2", "proxyOptions": {"secure": False}}))
+    r = httpx.post(gw.url + "/echo", content=b"over tls", timeout=10)
+    assert (r.status_code, r.content) == (200, b"over tls")
+    assert origin.seen.requests[-1][b":scheme"] == b"https"
+
+
+def test_h2_required_but_not_offered_is_502(nginx_factory, gateway_factory, leaf) -> None:
+    nginx = nginx_factory("ssl", leaf)
+    gw = gateway_factory(proxy_config(f"https://127.0.0.1:{nginx.port}", service={
+        "protocol": "h2", "proxyOptions": {"secure": False}}))
+    assert get(gw, "/").status_code == 502
+    assert nginx.requests() == []
+
+
+@pytest.mark.parametrize(("listen", "protocol"), [("ssl http2", "HTTP/2.0"),
+                                                  ("ssl", "HTTP/1.1")])
+def test_auto_follows_alpn(nginx_factory, gateway_factory, leaf, listen, protocol) -> None:
+    nginx = nginx_factory(listen, leaf)
+    gw = gateway_factory(proxy_config(f"https://127.0.0.1:{nginx.port}", service={
+        "protocol": "auto", "proxyOptions": {"secure": False}}))
+    for _ in range(3):
+        r = get(gw, "/x")
+        assert (r.status_code, r.text) == (200, "nginx says hi\n")
+    seen = wait_until(lambda: len(nginx.requests()) >= 3 and nginx.requests())
+    assert {proto for _, proto, _ in seen} == {protocol}
+    assert len({conn for conn, _, _ in seen}) == 1
+
+
+def test_h2c_against_nginx(nginx_factory, gateway_factory) -> None:
+    nginx = nginx_factory("http2")
+    gw = gateway_factory(h2_config(f"http://127.0.0.1:{nginx.port}"))
+    assert get(gw, "/").text == "nginx says hi\n"
+    assert wait_until(nginx.requests)[0][1] == "HTTP/2.0"
+
+
+# -- config ------------------------------------------------------------------------------
+@pytest.mark.parametrize(("service", "message"), [
+    ({"url": "http://127.0.0.1:1", "protocol": "h2"}, "expects https:// urls"),
+    ({"url": "https://127.0.0.1:1", "protocol": "h2c"}, "expects http:// urls"),
+    ({"url": "http://127.0.0.1:1", "protocol": "h3"}, "protocol"),
+    ({"url": "http://127.0.0.1:1", "http2": {"maxConcurrentStream": 5}},
+     "maxConcurrentStream"),
+    ({"url": "http://127.0.0.1:1", "http2": {"initialStreamWindowSize": 10}},
+     "initialStreamWindowSize"),
+])
+def test_invalid_protocol_settings_are_refused(service: dict[str, Any], message: str) -> None:
+    from meshgate.config.model import GatewayConfig
+    with pytest.raises(Exception, match=message):
+        GatewayConfig.model_validate({"serviceEndpoints": {"s": service}})

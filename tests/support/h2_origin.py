@@ -9,7 +9,7 @@ request headers of every stream. The path chooses the answer:
   ``:authority`` in ``x-te`` / ``x-authority``;
 * ``/big/<n>``: ``n`` bytes (flow control honoured);
 * ``/trailers``: a body, then the trailers ``grpc-status: 0`` and ``x-sum: 42``;
-* ``/wait/<ms>``: 200 after ``ms`` milliseconds;
+* ``/wait/<ms>``: 200 after ``ms`` milliseconds, with the request body if any;
 * ``/hang``: no answer; ``/reset``: RST_STREAM (INTERNAL_ERROR);
 * ``/status/<code>``: that status.
 
@@ -30,6 +30,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.settings
+import hyperframe.frame
 
 
 @dataclass
@@ -87,8 +88,12 @@ class _Conn:
             seen.paths.append(self.heads[sid][b":path"])
             seen.peak_streams = max(seen.peak_streams, len(self.heads))
             if self.goaway and len(seen.requests) >= self.goaway and not self.last:
+                # A graceful GOAWAY: h2 would refuse to answer the last stream after
+                # its own close_connection(), so the frame is written by hand.
                 self.last = min(self.heads)
-                self.h2.close_connection(last_stream_id=self.last)
+                self.flush()
+                self.writer.write(hyperframe.frame.GoAwayFrame(
+                    0, last_stream_id=self.last, error_code=0).serialize())
         elif isinstance(event, h2.events.DataReceived):
             self.bodies[event.stream_id] += event.data
             self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
@@ -115,7 +120,7 @@ class _Conn:
             body, trailers = b"with trailers", [(b"grpc-status", b"0"), (b"x-sum", b"42")]
         elif path.startswith("/wait/"):
             await asyncio.sleep(int(path[6:]) / 1000)
-            body = b"waited"
+            body = body or b"waited"
         elif path == "/hang":
             return
         elif path == "/reset":

@@ -9,6 +9,11 @@ proxy built (``Forward.head``), turned into pseudo-headers and a header list
 without the connection-specific fields (``request_headers``); framing is
 HTTP/2's own, so nothing in that list can change where the request ends.
 
+GOAWAY is ours to handle: the ``h2`` library closes its state machine at
+the first GOAWAY and refuses the frames of the streams the peer still
+finishes, which HTTP/2 allows. So ``FrameCut`` takes GOAWAY frames out of the
+inbound bytes before h2 sees them, and ours are written by hand.
+
 The connection's life is one state machine (``_TRANSITIONS``):
 CONNECTING (preface sent, the peer's SETTINGS not seen yet) -> READY
 (streams may open, up to the lower of our ``maxConcurrentStreams`` and the
@@ -53,6 +58,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from hyperframe.frame import GoAwayFrame
 
 from meshgate.protocol.h1_head import FORBIDDEN_TRAILERS
 from meshgate.protocol.http1_client import upstream_failed
@@ -79,6 +85,52 @@ _CONNECTION_SPECIFIC: Final = frozenset({
 _NOT_RELAYED: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection",
                                  b"transfer-encoding", b"upgrade", b"te", b"trailer"})
 _KEEP_BODY: Final = 65536       # a body up to this is kept to resend an unprocessed stream
+_GOAWAY: Final = 0x7
+_FRAME_HEAD: Final = 9
+
+
+class FrameCut:
+    """Follows frame boundaries in the inbound bytes and cuts GOAWAY frames out."""
+
+    __slots__ = ("capture", "head", "left")
+
+    def __init__(self) -> None:
+        self.head = b""                  # a frame header, while incomplete
+        self.left = 0                    # payload bytes of the current frame still to come
+        self.capture: bytearray | None = None    # the current frame is a GOAWAY
+
+    def feed(self, data: bytes) -> tuple[bytes, list[bytes]]:
+        """(the bytes for h2, the payloads of the GOAWAY frames that were in ``data``)."""
+        keep: list[bytes] = []
+        goaways: list[bytes] = []
+        pos, end = 0, len(data)
+        while pos < end:
+            if self.left:
+                take = min(self.left, end - pos)
+                if self.capture is None:
+                    keep.append(data[pos:pos + take])
+                else:
+                    self.capture += data[pos:pos + take]
+                self.left -= take
+                pos += take
+            else:
+                need = _FRAME_HEAD - len(self.head)
+                self.head += data[pos:pos + need]
+                pos += need
+                if len(self.head) < _FRAME_HEAD:
+                    break
+                self.left = int.from_bytes(self.head[:3], "big")
+                if self.head[3] == _GOAWAY:
+                    self.capture = bytearray()
+                else:
+                    keep.append(self.head)
+                self.head = b""
+            if not self.left and self.capture is not None:
+                goaways.append(bytes(self.capture))
+                self.capture = None
+        if len(keep) == 1:
+            return keep[0], goaways
+        return b"".join(keep), goaways
 
 
 class H2Owner(Protocol):
@@ -313,6 +365,7 @@ class H2Connection(asyncio.Protocol):
         self.streams: dict[int, H2Stream] = {}
         self.idle_since = 0.0
         self.conn_unacked = 0
+        self.frames = FrameCut()
         self._queued = False
         # Resolved once the peer's SETTINGS arrived (READY) or the connection ended.
         self.ready: asyncio.Future[None] = owner.ctx.loop.create_future()
@@ -452,8 +505,9 @@ class H2Connection(asyncio.Protocol):
                 ex.responder.resume_body(ex)
 
     def data_received(self, data: bytes) -> None:
+        data, goaways = self.frames.feed(data)
         try:
-            events = self.h2.receive_data(data)
+            events = self.h2.receive_data(data) if data else []
         except h2.exceptions.ProtocolError as exc:
             log.info("HTTP/2 protocol error from upstream: %s", exc)
             self.send_queued()             # h2 queued a GOAWAY naming the error
@@ -462,6 +516,8 @@ class H2Connection(asyncio.Protocol):
         touched: list[H2Stream] = []
         for event in events:
             self._event(event, touched)
+        for payload in goaways:
+            self._goaway(payload)
         for stream in touched:
             ex = stream.ex
             if ex is not None:
@@ -507,11 +563,13 @@ class H2Connection(asyncio.Protocol):
                 self._to(READY)
             if self.state == READY:
                 self.owner.room(self)
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self._goaway(event.last_stream_id or 0)
 
-    def _goaway(self, last_stream_id: int) -> None:
+    def _goaway(self, payload: bytes) -> None:
         """No new streams; those the peer never processed go elsewhere."""
+        last_stream_id = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+        code = int.from_bytes(payload[4:8], "big")
+        if code:
+            log.info("upstream sent GOAWAY with error code %d", code)
         self._to(DRAINING)
         for sid in [s for s in self.streams if s > last_stream_id]:
             stream = self.streams[sid]
@@ -537,9 +595,8 @@ class H2Connection(asyncio.Protocol):
         if self.state == CLOSED:
             return
         if self.streams and self.transport is not None:
-            with contextlib.suppress(h2.exceptions.H2Error):
-                self.h2.close_connection()
             self.send_queued()
+            self.transport.write(GoAwayFrame(0, last_stream_id=0).serialize())
             self._to(DRAINING)
         else:
             self._to(CLOSED)
