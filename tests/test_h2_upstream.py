@@ -331,3 +331,20 @@ def test_invalid_protocol_settings_are_refused(service: dict[str, Any], message:
     from meshgate.config.model import GatewayConfig
     with pytest.raises(Exception, match=message):
         GatewayConfig.model_validate({"serviceEndpoints": {"s": service}})
+
+
+# -- health checks -----------------------------------------------------------------------
+def test_health_check_over_h2c(origin_factory, gateway_factory) -> None:
+    good, bad = origin_factory(), origin_factory()
+    check = {"type": "http", "path": "/health", "interval": 200, "timeout": 500}
+    gw = gateway_factory(h2_config(f"http://127.0.0.1:{good.port}", healthCheck=check))
+    wait_until(lambda: get(gw, "/plain").status_code == 200)
+    health = [h for h in good.seen.requests if h[b":path"] == b"/health"]
+    assert health and health[0][b"user-agent"] == b"meshgate-health"
+    failing = {**check, "path": "/status/500"}
+    down = gateway_factory(h2_config(f"http://127.0.0.1:{bad.port}", healthCheck=failing))
+    def healthy() -> Any:
+        return httpx.get(down.admin_url + "/clusters", timeout=5).json()
+
+    wait_until(lambda: b"/status/500" in bad.seen.paths)
+    assert "'healthy': False" in str(healthy()) and "'healthy': True" not in str(healthy())
