@@ -209,10 +209,12 @@ def test_pending_overflow_is_503_with_the_overload_header(origin_factory, gatewa
                for r in results if r.status_code == 503)
 
 
-def test_goaway_streams_above_last_stream_id_are_sent_again(origin_factory,
-                                                           gateway_factory) -> None:
+@pytest.mark.parametrize("service", [{}, {"retry": {"retryOn": ["5xx"], "numRetries": 1}}],
+                         ids=["plain", "with-a-call"])
+def test_goaway_streams_above_last_stream_id_are_sent_again(origin_factory, gateway_factory,
+                                                           service) -> None:
     origin = origin_factory(goaway_after=4)
-    gw = gateway_factory(h2_config(f"http://127.0.0.1:{origin.port}"))
+    gw = gateway_factory(h2_config(f"http://127.0.0.1:{origin.port}", **service))
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda i: httpx.post(gw.url + "/wait/200", content=b"b%d" % i,
                                                      timeout=10), range(4)))
@@ -251,6 +253,43 @@ def test_5xx_retried_on_another_stream(origin_factory, gateway_factory) -> None:
     assert get(gw, "/status/503").status_code == 503
     assert origin.seen.paths == [b"/status/503"] * 2
     assert origin.seen.connections == 1
+
+
+def test_a_slow_client_stops_the_upstream_stream(origin_factory, gateway_factory) -> None:
+    origin = origin_factory()
+    gw = gateway_factory(h2_config(f"http://127.0.0.1:{origin.port}"))
+    size = 64 << 20
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(f"GET /big/{size} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        # unread, the response stops at the stream window plus socket buffers
+        last = [-1]
+
+        def settled() -> bool:
+            now, last[0] = last[0], origin.seen.sent
+            return origin.seen.blocked >= 1 and now == origin.seen.sent
+
+        wait_until(settled, timeout=10, interval=0.3)
+        assert origin.seen.sent < size // 4
+        received = 0
+        while received < size:
+            chunk = sock.recv(1 << 20)
+            assert chunk
+            received += len(chunk)
+    assert received > size      # the whole body (and the head) came once read
+
+
+def test_request_trailers_are_sent_upstream(origin_factory, gateway_factory) -> None:
+    origin = origin_factory()
+    gw = gateway_factory(h2_config(f"http://127.0.0.1:{origin.port}"))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                     b"Connection: close\r\n\r\n4\r\nbody\r\n0\r\nx-checksum: 7\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"body")
+    assert origin.seen.trailers == [[(b"x-checksum", b"7")]]
 
 
 # -- trailers --------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 ``H2Origin(max_streams=..., tls=...)`` serves h2c by prior knowledge (or h2
 over TLS with ALPN) with the ``h2`` library and records what it saw:
 connections opened, the most streams open at once on one connection, the
-request headers of every stream. The path chooses the answer:
+request headers and trailers of every stream, how often a response waited
+for window credit, the response body bytes it wrote. The path chooses the answer:
 
 * ``/echo``: 200 with the request body; the request's ``te`` and
   ``:authority`` in ``x-te`` / ``x-authority``;
@@ -39,6 +40,9 @@ class Seen:
     peak_streams: int = 0                 # on one connection
     requests: list[dict[bytes, bytes]] = field(default_factory=list)
     paths: list[bytes] = field(default_factory=list)
+    trailers: list[list[tuple[bytes, bytes]]] = field(default_factory=list)
+    blocked: int = 0                      # times a response waited for window credit
+    sent: int = 0                         # response body bytes written
 
 
 class _Conn:
@@ -97,6 +101,8 @@ class _Conn:
         elif isinstance(event, h2.events.DataReceived):
             self.bodies[event.stream_id] += event.data
             self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, h2.events.TrailersReceived):
+            seen.trailers.append(list(event.headers))
         elif isinstance(event, h2.events.StreamEnded):
             sid = event.stream_id
             if not self.last or sid <= self.last:
@@ -146,10 +152,12 @@ class _Conn:
             room = min(self.h2.local_flow_control_window(sid), self.h2.max_outbound_frame_size)
             if room <= 0 and view:
                 ready = self.windows[sid] = asyncio.Event()
+                self.origin.seen.blocked += 1
                 self.flush()
                 await ready.wait()
                 continue
             piece, view = view[:room], view[room:]
+            self.origin.seen.sent += len(piece)
             self.h2.send_data(sid, bytes(piece), end_stream=end and not view)
             if not view:
                 self.windows.pop(sid, None)
