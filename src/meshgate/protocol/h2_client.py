@@ -112,7 +112,7 @@ class H2Connection(asyncio.Protocol):
         self.connection_window = connection_window
         self.alpn_refused = False         # TLS without "h2" where it was required
         self.streams: dict[int, H2Stream] = {}
-        self.idle_since = 0.0
+        self.idle_since = owner.ctx.now
         self.conn_unacked = 0
         self.frames = FrameCut()
         self._queued = False
@@ -142,6 +142,10 @@ class H2Connection(asyncio.Protocol):
         try:
             self.h2.send_headers(sid, request_headers(head, scheme, ex),
                                  end_stream=not ex.body_expected)
+        except h2.exceptions.NoAvailableStreamIDError:
+            self.close()                    # stream ids used up: new connections take over
+            upstream_failed(ex, None, "reset", 502, b"Bad Gateway: upstream stream ids used up\n")
+            return
         except h2.exceptions.H2Error as exc:
             log.debug("request refused by the HTTP/2 codec: %s", exc)
             upstream_failed(ex, None, "protocol", 502, b"Bad Gateway: invalid request head\n")

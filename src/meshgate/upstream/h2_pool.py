@@ -174,11 +174,13 @@ class H2Pool:
         self._serve()
 
     def _connect_failed(self, conn: H2Connection, status: int, body: bytes) -> None:
+        """Waiters fail only when no connection is left that could serve them."""
         self.connecting -= 1
         conn.close()
         if conn.transport is None:       # never connected: gone() did not count it
             self._uncount()
-        self._fail_waiters(status, body)
+        if not self.conns:
+            self._fail_waiters(status, body)
 
     def _not_h2(self, conn: H2Connection) -> None:
         """TLS settled on another protocol than h2: HTTP/1.1 (auto) or a failure (h2)."""
