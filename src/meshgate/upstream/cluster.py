@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
+from meshgate.upstream.api import EndpointPool  # at run time: the dataclass's field type
 from meshgate.upstream.balancer import build_balancer
 from meshgate.upstream.h2_pool import H2Pool
 from meshgate.upstream.outlier import OutlierDetector
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     from meshgate.config.model import ServiceEndpoint
     from meshgate.protocol.exchange import Exchange
     from meshgate.server.context import WorkerContext
-    from meshgate.upstream.api import EndpointPool
 
 log = logging.getLogger("meshgate.cluster")
 PARK_TIMEOUT = 3.0      # seconds a request waits for an on-demand cluster's first endpoints
