@@ -107,6 +107,8 @@ http {{
 
 @pytest.fixture
 def nginx_factory(tmp_path: Path) -> Iterator[Callable[..., Nginx]]:
+    if not os.path.exists(NGINX):
+        pytest.skip("nginx is not installed (.ci/run installs it)")
     started: list[Nginx] = []
 
     def make(listen: str, tls: dict[str, str] | None = None) -> Nginx:
