@@ -99,8 +99,12 @@ class H2Connection(asyncio.Protocol):
         self.owner = owner
         self.state = CONNECTING
         self.transport: asyncio.Transport | None = None
+        # Request headers are ours (request_headers: lower-case names, no
+        # connection-specific fields, trimmed values): h2 need not check them again.
+        # The response's are checked.
         self.h2 = h2.connection.H2Connection(config=h2.config.H2Configuration(
-            client_side=True, header_encoding=None))
+            client_side=True, header_encoding=None, validate_outbound_headers=False,
+            normalize_outbound_headers=False))
         self.h2.local_settings = h2.settings.Settings(client=True, initial_values={
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,

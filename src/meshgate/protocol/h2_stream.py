@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 import h2.exceptions
+from hpack import NeverIndexedHeaderTuple
 
 from meshgate.protocol.h1_head import FORBIDDEN_TRAILERS
 from meshgate.protocol.http1_client import upstream_failed
@@ -31,6 +32,11 @@ _CONNECTION_SPECIFIC: Final = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
     b"te", b"host", b"http2-settings",
 })
+# Streams of many clients share a connection, so HPACK's table must not let
+# one client probe another's secrets (RFC 7541 7.1.3); and a value new in every
+# request would only push the useful entries out of the table.
+_NEVER_INDEXED: Final = frozenset({b"authorization", b"proxy-authorization", b"cookie",
+                                   b"eg-request-id"})
 _NOT_RELAYED: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection",
                                  b"transfer-encoding", b"upgrade", b"te", b"trailer"})
 _KEEP_BODY: Final = 65536       # a body up to this is kept to resend an unprocessed stream
@@ -50,6 +56,8 @@ def request_headers(head: bytes, scheme: bytes, ex: Exchange) -> list[tuple[byte
         value = value.strip()
         if name == b"host":
             authority = value
+        elif name in _NEVER_INDEXED:
+            fields.append(NeverIndexedHeaderTuple(name, value))
         elif name not in _CONNECTION_SPECIFIC:
             fields.append((name, value))
     for name, value in ex.headers:           # gRPC and friends ask for trailers
