@@ -389,3 +389,28 @@ def test_health_check_over_h2c(origin_factory, gateway_factory) -> None:
 
     wait_until(lambda: b"/status/500" in bad.seen.paths)
     assert "'healthy': False" in str(healthy()) and "'healthy': True" not in str(healthy())
+
+
+# -- the resilience layer on HTTP/2 clusters ----------------------------------------------
+def test_split_and_mirror_mix_http1_and_h2c_clusters(origin_factory, backend_factory,
+                                                     gateway_factory) -> None:
+    v2, shadow = origin_factory(), origin_factory()
+    v1 = backend_factory("v1")
+    split = [{"serviceEndpoint": "v1", "weight": 1},
+             {"serviceEndpoint": "v2", "weight": 1, "match": {"headers": {"x-v": "2"}}}]
+    gw = gateway_factory({
+        "apiEndpoints": {"api": {"host": "*", "paths": ["/*"]}},
+        "serviceEndpoints": {
+            "v1": {"url": v1.url},
+            "v2": {"url": f"http://127.0.0.1:{v2.port}", "protocol": "h2c",
+                   "loadBalancer": {"type": "least-request"}},
+            "shadow": {"url": f"http://127.0.0.1:{shadow.port}", "protocol": "h2c"}},
+        "policies": ["proxy"],
+        "pipelines": {"main": {"apiEndpoints": ["api"], "policies": [{"proxy": [{"action": {
+            "split": split, "mirror": {"serviceEndpoint": "shadow"}}}]}]}},
+    })
+    assert get(gw, "/name").text == "v1"
+    r = httpx.post(gw.url + "/echo", content=b"to v2", headers={"x-v": "2"}, timeout=10)
+    assert (r.status_code, r.content) == (200, b"to v2")
+    wait_until(lambda: shadow.seen.paths == [b"/name", b"/echo"])
+    assert v2.seen.paths == [b"/echo"]
