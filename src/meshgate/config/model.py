@@ -74,7 +74,7 @@ from meshgate.plugins import PluginError
 from meshgate.policies import POLICIES
 
 __all__ = [
-    "AdminConfig", "ApiEndpoint", "ConditionUse", "GatewayConfig", "HttpConfig",
+    "AdminConfig", "ApiEndpoint", "ConditionUse", "GatewayConfig", "Http2Settings", "HttpConfig",
     "HttpsConfig", "Pipeline", "PolicyUse", "PoolConfig", "ProxyOptions", "ServerSettings",
     "ServiceEndpoint", "StepUse", "SystemConfig", "TlsCertificate",
 ]
@@ -244,6 +244,22 @@ class PoolConfig(MeshModel):
     idleTimeout: Millis = 60000
 
 
+class Http2Settings(MeshModel):
+    """HTTP/2 to the endpoints (``protocol: h2 | h2c | auto``), as Envoy's
+    ``http2_protocol_options``: streams share a few connections per endpoint."""
+
+    maxConcurrentStreams: int = Field(
+        100, ge=1, le=2**31 - 1,
+        description="Streams per connection (the lower of this and the peer's SETTINGS)")
+    maxConnections: int = Field(4, ge=1, description="Connections per endpoint")
+    initialStreamWindowSize: int = Field(
+        1 << 20, ge=65535, le=2**31 - 1,
+        description="Bytes a response stream may send before we acknowledge them")
+    initialConnectionWindowSize: int = Field(
+        16 << 20, ge=65535, le=2**31 - 1,
+        description="Bytes all streams of a connection may send before we acknowledge them")
+
+
 class WeightedUrl(MeshModel):
     url: HttpUrl
     weight: int = Field(1, ge=1, le=128, description="Share of traffic relative to the others")
@@ -263,6 +279,11 @@ class ServiceEndpoint(EGModel):
     requestTimeout: Millis = Field(0, description="Overall deadline covering retries; 0 = none")
     pool: Annotated[PoolConfig, BeforeValidator(empty_if_none)] = Field(
         default_factory=PoolConfig)
+    protocol: Literal["http1", "h2", "h2c", "auto"] = Field(
+        "http1", description="To the endpoints: HTTP/1.1, HTTP/2 over TLS (ALPN h2), "
+                             "HTTP/2 cleartext (prior knowledge), or ALPN's choice on https")
+    http2: Annotated[Http2Settings, BeforeValidator(empty_if_none)] = Field(
+        default_factory=lambda: Http2Settings.model_validate({}))
     discovery: dict[str, Any] | None = Field(
         None, description="Where endpoints come from: {type: static|registry|dns|etcd, ...}")
     healthCheck: HealthCheck | None = None
@@ -298,6 +319,11 @@ class ServiceEndpoint(EGModel):
             raise ValueError("expected exactly one of 'url' or 'urls'")
         if not dynamic and self.url is None and self.urls is None:
             raise ValueError("expected exactly one of 'url' or 'urls' (or a discovery provider)")
+        wanted = {"h2": "https", "h2c": "http"}.get(self.protocol)
+        for url in self.targets if wanted else []:
+            if urlsplit(url).scheme != wanted:
+                raise ValueError(f"protocol {self.protocol!r} expects {wanted}:// urls, "
+                                 f"got {url!r}")
         return self
 
     @property

@@ -177,7 +177,8 @@ class DiscoveryManager:
             svc.publishes = previous.publishes
             svc.carried = dict(previous.checked)
         if se.healthCheck is not None:
-            svc.checker = HealthChecker(name, se.healthCheck, lambda: self._refresh(svc))
+            svc.checker = HealthChecker(name, se.healthCheck, lambda: self._refresh(svc),
+                                        protocol=se.protocol)
             await svc.checker.start()
         try:
             spec = DISCOVERY.get(kind)

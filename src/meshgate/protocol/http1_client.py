@@ -37,6 +37,7 @@ from meshgate.protocol.exchange import Exchange, Headers
 from meshgate.protocol.hop import filter_block
 
 if TYPE_CHECKING:
+    from meshgate.upstream.api import Attempt
     from meshgate.upstream.pool import Pool
 
 log = logging.getLogger("meshgate.upstream")
@@ -341,7 +342,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self.transport.close()
 
 
-def upstream_failed(ex: Exchange, conn: UpstreamConnection | None, kind: str, status: int,
+def upstream_failed(ex: Exchange, conn: Attempt | None, kind: str, status: int,
                     body: bytes) -> None:
     """No response came from the upstream: let the Call retry, or answer ``status``.
 

@@ -38,7 +38,7 @@ from meshgate.upstream.retry import IDEMPOTENT
 
 if TYPE_CHECKING:
     from meshgate.protocol.exchange import Exchange, Headers
-    from meshgate.protocol.http1_client import UpstreamConnection
+    from meshgate.upstream.api import Attempt
     from meshgate.upstream.cluster import Cluster, Endpoint
 
 _NO_HEALTHY: Final = b"Service Unavailable: no healthy upstream\n"
@@ -57,7 +57,7 @@ class Call:
         self.policy = cluster.retry
         self.attempts = 0                 # retries made
         self.ep: Endpoint | None = None
-        self.conn: UpstreamConnection | None = None   # where body bytes go now
+        self.conn: Attempt | None = None   # where body bytes go now
         self.attached = False
         self.committed = False
         self.retrying = False             # counted in the active-retries gauges
@@ -168,7 +168,7 @@ class Call:
         self.committed = True
 
     # -- what the upstream codec reports -----------------------------------------
-    def response(self, conn: UpstreamConnection, status: int) -> bool:
+    def response(self, conn: Attempt, status: int) -> bool:
         """A response head arrived; True if it is discarded for a retry."""
         cluster = self.cluster
         ep = self.ep
@@ -193,7 +193,7 @@ class Call:
         self.committed = True
         return False
 
-    def failed(self, conn: UpstreamConnection | None, kind: str) -> bool:
+    def failed(self, conn: Attempt | None, kind: str) -> bool:
         """No response came; True if the Call takes care of it (a retry)."""
         ex = self.ex
         if self.committed or ex.done or ex.status:
@@ -297,7 +297,7 @@ class Call:
         self._attempt(exclude)
 
     # -- BodySink: the request body, kept for replay ------------------------------
-    def attach_body_sink(self, conn: UpstreamConnection) -> None:
+    def attach_body_sink(self, conn: Attempt) -> None:
         self.conn = conn
         ex = self.ex
         if not self.attached:

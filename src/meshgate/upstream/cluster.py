@@ -30,7 +30,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
+from meshgate.upstream.api import EndpointPool  # at run time: the dataclass's field type
 from meshgate.upstream.balancer import build_balancer
+from meshgate.upstream.h2_pool import H2Pool
 from meshgate.upstream.outlier import OutlierDetector
 from meshgate.upstream.pool import Limits, Pool
 from meshgate.upstream.retry import RetryPolicy
@@ -55,7 +57,7 @@ class Endpoint:
     scheme: str
     authority: bytes      # Host header value for changeOrigin
     base_path: bytes      # path of the url, prepended to the request path
-    pool: Pool
+    pool: EndpointPool    # HTTP/1.1 keep-alive (Pool) or HTTP/2 multiplexed (H2Pool)
     key: str = ""         # identity across endpoint-set updates (scheme://host:port/path)
     weight: int = 1       # relative share for weighted balancers
     zone: str = ""        # locality for zone-aware balancing
@@ -99,11 +101,13 @@ def static_specs(svc: ServiceEndpoint) -> list[dict[str, Any]]:
     return specs
 
 
-def _client_ssl(verify: bool) -> ssl.SSLContext:
+def _client_ssl(verify: bool, alpn: list[str] | None = None) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     if not verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
     return ctx
 
 
@@ -126,6 +130,8 @@ class Cluster:
         self.upload_waiters: deque[Any] = deque()
         self.max_idle = pool.maxIdle
         self.idle_timeout = pool.idleTimeout / 1000.0
+        self.protocol = svc.protocol
+        self.http2 = svc.http2
         self.dynamic = (svc.healthCheck is not None or (
             svc.discovery is not None and svc.discovery.get("type") != "static"))
         self.balancer = build_balancer(svc.loadBalancer)
@@ -199,15 +205,38 @@ class Cluster:
         shown = f"[{host}]" if ":" in host else host
         authority = shown if default_port else f"{shown}:{port}"
         path = spec.get("path", "") or ""
-        pool = Pool(self.ctx, host, port, _client_ssl(self.verify_tls) if secure else None,
+        protocol = self.protocol
+        pool: EndpointPool
+        if protocol == "http1" or (protocol == "auto" and not secure):
+            pool = self._http1_pool(host, port, secure, None)
+        else:
+            pool = self._h2_pool(host, port, secure, protocol == "auto")
+        url = spec.get("url") or f"{scheme}://{authority}{path}"
+        return Endpoint(url, host, port, scheme, authority.encode(), path.encode(), pool,
+                        key=spec["key"], added=now)
+
+    def _http1_pool(self, host: str, port: int, secure: bool,
+                    alpn: list[str] | None) -> Pool:
+        pool = Pool(self.ctx, host, port, _client_ssl(self.verify_tls, alpn) if secure else None,
                     host if secure else None, self.connect_timeout, self.response_timeout,
                     self.max_connections, self.max_idle, self.idle_timeout)
         pool.limits = self.limits
         if self.limits is not None:
             self.limits.pools.append(pool)
-        url = spec.get("url") or f"{scheme}://{authority}{path}"
-        return Endpoint(url, host, port, scheme, authority.encode(), path.encode(), pool,
-                        key=spec["key"], added=now)
+        return pool
+
+    def _h2_pool(self, host: str, port: int, secure: bool, auto: bool) -> H2Pool:
+        """HTTP/2: over TLS with ALPN on https endpoints, by prior knowledge on http ones."""
+        settings = self.http2
+        alpn = ["h2", "http/1.1"] if auto else ["h2"]
+        fallback = ((lambda: self._http1_pool(host, port, True, ["http/1.1"])) if auto
+                    else None)
+        pool = H2Pool(self.ctx, host, port, _client_ssl(self.verify_tls, alpn) if secure else None,
+                      host if secure else None, self.connect_timeout, settings.maxConnections,
+                      settings.maxConcurrentStreams, settings.initialStreamWindowSize,
+                      settings.initialConnectionWindowSize, self.idle_timeout, fallback)
+        pool.limits = self.limits
+        return pool
 
     def refresh(self) -> None:
         """Health, membership or ejections changed: rebuild the balancer's tables."""

@@ -42,6 +42,13 @@ The checks themselves are small on purpose:
   (a health check asks "is it up", not "is it who it claims to be"); SNI is
   the configured ``host`` when set, else the endpoint's host.
 
+On a serviceEndpoint whose ``protocol`` is ``h2`` or ``h2c`` the ``http``
+check speaks HTTP/2 instead (``_h2``): the same GET as a single stream on a
+fresh connection (TLS with ALPN ``h2`` on https endpoints, prior knowledge
+on http ones), passing on the status of its response head. ``_h2_request``
+builds the stream's headers: the place for a gRPC health check to send its
+own request.
+
 ``on_change()`` is called synchronously, on the loop, whenever any
 endpoint's ``is_healthy()`` flips; an exception it raises is logged and
 does not stop the checks.
@@ -58,6 +65,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
 import httptools
 
 from meshgate.config.mesh import HealthCheck, parse_status_ranges
@@ -104,8 +114,9 @@ class HealthChecker:
     """Active checks of one serviceEndpoint's endpoints (see the module docstring)."""
 
     def __init__(self, service: str, config: HealthCheck,
-                 on_change: Callable[[], None]) -> None:
+                 on_change: Callable[[], None], protocol: str = "http1") -> None:
         self.service = service
+        self.http2 = protocol in ("h2", "h2c")
         self.config = config
         self.on_change = on_change
         self._ranges = parse_status_ranges(config.expectedStatuses)
@@ -117,6 +128,7 @@ class HealthChecker:
         self._states: dict[str, _State] = {}
         self._running = False
         self._tls: ssl.SSLContext | None = None
+        self._tls_h2: ssl.SSLContext | None = None
         self._retired: set[asyncio.Task[None]] = set()   # cancelled, not yet finished
 
     # -- the API used by the discovery manager ------------------------------------
@@ -214,6 +226,8 @@ class HealthChecker:
             async with asyncio.timeout(self._timeout):
                 if self.config.type == "tcp":
                     return await self._tcp(target)
+                if self.http2:
+                    return await self._h2(target)
                 return await self._http(target)
         except TimeoutError:
             return f"timeout after {self.config.timeout} ms"
@@ -246,11 +260,65 @@ class HealthChecker:
             return None
         return f"status {status}"
 
-    def _request(self, target: EndpointSpec) -> bytes:
+    async def _h2(self, target: EndpointSpec) -> str | None:
+        tls = None
+        server_hostname = None
+        if target.scheme == "https":
+            if self._tls_h2 is None:
+                self._tls_h2 = _unverified_tls()
+                self._tls_h2.set_alpn_protocols(["h2"])
+            tls = self._tls_h2
+            server_hostname = self.config.host or target.host
+        reader, writer = await asyncio.open_connection(
+            target.host, target.port, ssl=tls, server_hostname=server_hostname)
+        try:
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(
+                client_side=True, header_encoding=None))
+            conn.initiate_connection()
+            conn.send_headers(1, self._h2_request(target), end_stream=True)
+            writer.write(conn.data_to_send())
+            status = await self._h2_status(conn, reader)
+        finally:
+            writer.close()
+        if status is None:
+            return "connection closed before a response"
+        if any(low <= status <= high for low, high in self._ranges):
+            return None
+        return f"status {status}"
+
+    def _h2_request(self, target: EndpointSpec) -> list[tuple[bytes, bytes]]:
+        scheme = b"https" if target.scheme == "https" else b"http"
+        return [(b":method", b"GET"), (b":scheme", scheme),
+                (b":authority", self._host(target).encode("latin-1")),
+                (b":path", self.config.path.encode("latin-1")),
+                (b"user-agent", b"meshgate-health"), (b"accept", b"*/*")]
+
+    @staticmethod
+    async def _h2_status(conn: h2.connection.H2Connection,
+                         reader: asyncio.StreamReader) -> int | None:
+        seen = 0
+        while True:
+            data = await reader.read(_READ_SIZE)
+            if not data:
+                return None
+            seen += len(data)
+            if seen > _MAX_HEAD:
+                raise ValueError("response head too long")
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    return int(dict(event.headers)[b":status"])
+                if isinstance(event, h2.events.StreamReset | h2.events.ConnectionTerminated):
+                    return None
+
+    def _host(self, target: EndpointSpec) -> str:
         host = self.config.host
         if host is None:
             name = f"[{target.host}]" if ":" in target.host else target.host
             host = f"{name}:{target.port}"
+        return host
+
+    def _request(self, target: EndpointSpec) -> bytes:
+        host = self._host(target)
         return (f"GET {self.config.path} HTTP/1.1\r\nhost: {host}\r\n"
                 "user-agent: meshgate-health\r\naccept: */*\r\n"
                 "connection: close\r\n\r\n").encode("latin-1")

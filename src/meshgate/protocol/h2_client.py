@@ -1,0 +1,361 @@
+"""HTTP/2 upstream codec: one connection to one endpoint, many streams.
+
+Theory of operation
+-------------------
+``H2Connection`` is the asyncio Protocol of one upstream connection, driving
+the ``h2`` library (client side, headers kept as bytes). Each proxied
+Exchange becomes an ``H2Stream``: its request head is the HTTP/1.1 head the
+proxy built (``Forward.head``), turned into pseudo-headers and a header list
+without the connection-specific fields (``request_headers``); framing is
+HTTP/2's own, so nothing in that list can change where the request ends.
+
+GOAWAY is ours to handle (``h2_frames``): GOAWAY frames are taken out of
+the inbound bytes before h2 sees them, and ours are written by hand.
+
+The connection's life is one state machine (``_TRANSITIONS``):
+CONNECTING (preface sent, the peer's SETTINGS not seen yet) -> READY
+(streams may open, up to the lower of our ``maxConcurrentStreams`` and the
+peer's) -> DRAINING (a GOAWAY came or we sent one: no new streams, those in
+flight finish) -> CLOSED. A protocol error, or a connection the peer closed,
+goes straight to CLOSED. The pool opens streams only on a READY connection
+(``has_room``) and learns of every change through the ``H2Owner`` callbacks,
+so this codec never imports a pool.
+
+Flow control, both ways:
+
+* request body: a stream writes what the peer's windows allow and keeps the
+  rest; while it keeps anything, the client's reading is paused through the
+  Exchange (``pause_body``), and a WINDOW_UPDATE sends more and resumes it;
+* response body: DATA goes to the Exchange's responder as it comes. The
+  connection window is credited at once (a slow client must not stall the
+  other streams); a stream's window only while its client keeps up -- when
+  the responder pauses the stream (``pause_producing``) its window is left to
+  run out, which stops that stream's sender and nothing else.
+
+Endings: a response ends with END_STREAM (trailers, if any, relayed when the
+client can take them: an HTTP/2 client, or an HTTP/1.1 one that sent ``TE:
+trailers`` -- its response is then chunked). RST_STREAM or a lost connection
+before the response head is a 502 the ``Call`` may retry as ``reset``; a
+stream the peer did not process (REFUSED_STREAM, or above a GOAWAY's last
+stream id) is handed back to the pool, which sends it again elsewhere
+(``H2Owner.unprocessed``). After the head, such an ending aborts the client's
+response. The response deadline is the worker's sweep, as for HTTP/1.1:
+streams in flight sit in ``ctx.upstream_conns``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+from hyperframe.frame import GoAwayFrame
+
+from meshgate.protocol.h2_frames import FrameCut
+from meshgate.protocol.h2_stream import H2Stream, request_headers
+from meshgate.protocol.http1_client import upstream_failed
+
+if TYPE_CHECKING:
+    from meshgate.protocol.exchange import Exchange
+    from meshgate.server.context import WorkerContext
+
+log = logging.getLogger("meshgate.upstream.h2")
+
+CONNECTING, READY, DRAINING, CLOSED = "connecting", "ready", "draining", "closed"
+_TRANSITIONS: Final = {
+    CONNECTING: {READY, DRAINING, CLOSED},
+    READY: {DRAINING, CLOSED},
+    DRAINING: {CLOSED},
+    CLOSED: set(),
+}
+
+
+class H2Owner(Protocol):
+    """What a connection tells its pool (``upstream/h2_pool.py``)."""
+
+    ctx: WorkerContext
+    responses: int
+    errors: int
+
+    def room(self, conn: H2Connection) -> None: ...
+
+    def gone(self, conn: H2Connection) -> None: ...
+
+    def unprocessed(self, stream: H2Stream) -> None: ...
+
+
+class H2Connection(asyncio.Protocol):
+    """One HTTP/2 connection to an endpoint (see the module docstring)."""
+
+    def __init__(self, owner: H2Owner, max_streams: int, stream_window: int,
+                 connection_window: int) -> None:
+        self.owner = owner
+        self.state = CONNECTING
+        self.transport: asyncio.Transport | None = None
+        # Request headers are ours (request_headers: lower-case names, no
+        # connection-specific fields, trimmed values): h2 need not check them again.
+        # The response's are checked.
+        self.h2 = h2.connection.H2Connection(config=h2.config.H2Configuration(
+            client_side=True, header_encoding=None, validate_outbound_headers=False,
+            normalize_outbound_headers=False))
+        self.h2.local_settings = h2.settings.Settings(client=True, initial_values={
+            h2.settings.SettingCodes.ENABLE_PUSH: 0,
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: stream_window,
+        })
+        self.our_max = max_streams
+        self.max_streams = 1              # until the peer's SETTINGS say more
+        self.stream_window = stream_window
+        self.connection_window = connection_window
+        self.alpn_refused = False         # TLS without "h2" where it was required
+        self.streams: dict[int, H2Stream] = {}
+        self.idle_since = owner.ctx.now
+        self.conn_unacked = 0
+        self.frames = FrameCut()
+        self._queued = False
+        # Resolved once the peer's SETTINGS arrived (READY) or the connection ended.
+        self.ready: asyncio.Future[None] = owner.ctx.loop.create_future()
+
+    # -- the state machine ---------------------------------------------------------
+    def _to(self, state: str) -> None:
+        if state not in _TRANSITIONS[self.state]:
+            return                         # e.g. a GOAWAY while already closed
+        self.state = state
+        if not self.ready.done():
+            self.ready.set_result(None)
+        if state == CLOSED:
+            self.owner.gone(self)
+            if self.transport is not None:
+                self.transport.close()
+
+    def has_room(self) -> bool:
+        return self.state == READY and len(self.streams) < self.max_streams
+
+    # -- streams -------------------------------------------------------------------
+    def open_stream(self, ex: Exchange, head: bytes, chunked: bool, timeout: float,
+                    scheme: bytes, resends: int) -> None:
+        stream = H2Stream(self, ex, head, chunked, timeout, resends)
+        sid = self.h2.get_next_available_stream_id()
+        try:
+            self.h2.send_headers(sid, request_headers(head, scheme, ex),
+                                 end_stream=not ex.body_expected)
+        except h2.exceptions.NoAvailableStreamIDError:
+            self.close()                    # stream ids used up: new connections take over
+            upstream_failed(ex, None, "reset", 502, b"Bad Gateway: upstream stream ids used up\n")
+            return
+        except h2.exceptions.H2Error as exc:
+            log.debug("request refused by the HTTP/2 codec: %s", exc)
+            upstream_failed(ex, None, "protocol", 502, b"Bad Gateway: invalid request head\n")
+            return
+        stream.stream_id = sid
+        self.streams[sid] = stream
+        ctx = self.owner.ctx
+        if timeout:
+            call = ex.retry
+            stream.deadline = (ex.started if call is None else call.sent) + timeout
+            ctx.upstream_conns.add(stream)
+        ex.source = stream
+        self.flush_soon()
+        if ex.body_expected:
+            call = ex.retry
+            (ex if call is None else call).attach_body_sink(stream)
+
+    def send_body(self, stream: H2Stream) -> None:
+        """Write as much of the stream's pending body as the windows allow."""
+        if self.state == CLOSED:
+            return                          # the stream learns from connection_lost
+        h2c = self.h2
+        sid = stream.stream_id
+        out = stream.out
+        while out:
+            room = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
+            if room <= 0:
+                break
+            data = out[0]
+            if len(data) > room:
+                out[0] = data[room:]
+                data = data[:room]
+            else:
+                out.pop(0)
+            h2c.send_data(sid, data)
+        if not out and stream.end_out:
+            stream.end_out = False
+            if stream.trailers_out:
+                h2c.send_headers(sid, stream.trailers_out, end_stream=True)
+            else:
+                h2c.end_stream(sid)
+        self.flush_soon()
+
+    def credit(self, stream: H2Stream, extra: int) -> None:
+        """Give the stream's window back once half of it is used (or at once: ``extra``)."""
+        if stream.unacked >= self.stream_window // 2 or (extra and stream.unacked):
+            n, stream.unacked = stream.unacked, 0
+            if stream.stream_id in self.streams:
+                with contextlib.suppress(h2.exceptions.H2Error):   # closed meanwhile
+                    self.h2.increment_flow_control_window(n, stream.stream_id)
+                self.flush_soon()
+
+    def cancel(self, stream: H2Stream) -> None:
+        if self._forget(stream) and self.state != CLOSED:
+            with contextlib.suppress(h2.exceptions.H2Error):       # closed on the wire
+                self.h2.reset_stream(stream.stream_id, h2.errors.ErrorCodes.CANCEL)
+            self.flush_soon()
+
+    def _forget(self, stream: H2Stream) -> bool:
+        if self.streams.pop(stream.stream_id, None) is None:
+            return False
+        self.owner.ctx.upstream_conns.discard(stream)
+        if not self.streams:
+            self.idle_since = self.owner.ctx.now
+            if self.state == DRAINING:
+                self._to(CLOSED)
+                return True
+        if self.state == READY:
+            self.owner.room(self)
+        return True
+
+    # -- writing ---------------------------------------------------------------------
+    def flush_soon(self) -> None:
+        """Frames leave with the rest of this pass's writes (one write per connection)."""
+        if not self._queued:
+            self._queued = True
+            self.owner.ctx.batch.add(self)
+
+    def send_queued(self) -> None:
+        self._queued = False
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and self.state != CLOSED:
+            self.transport.write(data)
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() != "h2":
+            self.alpn_refused = True       # the pool decides: HTTP/1.1, or a failure
+            return
+        self.h2.initiate_connection()
+        extra = self.connection_window - 65535
+        if extra > 0:
+            self.h2.increment_flow_control_window(extra)
+        self.send_queued()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._to(CLOSED)
+        self._end_all(refused=False)
+
+    def pause_writing(self) -> None:
+        for stream in list(self.streams.values()):
+            ex = stream.ex
+            if ex is not None and ex.body_expected and not ex.body_done:
+                ex.responder.pause_body(ex)
+
+    def resume_writing(self) -> None:
+        for stream in list(self.streams.values()):
+            ex = stream.ex
+            if ex is not None and not ex.done and not stream.blocked:
+                ex.responder.resume_body(ex)
+
+    def data_received(self, data: bytes) -> None:
+        data, goaways = self.frames.feed(data)
+        try:
+            events = self.h2.receive_data(data) if data else []
+        except h2.exceptions.ProtocolError as exc:
+            log.info("HTTP/2 protocol error from upstream: %s", exc)
+            self.send_queued()             # h2 queued a GOAWAY naming the error
+            self._fail_all()
+            return
+        touched: list[H2Stream] = []
+        for event in events:
+            self._event(event, touched)
+        for payload in goaways:
+            self._goaway(payload)
+        for stream in touched:
+            ex = stream.ex
+            if ex is not None:
+                ex.responder.flush(ex)
+                if stream.deadline:
+                    stream.deadline = self.owner.ctx.now + stream.timeout
+        self.send_queued()
+
+    def _event(self, event: Any, touched: list[H2Stream]) -> None:
+        sid = getattr(event, "stream_id", 0)
+        stream = self.streams.get(sid) if sid else None
+        if isinstance(event, h2.events.DataReceived):
+            self.conn_unacked += event.flow_controlled_length
+            if self.conn_unacked >= self.connection_window // 2:
+                self.h2.increment_flow_control_window(self.conn_unacked)
+                self.conn_unacked = 0
+            if stream is not None:
+                stream.on_data(event.data, event.flow_controlled_length)
+                touched.append(stream)
+        elif isinstance(event, h2.events.ResponseReceived):
+            if stream is not None:
+                stream.on_head(event.headers)
+                touched.append(stream)
+        elif isinstance(event, h2.events.TrailersReceived):
+            if stream is not None:
+                stream.on_trailers(event.headers)
+        elif isinstance(event, h2.events.StreamEnded):
+            if stream is not None:
+                stream.on_end()
+                self._forget(stream)
+        elif isinstance(event, h2.events.StreamReset):
+            if stream is not None:
+                self._forget(stream)
+                stream.on_reset(event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM)
+        elif isinstance(event, h2.events.WindowUpdated):
+            for waiting in ([stream] if sid else list(self.streams.values())):
+                if waiting is not None and (waiting.out or waiting.end_out):
+                    waiting._push()
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            peer = self.h2.remote_settings.max_concurrent_streams
+            self.max_streams = min(self.our_max, peer)
+            if self.state == CONNECTING:
+                self._to(READY)
+            if self.state == READY:
+                self.owner.room(self)
+
+    def _goaway(self, payload: bytes) -> None:
+        """No new streams; those the peer never processed go elsewhere."""
+        last_stream_id = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+        code = int.from_bytes(payload[4:8], "big")
+        if code:
+            log.info("upstream sent GOAWAY with error code %d", code)
+        self._to(DRAINING)
+        for sid in [s for s in self.streams if s > last_stream_id]:
+            stream = self.streams[sid]
+            self._forget(stream)
+            stream.on_reset(refused=True)
+        if not self.streams:
+            self._to(CLOSED)
+
+    def _fail_all(self) -> None:
+        self._to(CLOSED)
+        self._end_all(refused=False)
+
+    def _end_all(self, refused: bool) -> None:
+        streams = list(self.streams.values())
+        self.streams.clear()
+        ctx = self.owner.ctx
+        for stream in streams:
+            ctx.upstream_conns.discard(stream)
+            stream.on_reset(refused)
+
+    def close(self) -> None:
+        """Close when idle; with streams in flight, a GOAWAY first and close after them."""
+        if self.state == CLOSED:
+            return
+        if self.streams and self.transport is not None:
+            self.send_queued()
+            self.transport.write(GoAwayFrame(0, last_stream_id=0).serialize())
+            self._to(DRAINING)
+        else:
+            self._to(CLOSED)
