@@ -16,6 +16,8 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+from h2.exceptions import ProtocolError
+from hyperframe.frame import Frame, GoAwayFrame
 
 
 class Stream:
@@ -36,7 +38,7 @@ class Stream:
 
 class H2Client:
     def __init__(self, port: int, *, settings: dict[int, int] | None = None,
-                 auto_ack: bool = True, window: int | None = None) -> None:
+                 auto_ack: bool = True, window: int | None = None, answer: bool = True) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
         self.conn = h2.connection.H2Connection(config)
@@ -46,6 +48,9 @@ class H2Client:
         if window is not None and window > 65535:
             self.conn.increment_flow_control_window(window - 65535)
         self.auto_ack = auto_ack           # hand received data's window back at once
+        self.answer = answer               # send h2's replies (acks); off amid raw frames
+        self.raw = bytearray()             # every byte the server sent
+        self.broken = False                # h2 gave up on what the server sent
         self.streams: dict[int, Stream] = {}
         self.goaway: h2.events.ConnectionTerminated | None = None
         self.closed = False
@@ -108,11 +113,35 @@ class H2Client:
         if not data:
             self.closed = True
             return False
-        for event in self.conn.receive_data(data):
+        self.raw += data
+        if self.broken:
+            return True
+        try:
+            events = self.conn.receive_data(data)
+        except ProtocolError:            # after raw frames h2's view may be off
+            self.broken = True
+            return True
+        for event in events:
             self.events.append(event)
             self._event(event)
-        self.flush()
+        if self.answer:
+            self.flush()
         return True
+
+    def server_goaway(self) -> GoAwayFrame | None:
+        """The last GOAWAY in what the server sent, read frame by frame."""
+        raw = bytes(self.raw)
+        pos = 0
+        found = None
+        while pos + 9 <= len(raw):
+            frame, length = Frame.parse_frame_header(memoryview(raw[pos:pos + 9]))
+            if pos + 9 + length > len(raw):
+                break
+            if isinstance(frame, GoAwayFrame):
+                frame.parse_body(memoryview(raw[pos + 9:pos + 9 + length]))
+                found = frame
+            pos += 9 + length
+        return found
 
     def _event(self, event: Any) -> None:
         sid = getattr(event, "stream_id", 0)

@@ -19,7 +19,9 @@ the connection:
 ``h2`` bounds a header block in frames (64 CONTINUATIONs) and, while
 decoding, in size (``MAX_HEADER_LIST_SIZE``, so an HPACK bomb stops at the
 limit); ``pending_header_bytes`` lets the codec bound the undecoded block in
-bytes too, which 64 frames of up to ``maxFrameSize`` each would not.
+bytes too, which 64 frames of up to ``maxFrameSize`` each would not, and
+``oversized_frame`` the frame being read, whose length ``h2`` checks only
+once it is whole.
 
 ``Budget`` counts what costs us work the peer gets for free -- streams reset
 (CVE-2023-44487, rapid reset) and frames we must acknowledge (SETTINGS, PING)
@@ -81,6 +83,16 @@ def pending_header_bytes(conn: H2Connection) -> int:
     # no public view of them.
     frames = getattr(conn.incoming_buffer, "_headers_buffer", None)
     return sum(len(f.data) for f in frames) if frames else 0
+
+
+def oversized_frame(conn: H2Connection, max_frame_size: int) -> bool:
+    """Whether the frame being read announces more than ``max_frame_size``.
+
+    h2 checks a frame's length only once the whole frame is in: a peer
+    announcing 16 MiB could make it buffer that much first.
+    """
+    data = getattr(conn.incoming_buffer, "_data", b"")    # no public view either
+    return len(data) >= 3 and int.from_bytes(data[:3], "big") > max_frame_size
 
 
 def goaway(last_stream_id: int, error_code: int = 0) -> bytes:

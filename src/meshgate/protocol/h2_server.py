@@ -64,6 +64,7 @@ from meshgate.protocol.h2_guard import (
     Budget,
     goaway,
     new_connection,
+    oversized_frame,
     pending_header_bytes,
 )
 from meshgate.protocol.h2_head import (
@@ -164,6 +165,9 @@ class H2Server(asyncio.Protocol):
         if pending_header_bytes(self.conn) > self.cfg.maxHeaderListSize:
             self._calm()                   # a header block that never ends (CONTINUATION flood)
             return
+        if oversized_frame(self.conn, self.cfg.maxFrameSize):
+            self._close_with(ErrorCodes.FRAME_SIZE_ERROR)   # a frame over MAX_FRAME_SIZE
+            return
         opened: list[_Stream] = []
         for event in events:
             kind = type(event)
@@ -203,7 +207,7 @@ class H2Server(asyncio.Protocol):
             self._refuse(stream_id)
             return None
         ctx = self.ctx
-        head = request_head(event.headers, ctx.path_rules, ctx.max_headers)  # type: ignore[arg-type]
+        head = request_head(event.headers, ctx.path_rules, ctx.max_headers)
         ended = event.stream_ended is not None
         now = self._clock()
         ex = Exchange(self, head.method, head.path, head.headers, head.authority, self.scheme,
@@ -261,7 +265,7 @@ class H2Server(asyncio.Protocol):
     def _trailers(self, event: TrailersReceived) -> None:
         stream = self.streams.get(event.stream_id)
         if stream is not None:
-            kept = request_trailers(event.headers)  # type: ignore[arg-type]
+            kept = request_trailers(event.headers)
             if kept:
                 stream.ex.trailers = kept
 
@@ -329,12 +333,13 @@ class H2Server(asyncio.Protocol):
         self._finish(ex)
 
     def flush(self, ex: Exchange) -> None:
+        """Once per upstream read: written now, so a slow client pauses the next read."""
         stream = self.by_ex.get(ex)
         if stream is not None:
             self._pump(stream)
+            self.send_queued()
             if self._write_paused or stream.out_bytes > self.cfg.streamBufferBytes:
                 self._pause_source(stream)
-        self._queue_write()
 
     def respond(self, ex: Exchange, status: int, body: bytes,
                 headers: Headers | None = None) -> None:
@@ -418,11 +423,12 @@ class H2Server(asyncio.Protocol):
                 if last:
                     self._sent(stream)
                     return
-            if stream.source_paused and stream.out_bytes <= self.cfg.streamBufferBytes // 2:
-                stream.source_paused = False
-                source = stream.ex.source
-                if source is not None:
-                    source.resume_producing()
+        if (stream.source_paused and not self._write_paused
+                and stream.out_bytes <= self.cfg.streamBufferBytes // 2):
+            stream.source_paused = False
+            source = stream.ex.source
+            if source is not None:
+                source.resume_producing()
         if stream.end and not out:
             if stream.trailers is not None:
                 conn.send_headers(sid, stream.trailers, end_stream=True)
@@ -496,11 +502,16 @@ class H2Server(asyncio.Protocol):
 
     def _calm(self) -> None:
         """Abuse: GOAWAY ENHANCE_YOUR_CALM, and the connection ends."""
+        if not self._closing:
+            log.info("HTTP/2 client %s over a limit: GOAWAY ENHANCE_YOUR_CALM", self.peer)
+        self._close_with(_CALM)
+
+    def _close_with(self, code: int) -> None:
         if self._closing or self.transport is None:
             return
-        log.info("HTTP/2 client %s over a limit: GOAWAY ENHANCE_YOUR_CALM", self.peer)
-        self.transport.write(goaway(self.conn.highest_inbound_stream_id, _CALM))
-        self._close()
+        self.transport.write(goaway(self.conn.highest_inbound_stream_id, code))
+        self._closing = True
+        self.transport.close()
 
     def _close(self) -> None:
         if self._closing:
@@ -532,9 +543,8 @@ class H2Server(asyncio.Protocol):
                 self._head_since = now
             elif now - self._head_since >= head_timeout:
                 self._calm()
-                return
-        else:
-            self._head_since = 0.0
+            return
+        self._head_since = 0.0
         if not self.streams:
             if now - self._idle_since >= (idle_timeout if self.nreq else head_timeout):
                 self.drain()

@@ -187,7 +187,7 @@ class H1Server(asyncio.Protocol):
 
     def _to_http2(self, data: bytes) -> None:
         """HTTP/2 with prior knowledge: the connection is handed to the HTTP/2 codec."""
-        from meshgate.protocol.h2_server import H2Server   # only when a client speaks it
+        from meshgate.protocol.h2_server import H2Server  # only when a client speaks it
 
         transport = self.transport
         if transport is None:
