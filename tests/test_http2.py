@@ -287,3 +287,66 @@ def test_a_certificate_may_offer_http1_only(pki: Pki, backend: Backend,
         assert r.stdout.rsplit(b"\n", 1)[1] == b"1.1", r.stderr
     finally:
         gw.stop()
+
+
+# -- response trailers ----------------------------------------------------------------
+class _Transport:
+    """Enough of a transport for the codec, in-process: what it writes is kept."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.closed = False
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else None
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_response_trailers_end_the_stream() -> None:
+    # The HTTP/1.1 upstream codec does not relay trailers, so this drives the
+    # Responder directly, as an upstream that has them (HTTP/2, gRPC) will.
+    import asyncio
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    from meshgate.protocol.h2_server import H2Server
+    from meshgate.server.context import WorkerContext
+    from meshgate.telemetry.metrics import Metrics
+
+    loop = asyncio.new_event_loop()
+    try:
+        server = H2Server(WorkerContext(loop, Metrics()))
+        seen: list[Any] = []
+        server._dispatch = seen.append        # type: ignore[method-assign]
+        transport = _Transport()
+        server.connection_made(transport)     # type: ignore[arg-type]
+        client = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding=None))
+        client.initiate_connection()
+        client.send_headers(1, [(b":method", b"GET"), (b":path", b"/t"), (b":scheme", b"http"),
+                                (b":authority", b"gw")], end_stream=True)
+        server.data_received(client.data_to_send())
+        (ex,) = seen
+        server.start_response(ex, 200, [(b"content-type", b"text/plain"),
+                                        (b"connection", b"close")], True, None)
+        server.send_data(ex, b"body")
+        server.end_response(ex, [(b"grpc-status", b"0"), (b"Transfer-Encoding", b"x")])
+        server.send_queued()
+        events = client.receive_data(bytes(transport.out))
+    finally:
+        loop.close()
+    response = next(e for e in events if isinstance(e, h2.events.ResponseReceived))
+    assert dict(response.headers) == {b":status": b"200", b"content-type": b"text/plain"}
+    assert b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)) == b"body"
+    trailers = next(e for e in events if isinstance(e, h2.events.TrailersReceived))
+    assert list(trailers.headers) == [(b"grpc-status", b"0")]
+    assert any(isinstance(e, h2.events.StreamEnded) for e in events)
