@@ -350,3 +350,26 @@ def test_response_trailers_end_the_stream() -> None:
     trailers = next(e for e in events if isinstance(e, h2.events.TrailersReceived))
     assert list(trailers.headers) == [(b"grpc-status", b"0")]
     assert any(isinstance(e, h2.events.StreamEnded) for e in events)
+
+
+# -- settings ------------------------------------------------------------------------------
+def test_http2_settings_are_validated_strictly() -> None:
+    from pydantic import ValidationError
+
+    from meshgate.config.model import ServerSettings
+
+    server = ServerSettings.model_validate({"http2": {"maxConcurrentStreams": 8}})
+    assert server.http2.maxConcurrentStreams == 8 and server.http2.enabled
+    for bad in ({"maxConcurrentStream": 8}, {"maxFrameSize": 1000},
+                {"initialWindowSize": 2**31}):
+        with pytest.raises(ValidationError):
+            ServerSettings.model_validate({"http2": bad})
+
+
+def test_http2_can_be_turned_off(backend: Backend, gateway_factory: Any) -> None:
+    config = proxy_config(backend.url)
+    config["server"] = {"http2": {"enabled": False}}
+    gw = gateway_factory(config)
+    r = curl("--http2-prior-knowledge", gw.url + "/echo")
+    assert r.returncode != 0 or b"400" in r.stdout
+    assert curl(gw.url + "/echo").returncode == 0
