@@ -450,7 +450,7 @@ JUNK = [
     b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked, identity\r\n\r\n",
     b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n",
     b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",    # not the preface (which is HTTP/2: test_http2)
     b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + b"\x00" * 64,     # a TLS hello
     b"GET / HTTP/1.1\rHost: x\r\r",
     b"GET / HTTP/1.1\r\n Host: folded\r\n\r\n",

@@ -166,3 +166,18 @@ def test_inbound_port_keeps_the_framing_the_caller_sent(mesh: dict[str, Any]) ->
         assert not [t for t in app.targets() if t.startswith(b"/admin")]
     finally:
         app.close()
+
+
+def test_http2_on_the_outbound_and_inbound_ports(mesh: dict[str, Any]) -> None:
+    from tests.support.h2client import H2Client
+
+    users = mesh["backend"]("users0")
+    side = mesh["sidecar"]("users", users.port)
+    caller = mesh["sidecar"]("web", free_port(), "--no-register")
+    wait_until(lambda: len(_instances(mesh["registry"], "users")) == 1, timeout=5)
+    with H2Client(caller.outbound) as c:       # routed by service name, as for HTTP/1.1
+        r = c.get("/name", authority="users")
+        assert (r.status, bytes(r.body)) == (200, b"users0")
+    with H2Client(side.inbound) as c:
+        r = c.get("/name")
+        assert (r.status, bytes(r.body)) == (200, b"users0")

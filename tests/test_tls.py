@@ -227,12 +227,13 @@ def test_tls_1_2_and_1_3_are_accepted(pki, tls_gw, version) -> None:
     assert dns_names(result["cert"]) == ["*.wild.example.com"]
 
 
-def test_alpn_negotiates_http_1_1(pki, tls_gw) -> None:
+def test_alpn_offers_h2_and_http_1_1_with_every_certificate(pki, tls_gw) -> None:
     ca, _ = pki
-    ctx = client_context(ca)
-    ctx.set_alpn_protocols(["h2", "http/1.1"])
-    for name in ("a.example.com", "x.wild.example.com", "unknown.test"):
-        assert handshake(https_port(tls_gw), ctx, name)["alpn"] == "http/1.1"
+    for offered, chosen in ((["h2", "http/1.1"], "h2"), (["http/1.1"], "http/1.1")):
+        ctx = client_context(ca)
+        ctx.set_alpn_protocols(offered)
+        for name in ("a.example.com", "x.wild.example.com", "unknown.test"):
+            assert handshake(https_port(tls_gw), ctx, name)["alpn"] == chosen
 
 
 # -- requests over TLS ---------------------------------------------------------------------

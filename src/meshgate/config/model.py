@@ -94,6 +94,9 @@ class TlsCertificate(EGModel):
     key: str
     cert: str
     ca: StrList = Field(default_factory=list)
+    protocols: list[Literal["h2", "http/1.1"]] | None = Field(
+        None, min_length=1,
+        description="ALPN protocols offered with this certificate (meshgate; default both)")
 
 
 def _node_tls_options(value: dict[str, Any]) -> dict[str, Any]:
@@ -133,6 +136,21 @@ class PathNormalization(MeshModel):
     mergeSlashes: bool = False
 
 
+class Http2Settings(MeshModel):
+    """HTTP/2 downstream (h2c by prior knowledge, ALPN h2): SETTINGS and abuse limits."""
+
+    enabled: bool = True
+    maxConcurrentStreams: Annotated[int, Field(ge=1, le=2**31 - 1)] = 100
+    initialWindowSize: Annotated[int, Field(ge=65535, le=2**31 - 1)] = 65535   # per stream
+    connectionWindowSize: Annotated[int, Field(ge=65535, le=2**31 - 1)] = 1048576
+    maxFrameSize: Annotated[int, Field(ge=16384, le=16777215)] = 16384
+    maxHeaderListSize: Annotated[int, Field(ge=1024)] = 65536
+    # Abuse limits: beyond them the connection gets GOAWAY ENHANCE_YOUR_CALM.
+    maxResetsPerSecond: Annotated[int, Field(ge=1)] = 200        # RST_STREAM sent or received
+    maxControlFramesPerSecond: Annotated[int, Field(ge=1)] = 200  # SETTINGS + PING to ack
+    streamBufferBytes: Annotated[int, Field(ge=16384)] = 65536   # response held per stream
+
+
 class ServerSettings(MeshModel):
     """meshgate's listener limits (a ``server:`` section EG does not have)."""
 
@@ -145,6 +163,7 @@ class ServerSettings(MeshModel):
     bodyTimeout: Millis = 30000          # ms without request-body bytes -> 408; 0 = none
     bufferRequestBody: Annotated[int, Field(ge=0)] = 65536     # bytes read before proxying
     pathNormalization: PathNormalization = Field(default_factory=lambda: PathNormalization())
+    http2: Http2Settings = Field(default_factory=lambda: Http2Settings())
 
 
 # -- apiEndpoints ------------------------------------------------------------
@@ -244,7 +263,7 @@ class PoolConfig(MeshModel):
     idleTimeout: Millis = 60000
 
 
-class Http2Settings(MeshModel):
+class UpstreamHttp2(MeshModel):
     """HTTP/2 to the endpoints (``protocol: h2 | h2c | auto``), as Envoy's
     ``http2_protocol_options``: streams share a few connections per endpoint."""
 
@@ -282,8 +301,8 @@ class ServiceEndpoint(EGModel):
     protocol: Literal["http1", "h2", "h2c", "auto"] = Field(
         "http1", description="To the endpoints: HTTP/1.1, HTTP/2 over TLS (ALPN h2), "
                              "HTTP/2 cleartext (prior knowledge), or ALPN's choice on https")
-    http2: Annotated[Http2Settings, BeforeValidator(empty_if_none)] = Field(
-        default_factory=lambda: Http2Settings.model_validate({}))
+    http2: Annotated[UpstreamHttp2, BeforeValidator(empty_if_none)] = Field(
+        default_factory=lambda: UpstreamHttp2.model_validate({}))
     discovery: dict[str, Any] | None = Field(
         None, description="Where endpoints come from: {type: static|registry|dns|etcd, ...}")
     healthCheck: HealthCheck | None = None

@@ -93,8 +93,14 @@ class WebSocketProxy:
         self.active -= 1
 
     async def _connect(self, ex: Exchange, forward: Forward, ep: Endpoint, head: bytes) -> None:
+        from meshgate.upstream.pool import Pool
+
         ctx = forward.cluster.ctx
         pool = ep.pool
+        if not isinstance(pool, Pool):  # an HTTP/2 serviceEndpoint: no RFC 8441 upstream
+            self._release()
+            ex.respond(502, b"Bad Gateway: WebSocket needs an HTTP/1.1 serviceEndpoint\n")
+            return
         key = ex.header(b"sec-websocket-key") or b""
         name = forward.name
         idle = self.idle_timeout

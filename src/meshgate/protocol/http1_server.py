@@ -55,6 +55,7 @@ IDLE: Final = 0                # between requests
 HEAD: Final = 1                # a request head is arriving
 BUSY: Final = 2                # an exchange is in flight
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 class _HeadTooLarge(Exception):
@@ -183,13 +184,32 @@ class H1Server(asyncio.Protocol):
                 log.error("request handling failed", exc_info=cause or exc)
                 self._reject(500, b"Internal Server Error\n")
         except httptools.HttpParserError:
-            if not self._last:
+            # llhttp stops at HTTP/2's connection preface ("PRI * HTTP/2.0"):
+            # looked at here, on the error path, it costs HTTP/1.1 nothing.
+            if self.nread == 1 and data[:24] == _PREFACE and self.ctx.http2.enabled:
+                self._to_http2(data)
+            elif not self._last:
                 self._reject(400, b"Bad Request\n")
         except _HeadTooLarge:
             self._reject(431, b"Request Header Fields Too Large\n")
         if rest and not self._closing:
             self.nread -= 1
             self.data_received(rest)
+
+    def _to_http2(self, data: bytes) -> None:
+        """HTTP/2 with prior knowledge: the connection is handed to the HTTP/2 codec."""
+        from meshgate.protocol.h2_server import H2Server  # only when a client speaks it
+
+        transport = self.transport
+        if transport is None:
+            return
+        self._last = True
+        self.transport = None
+        self.ctx.connections.discard(self)
+        codec = H2Server(self.ctx, self.scheme, self.outbound)
+        transport.set_protocol(codec)
+        codec.connection_made(transport)
+        codec.data_received(data)
 
     def pause_writing(self) -> None:
         self._write_paused = True

@@ -11,6 +11,7 @@ import asyncio
 import email.utils
 from typing import TYPE_CHECKING, Any
 
+from meshgate.config.model import Http2Settings
 from meshgate.policies import Services
 from meshgate.protocol.batch import WriteBatch
 from meshgate.protocol.h1_head import DEFAULT_PATH_RULES, PathRules
@@ -29,7 +30,7 @@ class WorkerContext:
         self.metrics = metrics
         self.services = Services()               # resources shared by policies
         self.batch = WriteBatch(loop)            # writes sent after each pass over ready sockets
-        self.connections: set[Any] = set()       # H1Server protocols
+        self.connections: set[Any] = set()       # H1Server and H2Server protocols
         self.upstream_conns: set[Any] = set()    # every open upstream connection
         self.timed_calls: set[Any] = set()       # Calls with an overall deadline (requestTimeout)
         self.endpoint_sets: dict[str, list[Any]] = {}   # control plane's, per cluster
@@ -45,6 +46,7 @@ class WorkerContext:
         self.buffer_body = 65536                 # request bodies read whole before proxying
         self.path_rules: PathRules = DEFAULT_PATH_RULES
         self.merge_slashes = False               # path_rules[2], read per request
+        self.http2 = Http2Settings()             # read by each HTTP/2 connection as it opens
         self.refresh_date()
 
     def install(self, snapshot: Snapshot) -> None:
@@ -60,6 +62,7 @@ class WorkerContext:
         self.idle_timeout = server.keepAliveTimeout / 1000.0
         self.body_timeout = server.bodyTimeout / 1000.0
         self.buffer_body = server.bufferRequestBody
+        self.http2 = server.http2
         paths = server.pathNormalization
         self.path_rules = (paths.normalize, SLASH_MODES[paths.encodedSlashes],
                            paths.mergeSlashes)

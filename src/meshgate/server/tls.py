@@ -4,6 +4,12 @@
 selects, in order: the exact domain, a wildcard (``*.example.com`` covers one
 label), then ``default``. TLS 1.2 is the floor. A ``ca`` list makes the
 listener ask for (not require) a client certificate verified against it.
+
+ALPN offers ``h2`` and ``http/1.1`` (``http/1.1`` alone when HTTP/2 is off);
+an entry's ``protocols`` narrows that for its certificate. OpenSSL runs the
+SNI callback before it chooses the protocol, so the chosen certificate's
+list is the one offered. The listener then picks the codec by the result
+(``server/codecs.py``).
 """
 
 from __future__ import annotations
@@ -12,11 +18,15 @@ import ssl
 from typing import Any
 
 
-def _context(entry: Any) -> ssl.SSLContext:
+def _context(entry: Any, http2: bool) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(entry.cert, entry.key)
-    ctx.set_alpn_protocols(["http/1.1"])
+    offered = ["h2", "http/1.1"] if http2 else ["http/1.1"]
+    wanted = getattr(entry, "protocols", None)
+    if wanted:
+        offered = [p for p in offered if p in wanted] or ["http/1.1"]
+    ctx.set_alpn_protocols(offered)
     cas = list(entry.ca or [])
     if cas:
         for ca in cas:
@@ -26,12 +36,12 @@ def _context(entry: Any) -> ssl.SSLContext:
 
 
 class SniSelector:
-    def __init__(self, tls: dict[str, Any]) -> None:
+    def __init__(self, tls: dict[str, Any], http2: bool = False) -> None:
         self.exact: dict[str, ssl.SSLContext] = {}
         self.wildcard: dict[str, ssl.SSLContext] = {}
         self.default: ssl.SSLContext | None = None
         for domain, entry in tls.items():
-            ctx = _context(entry)
+            ctx = _context(entry, http2)
             name = domain.lower()
             if name == "default":
                 self.default = ctx

@@ -27,7 +27,7 @@ import uvloop
 
 from meshgate import _compiled
 from meshgate.config.snapshot import compile_snapshot
-from meshgate.protocol.http1_server import H1Server
+from meshgate.server import codecs
 from meshgate.server.context import WorkerContext
 from meshgate.server.control import Channel, decode_config
 from meshgate.server.tls import SniSelector
@@ -62,12 +62,13 @@ class Worker:
         gw = cfg.gateway
         if gw.http is not None:
             self.servers.append(await self.loop.create_server(
-                lambda: H1Server(self.ctx, b"http"), gw.http.hostname or None, gw.http.port,
+                codecs.plaintext(self.ctx), gw.http.hostname or None, gw.http.port,
                 reuse_port=True, backlog=2048))
         if gw.https is not None:
-            ssl_ctx = SniSelector(gw.https.tls).server_context()
+            http2 = self.ctx.http2.enabled
+            ssl_ctx = SniSelector(gw.https.tls, http2).server_context()
             self.servers.append(await self.loop.create_server(
-                lambda: H1Server(self.ctx, b"https"), gw.https.hostname or None,
+                codecs.tls(self.ctx, http2), gw.https.hostname or None,
                 gw.https.port, ssl=ssl_ctx, reuse_port=True, backlog=2048,
                 ssl_handshake_timeout=self.ctx.head_timeout))
         if gw.sidecar is not None:
@@ -86,7 +87,7 @@ class Worker:
         # Not in self.servers: while the inbound side drains, the app may still
         # need to call other services to finish its work.
         self.outbound_server = await self.loop.create_server(
-            lambda: H1Server(self.ctx, b"http", outbound=True), side.bind, side.outboundPort,
+            codecs.plaintext(self.ctx, outbound=True), side.bind, side.outboundPort,
             reuse_port=True, backlog=2048)
 
     def _clusters(self) -> dict[str, Any]:

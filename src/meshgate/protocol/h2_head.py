@@ -1,0 +1,130 @@
+"""HTTP/2 heads <-> the Exchange: the request checks HTTP/1.1 makes, and response heads.
+
+Theory of operation
+-------------------
+``h2`` has already refused what RFC 9113 8.2-8.3 makes malformed (upper-case
+names, connection-specific fields, ``te`` other than ``trailers``, unknown,
+repeated or misplaced pseudo-header fields, a missing ``:method``,
+``:scheme`` or ``:path``, ``:authority`` and ``host`` that disagree): the
+connection ends with PROTOCOL_ERROR. ``request_head`` turns the rest into the
+same request an HTTP/1.1 client would have sent:
+
+* ``:authority`` becomes the ``host`` header when there is none, so the
+  router, policies and the upstream all see one Host;
+* ``:path`` must be origin-form (or ``*`` for OPTIONS) and is then resolved
+  and normalised by ``h1_head.resolve`` -- the very code HTTP/1.1 uses --
+  so ``/public/../admin`` routes as ``/admin`` and ``%2F`` is a 400 alike;
+* ``GATEWAY_ONLY`` and ``x-meshgate-*`` fields are dropped, Cookie fields
+  are joined with ``; `` (RFC 9113 8.2.3), ``content-length`` becomes the
+  body length the proxy frames with;
+* CONNECT (and so RFC 8441 extended CONNECT) is 501.
+
+``response_head`` turns the raw header block a response starts with into
+HTTP/2 fields: names lower-case, connection-specific fields dropped.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from meshgate.protocol.h1_head import FORBIDDEN_TRAILERS, GATEWAY_ONLY, host_only, resolve
+from meshgate.protocol.hop import merge_extra, parse_block
+
+if TYPE_CHECKING:
+    from meshgate.protocol.exchange import Headers
+    from meshgate.protocol.h1_head import PathRules
+
+# Fields HTTP/2 forbids (RFC 9113 8.2.2); an upstream's or a policy's are dropped.
+CONNECTION_SPECIFIC: Final = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
+})
+
+
+class Head:
+    """A request head as the codec hands it to an Exchange."""
+
+    __slots__ = ("authority", "bad", "headers", "length", "method", "path", "status")
+
+    def __init__(self) -> None:
+        self.method = b"GET"
+        self.path = b"/"
+        self.authority = b""
+        self.headers: Headers = []
+        self.length = -1                  # content-length, -1: none
+        self.bad = b""                    # why refused (b"": accepted)
+        self.status = 0                   # the refusal's status when not 400/501
+
+
+def request_head(fields: Headers, rules: PathRules, max_headers: int) -> Head:
+    """The head of a request whose fields ``h2`` decoded and validated."""
+    head = Head()
+    path = b""
+    authority = b""
+    host = b""
+    cookies: list[bytes] = []
+    headers = head.headers
+    for name, value in fields:
+        if name[:1] == b":":
+            if name == b":method":
+                head.method = value
+            elif name == b":path":
+                path = value
+            elif name == b":authority":
+                authority = value
+            elif name == b":protocol":
+                head.bad = b"Not Implemented: extended CONNECT is not supported\n"
+            continue
+        if name == b"cookie":
+            cookies.append(value)
+            continue
+        if name == b"host":
+            host = value
+        elif name == b"content-length":
+            if not value.isdigit():
+                head.bad = b"Bad Request: invalid Content-Length\n"
+                continue
+            head.length = int(value)
+        elif name in GATEWAY_ONLY or name.startswith(b"x-meshgate-"):
+            continue                      # only the gateway says these
+        headers.append((name, value))
+    if cookies:
+        headers.append((b"cookie", b"; ".join(cookies)))
+    if len(headers) > max_headers:
+        head.bad, head.status = b"Request Header Fields Too Large\n", 431
+        return head
+    if not host and authority:
+        host = authority
+        headers.append((b"host", host))
+    method = head.method
+    if method == b"CONNECT":
+        head.bad = b"Not Implemented: CONNECT is not supported\n"
+        return head
+    if path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
+        head.bad = head.bad or b"Bad Request: :path must be origin-form\n"
+        return head
+    head.path, host, head.headers, head.bad = resolve(path, host, headers, b"1.1", method,
+                                                      head.bad, rules)
+    head.authority = host_only(host)
+    return head
+
+
+def request_trailers(fields: Headers) -> Headers:
+    """Trailer fields, without those a trailer may not carry (as for HTTP/1.1)."""
+    return [(n, v) for n, v in fields
+            if n not in FORBIDDEN_TRAILERS and n[:1] != b":" and not n.startswith(b"x-meshgate-")]
+
+
+def response_head(status: int, block: bytes, extra: Headers | None) -> Headers:
+    """HTTP/2 fields of a response with ``status`` and the raw header ``block``."""
+    if extra is not None:
+        block = merge_extra(block, extra)
+    fields: Headers = [(b":status", b"%d" % status)]
+    for item in parse_block(block):
+        if item[0] not in CONNECTION_SPECIFIC:
+            fields.append(item)
+    return fields
+
+
+def response_trailers(trailers: Headers) -> Headers:
+    return [(n.lower(), v) for n, v in trailers
+            if n.lower() not in CONNECTION_SPECIFIC and n[:1] != b":"]
