@@ -62,8 +62,13 @@ def _segments_of(path: bytes) -> list[bytes]:
 @example(b"/public/%2e%2e/admin")
 @example(b"/a/./b/../../..")
 def test_normalised_paths_are_absolute_dot_free_and_stable(path: bytes) -> None:
-    normalize = _path_module().normalize
-    out = normalize(path)
+    mod = _path_module()
+    normalize = mod.normalize
+    try:
+        out = normalize(path)
+    except mod.BadPath as exc:         # only a dot segment with ';' parameters is refused
+        assert "';'" in str(exc) and b";" in path.replace(b"%3b", b";").replace(b"%3B", b";")
+        return
     assert out.startswith(b"/")
     assert b"." not in _segments_of(out) and b".." not in _segments_of(out)
     assert normalize(out) == out
@@ -91,20 +96,30 @@ def test_encoding_unreserved_characters_does_not_change_the_path(path: bytes,
 @profile(fast_examples=300, long_examples=50000)
 @given(SLASHY_PATHS)
 @example(b"/public/..%2fadmin")
+@example(b"/public/..;/admin")
+@example(b"/public/%2E%2E%3B/admin")
 def test_encoded_slashes_are_refused_by_default_and_never_add_segments(path: bytes) -> None:
     mod = _path_module()
     try:
         out = mod.normalize(path)
-    except mod.BadPath:
-        assert any(s in path for s in SLASHY)
+    except mod.BadPath as exc:
+        assert any(s in path for s in SLASHY) or "';'" in str(exc)
     else:
         assert not any(s in out for s in SLASHY)
     for mode in ("keep", "unescape"):
-        kept = mod.normalize(path, mod.SLASH_MODES[mode])
+        try:
+            kept = mod.normalize(path, mod.SLASH_MODES[mode])
+        except mod.BadPath as exc:      # a dot segment with ';' parameters, in any mode
+            assert "';'" in str(exc)
+            continue
         assert kept.startswith(b"/") and b".." not in _segments_of(kept)
         assert mod.normalize(kept, mod.SLASH_MODES[mode]) == kept
-    merged = mod.normalize(path, mod.SLASH_MODES["unescape"], merge_slashes=True)
-    assert b"//" not in merged
+    try:
+        merged = mod.normalize(path, mod.SLASH_MODES["unescape"], merge_slashes=True)
+    except mod.BadPath as exc:
+        assert "';'" in str(exc)
+    else:
+        assert b"//" not in merged
 
 
 # -- the config loader --------------------------------------------------------------------

@@ -125,14 +125,13 @@ def test_five_mib_message_both_ways(gw: Gateway) -> None:
 
 
 def test_close_handshake_passes_through(gw: Gateway, origin: WsBackend) -> None:
-    before = len(origin.closes)
     with open_ws(gw) as ws:
         ws.send("x")
         ws.recv(timeout=5)
         ws.close(4001, "done here")
     assert ws.close_code == 4001 and ws.close_reason == "done here"   # the origin's echo
-    wait_until(lambda: len(origin.closes) > before, timeout=5)
-    assert origin.closes[-1] == (4001, "done here")
+    # The origin is shared: an earlier test's connection may record its close later.
+    wait_until(lambda: (4001, "done here") in origin.closes, timeout=5)
 
 
 def test_permessage_deflate_is_negotiated_end_to_end(gw: Gateway, origin: WsBackend) -> None:
