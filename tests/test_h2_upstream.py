@@ -396,8 +396,9 @@ def test_split_and_mirror_mix_http1_and_h2c_clusters(origin_factory, backend_fac
                                                      gateway_factory) -> None:
     v2, shadow = origin_factory(), origin_factory()
     v1 = backend_factory("v1")
+    # v2 takes only what its match sends it (weight 0): the draw never picks it.
     split = [{"serviceEndpoint": "v1", "weight": 1},
-             {"serviceEndpoint": "v2", "weight": 1, "match": {"headers": {"x-v": "2"}}}]
+             {"serviceEndpoint": "v2", "weight": 0, "match": {"headers": {"x-v": "2"}}}]
     gw = gateway_factory({
         "apiEndpoints": {"api": {"host": "*", "paths": ["/*"]}},
         "serviceEndpoints": {
