@@ -215,3 +215,22 @@ class Exchange:
 
     def respond(self, status: int, body: bytes, headers: Headers | None = None) -> None:
         self.responder.respond(self, status, body, headers)
+
+
+def dispatch(ex: Exchange, router: Any) -> None:
+    """Route ``ex`` and run its pipeline: what every codec does with a request head.
+
+    ``router`` is the Snapshot's router, or a sidecar's outbound one (both
+    have ``match(authority, path, method)``). A pipeline set already is a
+    refusal the codec decided from the head.
+    """
+    if ex.pipeline is not None:
+        ex.pipeline.run(ex)
+        return
+    route = router.match(ex.authority, ex.path, ex.method)
+    if route is None:
+        ex.responder.respond(ex, 404, b"Not Found\n")
+        return
+    ex.route = route
+    ex.pipeline = route.pipeline
+    route.pipeline.run(ex)

@@ -6,8 +6,8 @@ One ``H2Server`` protocol per client connection, reached by prior knowledge
 on a plaintext listener (``H1Server`` hands the connection over when its
 first read is the connection preface) or by ALPN ``h2`` on a TLS one. The
 ``h2`` library parses and frames; each request stream becomes an Exchange
-(``h2_head.request_head``) routed and run exactly as ``H1Server._dispatch``
-does, so the proxy forwards it over HTTP/1.1 unchanged. The codec is then
+(``h2_head.request_head``) routed and run by ``exchange.dispatch``, as an
+HTTP/1.1 request is, so the proxy forwards it as its serviceEndpoint says. The codec is then
 the Exchange's ``Responder``, per stream.
 
 Streams opened by one read are dispatched after the whole read was
@@ -56,7 +56,7 @@ from h2.events import (
 )
 from h2.exceptions import ProtocolError
 
-from meshgate.protocol.exchange import Exchange, Headers, ResponseSource
+from meshgate.protocol.exchange import Exchange, Headers, ResponseSource, dispatch
 from meshgate.protocol.h1_head import Refusal
 from meshgate.protocol.h1_response import plain_headers
 from meshgate.protocol.h2_guard import (
@@ -227,17 +227,7 @@ class H2Server(asyncio.Protocol):
             self._calm()
 
     def _dispatch(self, ex: Exchange) -> None:
-        if ex.pipeline is not None:        # decided from the head (a refusal)
-            ex.pipeline.run(ex)
-            return
-        router = self.ctx.outbound if self.outbound else self.ctx.snapshot.router
-        route = router.match(ex.authority, ex.path, ex.method)
-        if route is None:
-            self.respond(ex, 404, b"Not Found\n")
-            return
-        ex.route = route
-        ex.pipeline = route.pipeline
-        route.pipeline.run(ex)
+        dispatch(ex, self.ctx.outbound if self.outbound else self.ctx.snapshot.router)
 
     def _data(self, event: DataReceived) -> None:
         size = event.flow_controlled_length

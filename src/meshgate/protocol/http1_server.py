@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Final
 
 import httptools
 
-from meshgate.protocol.exchange import Exchange, Headers, ResponseSource
+from meshgate.protocol.exchange import Exchange, Headers, ResponseSource, dispatch
 from meshgate.protocol.h1_head import (
     FORBIDDEN_TRAILERS,
     TOO_MANY_HEADERS,
@@ -395,17 +395,7 @@ class H1Server(asyncio.Protocol):
 
     # -- dispatch ----------------------------------------------------------
     def _dispatch(self, ex: Exchange) -> None:
-        if ex.pipeline is not None:     # decided while parsing (a refusal)
-            ex.pipeline.run(ex)
-            return
-        router = self.ctx.outbound if self.outbound else self.ctx.snapshot.router
-        route = router.match(ex.authority, ex.path, ex.method)
-        if route is None:
-            self.respond(ex, 404, b"Not Found\n")
-            return
-        ex.route = route
-        ex.pipeline = route.pipeline
-        route.pipeline.run(ex)
+        dispatch(ex, self.ctx.outbound if self.outbound else self.ctx.snapshot.router)
 
     # -- Responder ---------------------------------------------------------
     def start_response(self, ex: Exchange, status: int, headers: Headers,

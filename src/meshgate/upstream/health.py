@@ -254,6 +254,10 @@ class HealthChecker:
             status = await self._read_status(reader)
         finally:
             writer.close()
+        return self._verdict(status)
+
+    def _verdict(self, status: int | None) -> str | None:
+        """None when ``status`` is an expected one, else why the check failed."""
         if status is None:
             return "connection closed before a response"
         if any(low <= status <= high for low, high in self._ranges):
@@ -280,11 +284,7 @@ class HealthChecker:
             status = await self._h2_status(conn, reader)
         finally:
             writer.close()
-        if status is None:
-            return "connection closed before a response"
-        if any(low <= status <= high for low, high in self._ranges):
-            return None
-        return f"status {status}"
+        return self._verdict(status)
 
     def _h2_request(self, target: EndpointSpec) -> list[tuple[bytes, bytes]]:
         scheme = b"https" if target.scheme == "https" else b"http"
