@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from h2.errors import ErrorCodes
 from h2.events import (
@@ -157,7 +157,7 @@ class H2Server(asyncio.Protocol):
         if self._closing:
             return
         try:
-            events = self.conn.receive_data(data)
+            events: list[Any] = self.conn.receive_data(data)
         except ProtocolError as exc:
             log.debug("HTTP/2 protocol error from %s: %s", self.peer, exc)
             self._close()
@@ -172,19 +172,19 @@ class H2Server(asyncio.Protocol):
         for event in events:
             kind = type(event)
             if kind is DataReceived:
-                self._data(event)  # type: ignore[arg-type]
+                self._data(event)
             elif kind is RequestReceived:
-                stream = self._open(event)  # type: ignore[arg-type]
+                stream = self._open(event)
                 if stream is not None:
                     opened.append(stream)
             elif kind is StreamEnded:
-                self._body_end(event.stream_id)  # type: ignore[attr-defined]
+                self._body_end(event.stream_id)
             elif kind is WindowUpdated:
-                self._window(event.stream_id)  # type: ignore[attr-defined]
+                self._window(event.stream_id)
             elif kind is StreamReset:
-                self._reset_by_peer(event.stream_id)  # type: ignore[attr-defined]
+                self._reset_by_peer(event.stream_id)
             elif kind is TrailersReceived:
-                self._trailers(event)  # type: ignore[arg-type]
+                self._trailers(event)
             elif kind is RemoteSettingsChanged or kind is PingReceived:
                 if not self.budget.ack():
                     self._calm()
