@@ -153,6 +153,9 @@ def test_no_route_is_unimplemented_and_plain_requests_keep_their_404(
             assert stream.header(b"grpc-status") is None
     r = httpx.post(gw.url + METHOD, content=b"{}", headers={"content-type": "application/json"})
     assert r.status_code == 404 and r.text == "Not Found\n"
+    # a head refused before routing: 400 for others, INTERNAL for a gRPC call
+    code, text = grpc_status(raw_call(gw, path="/other/a%2Fb"))
+    assert code == 13 and text is not None and text.startswith(b"Bad Request")
 
 
 def test_app_down_is_unavailable_with_the_reason(gateway_factory: Callable[..., Gateway]
@@ -256,6 +259,23 @@ def _call_path(gw: Gateway, path: str) -> Any:
             return call(pb2.Msg(text="hi"), timeout=5)
         except grpc.RpcError as exc:
             return exc
+
+
+def test_a_stalled_request_stream_is_deadline_exceeded(
+        app: GrpcApp, gateway_factory: Callable[..., Gateway]) -> None:
+    config = grpc_config(app.url)
+    config["server"] = {"bodyTimeout": 500}
+    gw = gateway_factory(config)
+    with H2Client(gw.port) as client:
+        sid = client.request(METHOD, method="POST", body=message(b"\x0a\x02hi")[:4], end=False,
+                             headers=[("content-type", "application/grpc"), ("te", "trailers")])
+        started = time.monotonic()
+        stream = client.response(sid)
+        assert 0.4 < time.monotonic() - started < 2.0
+        heads = [e for e in client.events if isinstance(e, h2.events.ResponseReceived)]
+        assert heads[0].stream_ended is not None and not stream.body
+    assert stream.status == 200 and grpc_status(stream) == (
+        4, b"Request Timeout: request body too slow")
 
 
 # -- policies ----------------------------------------------------------------------------
