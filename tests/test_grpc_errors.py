@@ -351,6 +351,26 @@ def test_key_auth_in_metadata_passes_or_is_unauthenticated(auth_gw: Gateway,
     assert r.status_code == 401 and r.text == "Unauthorized"
 
 
+def test_a_refused_client_stream_ends_at_once(auth_gw: Gateway) -> None:
+    # the refusal comes before the request stream ends: the client stops sending
+    sent: list[int] = []
+
+    def messages() -> Iterator[Any]:
+        for i in range(50):
+            sent.append(i)
+            yield pb2.Msg(text="x" * 1000, seq=i)
+            time.sleep(0.02)
+
+    with channel(f"127.0.0.1:{auth_gw.port}") as ch:
+        stub = pb2_grpc.EchoStub(ch)
+        try:
+            stub.ClientStream(messages(), timeout=10)
+            raise AssertionError("the call succeeded")
+        except grpc.RpcError as exc:
+            failed(exc, Code.UNAUTHENTICATED, "Unauthorized")
+    assert len(sent) < 50                       # grpcio stopped reading the iterator
+
+
 def test_key_auth_missing_scope_is_permission_denied(auth_gw: Gateway) -> None:
     admin = Admin(auth_gw)
     admin.scopes("echo-write")
