@@ -271,7 +271,7 @@ def test_a_stalled_request_stream_is_deadline_exceeded(
                              headers=[("content-type", "application/grpc"), ("te", "trailers")])
         started = time.monotonic()
         stream = client.response(sid)
-        assert 0.4 < time.monotonic() - started < 2.0
+        assert 0.2 < time.monotonic() - started < 2.5    # bodyTimeout, swept every 250 ms
         heads = [e for e in client.events if isinstance(e, h2.events.ResponseReceived)]
         assert heads[0].stream_ended is not None and not stream.body
     assert stream.status == 200 and grpc_status(stream) == (
