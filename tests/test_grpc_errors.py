@@ -207,7 +207,7 @@ def test_upstream_timeout_is_deadline_exceeded(app: GrpcApp,
     started = time.monotonic()
     failed(unary(gw, [("x-echo-delay-ms", "2000")], timeout=10), Code.DEADLINE_EXCEEDED,
            "Gateway Timeout")
-    assert time.monotonic() - started < 1.5     # meshgate's timeout, not the client's
+    assert time.monotonic() - started < 1.8     # meshgate's timeout, not the app's 2 s
     assert grpc_status(raw_call(gw, [("x-echo-delay-ms", "2000")])) == (4, b"Gateway Timeout")
     assert unary(gw).text == "hi"
 
