@@ -47,8 +47,13 @@ PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_UNSENT: Final = 1 << 20
 
 
-def new_connection(cfg: Http2Settings) -> tuple[H2Connection, bytes]:
-    """(a server-side connection set up from ``cfg``, the bytes to send first)."""
+def new_connection(cfg: Http2Settings, connect_protocol: bool = False,
+                   ) -> tuple[H2Connection, bytes]:
+    """(a server-side connection set up from ``cfg``, the bytes to send first).
+
+    ``connect_protocol`` advertises SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441):
+    the client may open WebSocket streams with extended CONNECT.
+    """
     config = H2Configuration(client_side=False, header_encoding=None,
                              validate_outbound_headers=False,
                              normalize_outbound_headers=False)
@@ -59,6 +64,8 @@ def new_connection(cfg: Http2Settings) -> tuple[H2Connection, bytes]:
         SettingCodes.MAX_FRAME_SIZE: cfg.maxFrameSize,
         SettingCodes.MAX_HEADER_LIST_SIZE: cfg.maxHeaderListSize,
     }
+    if connect_protocol:
+        advertised[SettingCodes.ENABLE_CONNECT_PROTOCOL] = 1
     enforced = dict(advertised)
     enforced[SettingCodes.MAX_CONCURRENT_STREAMS] = min(2 * cfg.maxConcurrentStreams, 2**31 - 1)
     conn.local_settings = Settings(client=False, initial_values=enforced)

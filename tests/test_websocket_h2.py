@@ -1,0 +1,287 @@
+"""WebSocket over HTTP/2 (RFC 8441 extended CONNECT) through a real gateway to a real origin.
+
+Clients are ``tests.support.h2client`` (the ``h2`` library, frames visible)
+carrying WebSocket frames made by ``tests.support.ws_frames``; the origin is
+the ``websockets`` library's echo server, reached over HTTP/1.1 as for any
+handshake. Checked: the setting advertised only when some route tunnels
+WebSocket, messages both ways (1 MiB through the flow-control windows),
+the close handshake and half-close, resets both ways, the pipeline refusing
+the handshake (key-auth) before the origin sees it, upstream refusals on
+the stream, other ``:protocol`` values, routes without the opt-in,
+``maxTunnels`` and ``idleTimeout``.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import h2.errors
+import httpx
+import pytest
+
+from tests.support.gateway import Gateway, proxy_config, wait_until
+from tests.support.h2client import H2Client, Stream
+from tests.support.ws_backend import WsBackend
+from tests.support.ws_frames import BINARY, CLOSE, TEXT, Reader, close_payload, encode
+from tests.test_auth_key import Admin, key_of
+from tests.test_websocket import counter
+
+VERSION = [("sec-websocket-version", "13")]
+
+
+class WsStream:
+    """One WebSocket over an extended CONNECT stream of ``client``."""
+
+    def __init__(self, client: H2Client, sid: int) -> None:
+        self.client = client
+        self.sid = sid
+        self.reader = Reader()
+        self.seen = 0
+        self.frames: list[tuple[int, bytes]] = []
+
+    @property
+    def stream(self) -> Stream:
+        return self.client.streams[self.sid]
+
+    def send(self, opcode: int, payload: bytes) -> None:
+        self.client.send_body(self.sid, encode(opcode, payload), end=False)
+
+    def _take(self) -> bool:
+        body = self.stream.body
+        if len(body) > self.seen:
+            self.frames += self.reader.feed(bytes(body[self.seen:]))
+            self.seen = len(body)
+        return bool(self.frames)
+
+    def recv(self, timeout: float = 5.0) -> tuple[int, bytes]:
+        self.client.until(self._take, timeout)
+        return self.frames.pop(0)
+
+
+def open_ws(client: H2Client, path: str = "/chat",
+            headers: list[tuple[str, str]] | None = None) -> tuple[Stream, WsStream]:
+    sid = client.extended_connect(path, headers=VERSION + (headers or []))
+    stream = client.streams[sid]
+    client.until(lambda: stream.headers or stream.reset is not None)
+    return stream, WsStream(client, sid)
+
+
+@pytest.fixture(scope="module")
+def origin() -> Iterator[WsBackend]:
+    backend = WsBackend()
+    yield backend
+    backend.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, origin: WsBackend) -> Iterator[Gateway]:
+    """/plain/* without the opt-in, /key/* behind key-auth, the rest tunnelled."""
+    ws = {"serviceEndpoint": "backend", "websocket": True}
+    config: dict[str, Any] = {
+        "apiEndpoints": {"plain": {"host": "*", "paths": ["/plain/*"]},
+                         "key": {"host": "*", "paths": ["/key/*"]},
+                         "api": {"host": "*", "paths": ["/*"]}},
+        "serviceEndpoints": {"backend": {"url": origin.url}},
+        "policies": ["key-auth", "proxy"],
+        "pipelines": {
+            "plain": {"apiEndpoints": ["plain"],
+                      "policies": [{"proxy": [{"action": {"serviceEndpoint": "backend"}}]}]},
+            "key": {"apiEndpoints": ["key"],
+                    "policies": [{"key-auth": [{"action": {}}]}, {"proxy": [{"action": ws}]}]},
+            "main": {"apiEndpoints": ["api"], "policies": [{"proxy": [{"action": ws}]}]},
+        },
+    }
+    gateway = Gateway(tmp_path_factory.mktemp("wsh2"), config)
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture
+def client(gw: Gateway) -> Iterator[H2Client]:
+    with H2Client(gw.port) as c:
+        c.until(lambda: c.conn.remote_settings.enable_connect_protocol is not None)
+        yield c
+
+
+# -- the setting -----------------------------------------------------------------------------
+
+def test_the_setting_is_advertised_when_a_route_tunnels_websocket(client: H2Client) -> None:
+    client.until(lambda: any(type(e).__name__ == "RemoteSettingsChanged" for e in client.events))
+    assert client.conn.remote_settings.enable_connect_protocol == 1
+
+
+def test_not_advertised_and_refused_without_websocket_routes(backend, gateway_factory) -> None:
+    gw = gateway_factory(proxy_config(backend.url))
+    with H2Client(gw.port) as c:
+        c.until(lambda: any(type(e).__name__ == "RemoteSettingsChanged" for e in c.events))
+        assert c.conn.remote_settings.enable_connect_protocol == 0
+        stream, ws = open_ws(c)
+        c.response(ws.sid)
+        assert stream.status == 501
+    assert httpx.get(backend.url + "/_ctl/count", timeout=5).text.strip() == "0"
+
+
+# -- messages ----------------------------------------------------------------------------------
+
+def test_messages_echo_both_ways(client: H2Client, origin: WsBackend) -> None:
+    stream, ws = open_ws(client, "/chat?room=1")
+    assert stream.status == 200
+    assert stream.header(b"sec-websocket-accept") is None       # RFC 8441 does not use it
+    ws.send(TEXT, b"hello")
+    assert ws.recv() == (TEXT, b"hello")
+    ws.send(BINARY, b"\x00\xff binary")
+    assert ws.recv() == (BINARY, b"\x00\xff binary")
+    path, headers = origin.handshakes[-1]
+    assert path == "/chat?room=1"
+    assert headers["upgrade"] == ["websocket"] and headers["connection"] == ["upgrade"]
+    assert len(base64.b64decode(headers["sec-websocket-key"][0])) == 16
+    assert headers["sec-websocket-version"] == ["13"] and "eg-request-id" in headers
+    assert not stream.ended and stream.reset is None
+
+
+def test_one_mib_message_through_the_windows(client: H2Client) -> None:
+    _, ws = open_ws(client)
+    big = os.urandom(1 << 20)
+    ws.send(BINARY, big)                 # send_body waits for the gateway's WINDOW_UPDATEs
+    assert ws.recv(timeout=20) == (BINARY, big)
+
+
+def test_several_tunnels_share_one_connection(client: H2Client) -> None:
+    sockets = [open_ws(client, f"/multi/{i}")[1] for i in range(5)]
+    for i, ws in enumerate(sockets):
+        ws.send(TEXT, b"n%d" % i)
+    for i, ws in enumerate(sockets):
+        assert ws.recv() == (TEXT, b"n%d" % i)
+    assert client.get("/plain/x").status == 426     # plain requests still flow beside them
+
+
+def test_close_handshake_and_half_close(client: H2Client, origin: WsBackend) -> None:
+    stream, ws = open_ws(client)
+    ws.send(CLOSE, close_payload(4001, "done here"))
+    assert ws.recv() == (CLOSE, close_payload(4001, "done here"))
+    # The origin half-closes its TCP connection after the close handshake: our
+    # END_STREAM; it then waits for the client's end, which is ours.
+    client.until(lambda: stream.ended)
+    assert stream.reset is None
+    client.conn.end_stream(ws.sid)
+    client.flush()
+    wait_until(lambda: (4001, "done here") in origin.closes, timeout=5)
+    assert client.get("/plain/y").status == 426     # the connection is fine afterwards
+    assert stream.reset is None
+
+
+def test_client_end_stream_half_closes_the_upstream(client: H2Client, origin: WsBackend) -> None:
+    stream, ws = open_ws(client)
+    ws.send(TEXT, b"last words")
+    client.conn.end_stream(ws.sid)
+    client.flush()
+    # websockets sees EOF without a close frame: it ends the connection (1006), which
+    # comes back to us as the tunnel ending.
+    assert ws.recv() == (TEXT, b"last words")
+    client.until(lambda: stream.ended or stream.reset is not None)
+    wait_until(lambda: (1006, "") in origin.closes, timeout=5)
+
+
+def test_client_reset_aborts_the_tunnel(gw: Gateway, client: H2Client,
+                                        origin: WsBackend) -> None:
+    _, ws = open_ws(client)
+    ws.send(TEXT, b"x")
+    assert ws.recv() == (TEXT, b"x")
+    closes = len(origin.closes)
+    active = counter(gw, "meshgate_websocket_tunnels_active")
+    client.conn.reset_stream(ws.sid, h2.errors.ErrorCodes.CANCEL)
+    client.flush()
+    wait_until(lambda: len(origin.closes) > closes, timeout=5)
+    wait_until(lambda: counter(gw, "meshgate_websocket_tunnels_active") < active, timeout=5)
+
+
+# -- refusals ----------------------------------------------------------------------------------
+
+def test_key_auth_refuses_the_handshake_before_the_origin(gw: Gateway, client: H2Client,
+                                                         origin: WsBackend) -> None:
+    seen = len(origin.handshakes)
+    stream, ws = open_ws(client, "/key/chat")
+    client.response(ws.sid)
+    assert stream.status == 401 and len(origin.handshakes) == seen
+    admin = Admin(gw)
+    user = admin.user()
+    cred = admin.credential(user["id"], "key-auth")
+    stream, ws = open_ws(client, "/key/chat", [("authorization", f"apiKey {key_of(cred)}")])
+    assert stream.status == 200
+    ws.send(TEXT, b"in")
+    assert ws.recv() == (TEXT, b"in")
+    assert origin.handshakes[-1][1]["eg-consumer-id"] == [user["id"]]
+
+
+def test_upstream_refusal_is_the_streams_status(gateway_factory) -> None:
+    refusing = WsBackend(reject=403)
+    try:
+        gw = gateway_factory(proxy_config(refusing.url, proxy_action={"websocket": True}))
+        with H2Client(gw.port) as c:
+            sid = c.extended_connect("/chat", headers=VERSION)
+            c.send_body(sid, encode(TEXT, b"never delivered"), end=False)
+            stream = c.response(sid)
+            assert stream.status == 403 and b"refused by the origin" in stream.body
+            c.until(lambda: stream.reset is not None)   # NO_ERROR: stop sending (RFC 9113 8.1)
+            assert stream.reset == 0
+        assert len(refusing.handshakes) == 1
+    finally:
+        refusing.stop()
+
+
+def test_other_protocols_and_plain_connect_are_501(client: H2Client,
+                                                   origin: WsBackend) -> None:
+    seen = len(origin.handshakes)
+    sid = client.extended_connect("/chat", protocol="connect-udp", headers=VERSION)
+    assert client.response(sid).status == 501
+    sid = client.conn.get_next_available_stream_id()
+    client.streams[sid] = Stream()
+    client.conn.send_headers(sid, [(b":method", b"CONNECT"), (b":authority", b"gw:443")])
+    client.flush()
+    assert client.response(sid).status == 501
+    assert len(origin.handshakes) == seen
+
+
+def test_a_missing_version_is_400(client: H2Client, origin: WsBackend) -> None:
+    seen = len(origin.handshakes)
+    sid = client.extended_connect("/chat")
+    assert client.response(sid).status == 400
+    assert len(origin.handshakes) == seen
+
+
+def test_a_route_without_the_opt_in_never_answers_2xx(backend, gateway_factory) -> None:
+    """The route forwards a plain GET; the backend's 200 would say 'tunnel open': 501."""
+    config = proxy_config(backend.url)
+    config["apiEndpoints"]["ws"] = {"host": "*", "paths": ["/ws/*"]}
+    config["pipelines"]["ws"] = {"apiEndpoints": ["ws"], "policies": [
+        {"proxy": [{"action": {"serviceEndpoint": "backend", "websocket": True}}]}]}
+    gw = gateway_factory(config)
+    with H2Client(gw.port) as c:
+        stream, ws = open_ws(c, "/plain")
+        c.response(ws.sid)
+        assert stream.status == 501 and b"not enabled on this route" in stream.body
+        assert c.get("/after").status == 200
+
+
+# -- limits ------------------------------------------------------------------------------------
+
+def test_max_tunnels_and_idle_timeout(origin: WsBackend, gateway_factory) -> None:
+    gw = gateway_factory(proxy_config(origin.url, proxy_action={
+        "websocket": {"maxTunnels": 1, "idleTimeout": 600}}))
+    with H2Client(gw.port) as c:
+        first, ws = open_ws(c)
+        assert first.status == 200
+        second, other = open_ws(c)
+        c.response(other.sid)
+        assert second.status == 503
+        assert counter(gw, "meshgate_websocket_overflow_total") == 1
+        ws.send(TEXT, b"still here")
+        assert ws.recv() == (TEXT, b"still here")
+        c.until(lambda: first.ended or first.reset is not None, timeout=5)   # idle 600 ms
+        third, _ = open_ws(c)              # the slot came back
+        assert third.status == 200
+    wait_until(lambda: counter(gw, "meshgate_websocket_tunnels_closed_total",
+                               reason="idle_timeout") >= 1, timeout=5)
