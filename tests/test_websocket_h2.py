@@ -24,10 +24,10 @@ import pytest
 
 from tests.support.gateway import Gateway, proxy_config, wait_until
 from tests.support.h2client import H2Client, Stream
-from tests.support.ws_backend import WsBackend
+from tests.support.ws_backend import RawUpstream, WsBackend, header
 from tests.support.ws_frames import BINARY, CLOSE, TEXT, Reader, close_payload, encode
 from tests.test_auth_key import Admin, key_of
-from tests.test_websocket import counter
+from tests.test_websocket import counter, switching
 
 VERSION = [("sec-websocket-version", "13")]
 
@@ -149,6 +149,41 @@ def test_one_mib_message_through_the_windows(client: H2Client) -> None:
     assert ws.recv(timeout=20) == (BINARY, big)
 
 
+def test_a_client_that_stops_reading_holds_the_upstream(gw: Gateway) -> None:
+    """Without WINDOW_UPDATEs from the client no more than its window arrives; then the rest."""
+    with H2Client(gw.port, auto_ack=False) as c:
+        c.until(lambda: c.conn.remote_settings.enable_connect_protocol is not None)
+        stream, ws = open_ws(c)
+        big = os.urandom(512 << 10)
+        ws.send(BINARY, big)
+        c.until(lambda: len(stream.body) >= 65535 - 16384, timeout=10)
+        for _ in range(3):
+            c.receive(0.2)
+        assert len(stream.body) <= 65535 and not stream.ended and stream.reset is None
+        acked = 0
+
+        def more() -> bool:
+            nonlocal acked
+            if len(stream.body) > acked:
+                c.conn.acknowledge_received_data(len(stream.body) - acked, ws.sid)
+                acked = len(stream.body)
+                c.flush()
+            return ws._take()
+
+        c.until(more, timeout=20)
+        assert ws.frames.pop(0) == (BINARY, big)
+
+
+def test_a_dropped_client_connection_closes_the_upstream(gw: Gateway,
+                                                         origin: WsBackend) -> None:
+    with H2Client(gw.port) as c:
+        _, ws = open_ws(c)
+        ws.send(TEXT, b"bye")
+        assert ws.recv() == (TEXT, b"bye")
+        closes = len(origin.closes)
+    wait_until(lambda: len(origin.closes) > closes, timeout=5)
+
+
 def test_several_tunnels_share_one_connection(client: H2Client) -> None:
     sockets = [open_ws(client, f"/multi/{i}")[1] for i in range(5)]
     for i, ws in enumerate(sockets):
@@ -173,16 +208,25 @@ def test_close_handshake_and_half_close(client: H2Client, origin: WsBackend) -> 
     assert stream.reset is None
 
 
-def test_client_end_stream_half_closes_the_upstream(client: H2Client, origin: WsBackend) -> None:
-    stream, ws = open_ws(client)
-    ws.send(TEXT, b"last words")
-    client.conn.end_stream(ws.sid)
-    client.flush()
-    # websockets sees EOF without a close frame: it ends the connection (1006), which
-    # comes back to us as the tunnel ending.
-    assert ws.recv() == (TEXT, b"last words")
-    client.until(lambda: stream.ended or stream.reset is not None)
-    wait_until(lambda: (1006, "") in origin.closes, timeout=5)
+def test_client_end_stream_half_closes_the_upstream(gateway_factory) -> None:
+    """END_STREAM reaches the upstream as EOF after every byte; its close ends our side."""
+    raw = RawUpstream(switching)
+    try:
+        gw = gateway_factory(proxy_config(raw.url, proxy_action={"websocket": True}))
+        with H2Client(gw.port) as c:
+            stream, ws = open_ws(c)
+            assert stream.status == 200
+            frames = encode(TEXT, b"one") + encode(BINARY, b"two" * 1000)
+            c.send_body(ws.sid, frames, end=True)
+            assert raw.done.wait(5)       # the upstream read to its EOF, then closed
+            c.until(lambda: stream.ended or stream.reset is not None)
+            assert stream.ended and stream.reset is None
+        assert raw.after == [frames]
+        head = raw.heads[0]
+        key = header(head, b"sec-websocket-key")
+        assert key is not None and len(base64.b64decode(key)) == 16
+    finally:
+        raw.stop()
 
 
 def test_client_reset_aborts_the_tunnel(gw: Gateway, client: H2Client,

@@ -26,6 +26,12 @@ Flow control, both ways:
   sink that paused us (``pause_body``) or none attached yet leaves the bytes
   unacknowledged, so a client can send no more than the stream window.
 
+WebSocket over HTTP/2 (RFC 8441): an extended CONNECT stream is dispatched
+as a handshake (``ex.upgrade``) and carries an ``h2_tunnel.H2Tunnel``; once
+the upstream accepts (``switch_protocols``) the stream is the tunnel's
+client side. The few places here that test ``stream.tunnel`` hand that
+stream's DATA, END_STREAM, resets and the end of our side to it.
+
 Connection phases for the worker's sweep (``tick``): streams open -- a
 request body that stops for ``bodyTimeout`` is 408 (or a reset once the
 response started), a response the peer gives no window for ``bodyTimeout``
