@@ -260,6 +260,22 @@ def test_key_auth_refuses_the_handshake_before_the_origin(gw: Gateway, client: H
     assert origin.handshakes[-1][1]["eg-consumer-id"] == [user["id"]]
 
 
+def test_refused_handshakes_give_their_early_data_window_back(client: H2Client) -> None:
+    """DATA held for a tunnel that never opened must not shrink the connection window."""
+    for _ in range(30):                  # 30 x 50000 bytes: over the 1 MiB window
+        client.until(lambda: client.conn.outbound_flow_control_window >= 50000)
+        sid = client.conn.get_next_available_stream_id()
+        client.streams[sid] = Stream()
+        client.conn.send_headers(sid, [
+            (b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"http"),
+            (b":path", b"/key/chat"), (b":authority", b"gw"), (b"sec-websocket-version", b"13")])
+        data = encode(BINARY, b"x" * 49990, mask=False)
+        for at in range(0, len(data), 16384):       # in the same write as the head
+            client.conn.send_data(sid, data[at:at + 16384])
+        client.flush()
+        assert client.response(sid).status == 401
+
+
 def test_upstream_refusal_is_the_streams_status(gateway_factory) -> None:
     refusing = WsBackend(reject=403)
     try:

@@ -305,6 +305,7 @@ class H2Server(asyncio.Protocol):
         """The stream is gone before its exchange ended: stop whoever works for it."""
         if stream.tunnel is not None:
             stream.tunnel.lost()
+        self._give_back(stream)
         self.by_ex.pop(stream.ex, None)
         ex = stream.ex
         if ex.done:
@@ -477,10 +478,19 @@ class H2Server(asyncio.Protocol):
         if not ex.body_done:
             ex.body_done = True
             self.conn.reset_stream(stream.id, ErrorCodes.NO_ERROR)   # RFC 9113 8.1
+        self._give_back(stream)
         if not self.streams:
             self._idle_since = self.ctx.now
             if self._goaway_at >= 0:
                 self._close()
+
+    def _give_back(self, stream: _Stream) -> None:
+        """Request DATA the stream never acknowledged (buffered before a refusal, read
+        while paused) return to the connection window, which would shrink for good."""
+        if stream.unacked and not self._closing:
+            self.conn.acknowledge_received_data(stream.unacked, stream.id)
+            stream.unacked = 0
+            self._queue_write()
 
     def _pause_source(self, stream: _Stream) -> None:
         source = stream.ex.source
