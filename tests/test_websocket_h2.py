@@ -78,15 +78,24 @@ def origin() -> Iterator[WsBackend]:
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, origin: WsBackend) -> Iterator[Gateway]:
-    """/plain/* without the opt-in, /key/* behind key-auth, the rest tunnelled."""
+    """/plain/* without the opt-in, /key/* behind key-auth, /limited/* one handshake a
+    minute per X-Client, /cors/* with CORS for one origin, the rest tunnelled."""
     ws = {"serviceEndpoint": "backend", "websocket": True}
     config: dict[str, Any] = {
         "apiEndpoints": {"plain": {"host": "*", "paths": ["/plain/*"]},
                          "key": {"host": "*", "paths": ["/key/*"]},
+                         "limited": {"host": "*", "paths": ["/limited/*"]},
+                         "cors": {"host": "*", "paths": ["/cors/*"]},
                          "api": {"host": "*", "paths": ["/*"]}},
         "serviceEndpoints": {"backend": {"url": origin.url}},
-        "policies": ["key-auth", "proxy"],
+        "policies": ["cors", "key-auth", "proxy", "rate-limit"],
         "pipelines": {
+            "limited": {"apiEndpoints": ["limited"], "policies": [
+                {"rate-limit": [{"action": {"max": 1, "rateLimitBy": "${req.headers.x-client}"}}]},
+                {"proxy": [{"action": ws}]}]},
+            "cors": {"apiEndpoints": ["cors"], "policies": [
+                {"cors": [{"action": {"origin": ["https://app.example.com"]}}]},
+                {"proxy": [{"action": ws}]}]},
             "plain": {"apiEndpoints": ["plain"],
                       "policies": [{"proxy": [{"action": {"serviceEndpoint": "backend"}}]}]},
             "key": {"apiEndpoints": ["key"],
@@ -274,6 +283,29 @@ def test_refused_handshakes_give_their_early_data_window_back(client: H2Client) 
             client.conn.send_data(sid, data[at:at + 16384])
         client.flush()
         assert client.response(sid).status == 401
+
+
+def test_rate_limit_refuses_the_second_handshake(client: H2Client,
+                                                 origin: WsBackend) -> None:
+    who = [("x-client", os.urandom(4).hex())]
+    stream, ws = open_ws(client, "/limited/a", who)
+    assert stream.status == 200
+    assert stream.header(b"ratelimit-remaining") == b"0"
+    seen = len(origin.handshakes)
+    stream, ws = open_ws(client, "/limited/a", who)
+    client.response(ws.sid)
+    assert stream.status == 429 and len(origin.handshakes) == seen
+
+
+def test_cors_and_negotiated_extensions_reach_the_200(client: H2Client) -> None:
+    stream, _ = open_ws(client, "/cors/chat", [
+        ("origin", "https://app.example.com"),
+        ("sec-websocket-extensions", "permessage-deflate; client_max_window_bits")])
+    assert stream.status == 200
+    assert stream.header(b"access-control-allow-origin") == b"https://app.example.com"
+    assert b"permessage-deflate" in (stream.header(b"sec-websocket-extensions") or b"")
+    fields = [name for name, _ in stream.headers]
+    assert b"upgrade" not in fields and b"connection" not in fields
 
 
 def test_upstream_refusal_is_the_streams_status(gateway_factory) -> None:
