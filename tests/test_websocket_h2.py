@@ -324,6 +324,21 @@ def test_upstream_refusal_is_the_streams_status(gateway_factory) -> None:
         refusing.stop()
 
 
+def test_a_101_with_the_wrong_accept_is_502(gateway_factory) -> None:
+    raw = RawUpstream(lambda head: b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                      b"Connection: Upgrade\r\nSec-WebSocket-Accept: bm90IHRoZSBvbmU=\r\n\r\n")
+    try:
+        gw = gateway_factory(proxy_config(raw.url, proxy_action={"websocket": True}))
+        with H2Client(gw.port) as c:
+            sid = c.extended_connect("/chat", headers=VERSION)
+            c.send_body(sid, b"early bytes", end=False)
+            stream = c.response(sid)
+            assert stream.status == 502
+        assert raw.done.wait(5) and raw.after == [b""]     # nothing went upstream
+    finally:
+        raw.stop()
+
+
 def test_other_protocols_and_plain_connect_are_501(client: H2Client,
                                                    origin: WsBackend) -> None:
     seen = len(origin.handshakes)

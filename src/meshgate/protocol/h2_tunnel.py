@@ -61,6 +61,8 @@ if TYPE_CHECKING:
     from meshgate.protocol.h2_server import H2Server, _Stream
 
 NOT_TUNNELLED: Final = b"Not Implemented: WebSocket is not enabled on this route\n"
+# RFC 8441 does not use the accept; a 2xx to CONNECT has no length (RFC 9110 9.3.6).
+_NOT_ON_THE_200: Final = frozenset({b"sec-websocket-accept", b"content-length"})
 
 
 class H2Tunnel(asyncio.Transport):
@@ -222,7 +224,7 @@ def switch(server: H2Server, ex: Exchange, head: bytes
     tunnel = stream.tunnel
     block = head[head.find(b"\r\n") + 2:]
     stream.head = [item for item in response_head(200, block, None)
-                   if item[0] != b"sec-websocket-accept"]
+                   if item[0] not in _NOT_ON_THE_200]
     ex.status = 200
     ex.done = True
     server.by_ex.pop(ex, None)
