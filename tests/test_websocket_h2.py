@@ -133,6 +133,31 @@ def test_not_advertised_and_refused_without_websocket_routes(backend, gateway_fa
     assert httpx.get(backend.url + "/_ctl/count", timeout=5).text.strip() == "0"
 
 
+def advertised(port: int) -> int:
+    with H2Client(port) as c:
+        c.until(lambda: any(type(e).__name__ == "RemoteSettingsChanged" for e in c.events))
+        return int(c.conn.remote_settings.enable_connect_protocol)
+
+
+def test_a_reload_changes_what_new_connections_are_told(origin: WsBackend,
+                                                        gateway_factory) -> None:
+    config = proxy_config(origin.url, proxy_action={"websocket": True})
+    gw = gateway_factory(config)
+    assert advertised(gw.port) == 1
+    with H2Client(gw.port) as kept:
+        stream, ws = open_ws(kept)
+        assert stream.status == 200
+        plain = proxy_config(origin.url)
+        plain["http"], plain["admin"] = config["http"], config["admin"]
+        gw.write(plain)
+        wait_until(lambda: advertised(gw.port) == 0, timeout=10)
+        ws.send(TEXT, b"runs on")          # an open tunnel keeps its config (drainTimeout)
+        assert ws.recv() == (TEXT, b"runs on")
+        stream, again = open_ws(kept)      # its connection was told 1; the route now says no
+        kept.response(again.sid)
+        assert stream.status == 426       # the origin's answer to the plain GET, relayed
+
+
 # -- messages ----------------------------------------------------------------------------------
 
 def test_messages_echo_both_ways(client: H2Client, origin: WsBackend) -> None:
