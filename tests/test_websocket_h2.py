@@ -22,12 +22,16 @@ import h2.errors
 import httpx
 import pytest
 
+from tests import test_sidecar
 from tests.support.gateway import Gateway, proxy_config, wait_until
 from tests.support.h2client import H2Client, Stream
 from tests.support.ws_backend import RawUpstream, WsBackend, header
 from tests.support.ws_frames import BINARY, CLOSE, TEXT, Reader, close_payload, encode
 from tests.test_auth_key import Admin, key_of
+from tests.test_sidecar import _instances
 from tests.test_websocket import counter, switching
+
+mesh = test_sidecar.mesh        # the fixture: a registry and sidecars
 
 VERSION = [("sec-websocket-version", "13")]
 
@@ -62,8 +66,9 @@ class WsStream:
 
 
 def open_ws(client: H2Client, path: str = "/chat",
-            headers: list[tuple[str, str]] | None = None) -> tuple[Stream, WsStream]:
-    sid = client.extended_connect(path, headers=VERSION + (headers or []))
+            headers: list[tuple[str, str]] | None = None,
+            authority: str = "gw") -> tuple[Stream, WsStream]:
+    sid = client.extended_connect(path, headers=VERSION + (headers or []), authority=authority)
     stream = client.streams[sid]
     client.until(lambda: stream.headers or stream.reset is not None)
     return stream, WsStream(client, sid)
@@ -417,3 +422,20 @@ def test_max_tunnels_and_idle_timeout(origin: WsBackend, gateway_factory) -> Non
         assert third.status == 200
     wait_until(lambda: counter(gw, "meshgate_websocket_tunnels_closed_total",
                                reason="idle_timeout") >= 1, timeout=5)
+
+
+# -- sidecars ----------------------------------------------------------------------------------
+
+def test_through_caller_and_callee_sidecars(mesh: dict[str, Any], origin: WsBackend) -> None:
+    """The caller's outbound port always offers extended CONNECT; the callee's inbound
+    port does since its default pipeline tunnels WebSocket."""
+    mesh["sidecar"]("chat", origin.port)
+    caller = mesh["sidecar"]("web", 1, "--no-register")
+    wait_until(lambda: _instances(mesh["registry"], "chat"), timeout=5)
+    with H2Client(caller.outbound) as c:
+        stream, ws = open_ws(c, "/room", authority="chat")
+        assert stream.status == 200
+        ws.send(TEXT, b"through two sidecars")
+        assert ws.recv() == (TEXT, b"through two sidecars")
+    path, headers = origin.handshakes[-1]
+    assert path == "/room" and headers["upgrade"] == ["websocket"]
