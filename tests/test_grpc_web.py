@@ -1,0 +1,341 @@
+"""gRPC-Web through meshgate to a gRPC (h2c) upstream, with a raw gRPC-Web client.
+
+The upstream is ``tests.support.grpc_app.GrpcApp`` (grpcio, plaintext HTTP/2);
+the client (``tests.support.grpc_web_client``) frames, base64-encodes and
+parses by hand, over HTTP/1.1 (http.client) and HTTP/2 (h2client). Covered:
+unary and server streaming in binary and -text, errors, trailers-only
+answers, -bin metadata, -text bodies split at every kind of boundary,
+malformed base64, CORS preflights, and meshgate's own answers (no route, no
+upstream, an auth refusal) as gRPC-Web errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import Backend
+from tests.support.gateway import Gateway, free_port
+from tests.support.grpc_app import BINARY, GrpcApp, stubs
+from tests.support.grpc_web_client import (
+    TEXT,
+    WEB,
+    Reply,
+    b64_groups,
+    body_of,
+    call_h1,
+    call_h2,
+    frame,
+    unpad_b64,
+)
+from tests.support.h2client import H2Client
+
+UNARY = "/meshgate.test.Echo/Unary"
+STREAM = "/meshgate.test.Echo/ServerStream"
+ORIGIN = "https://app.example"
+
+
+@pytest.fixture(scope="module")
+def app() -> Iterator[GrpcApp]:
+    with GrpcApp(name="web") as grpc_app:
+        yield grpc_app
+
+
+def web_config(app_url: str, backend_url: str) -> dict[str, Any]:
+    cors = {"cors": [{"action": {"origin": [ORIGIN],
+                                 "exposedHeaders": ["grpc-status", "grpc-message"]}}]}
+    return {
+        "apiEndpoints": {
+            "locked": {"host": "locked.example", "paths": ["/*"]},
+            "down": {"host": "down.example", "paths": ["/*"]},
+            "h1": {"host": "h1.example", "paths": ["/*"]},
+            "grpc": {"host": "*", "paths": ["/meshgate.test.Echo/*"]},
+        },
+        "serviceEndpoints": {
+            "echo": {"url": app_url, "protocol": "h2c"},
+            "down": {"url": f"http://127.0.0.1:{free_port()}", "protocol": "h2c"},
+            "plain": {"url": backend_url},
+        },
+        "policies": ["cors", "key-auth", "proxy"],
+        "pipelines": {
+            "grpc": {"apiEndpoints": ["grpc"], "policies": [
+                cors, {"proxy": [{"action": {"serviceEndpoint": "echo"}}]}]},
+            "locked": {"apiEndpoints": ["locked"], "policies": [
+                cors, {"key-auth": [{"action": {}}]},
+                {"proxy": [{"action": {"serviceEndpoint": "echo"}}]}]},
+            "down": {"apiEndpoints": ["down"], "policies": [
+                {"proxy": [{"action": {"serviceEndpoint": "down"}}]}]},
+            "h1": {"apiEndpoints": ["h1"], "policies": [
+                {"proxy": [{"action": {"serviceEndpoint": "plain"}}]}]},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, app: GrpcApp,
+       backend_mod: Backend) -> Iterator[Gateway]:
+    gateway = Gateway(tmp_path_factory.mktemp("grpcweb"), web_config(app.url, backend_mod.url))
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture
+def h2(gw: Gateway) -> Iterator[H2Client]:
+    with H2Client(gw.port, window=1 << 24) as client:
+        yield client
+
+
+def msg(**fields: Any) -> bytes:
+    pb2, _ = stubs()
+    return bytes(pb2.Msg(**fields).SerializeToString())
+
+
+def count(**fields: Any) -> bytes:
+    pb2, _ = stubs()
+    return bytes(pb2.Count(**fields).SerializeToString())
+
+
+def decoded(payload: bytes) -> Any:
+    pb2, _ = stubs()
+    return pb2.Msg.FromString(payload)
+
+
+def assert_ok(reply: Reply, kind: str) -> None:
+    assert reply.status == 200
+    assert reply.headers["content-type"] == kind
+    assert "content-length" not in reply.headers        # the body changed: never the upstream's
+    assert reply.grpc_status == 0, reply.trailers
+    assert reply.frames_after_trailers == 0
+    assert reply.http_trailers == {}                   # the trailers travel in the body
+
+
+# -- calls ----------------------------------------------------------------------------
+@pytest.mark.parametrize("text", [False, True], ids=["binary", "text"])
+def test_unary_over_http1(gw: Gateway, app: GrpcApp, text: bool) -> None:
+    reply = call_h1(gw.port, UNARY, body_of(msg(text="hello", seq=7, blob=b"\x00\xff"), text),
+                    text=text)
+    assert_ok(reply, TEXT if text else WEB)
+    assert reply.headers["transfer-encoding"] == "chunked"
+    assert [decoded(m).text for m in reply.messages] == ["hello"]
+    assert decoded(reply.messages[0]).blob == b"\x00\xff"
+    assert reply.trailers["server-name"] == "web"
+    assert unpad_b64(reply.trailers["trace-bin"]) == BINARY
+    method, meta = app.calls[-1]
+    assert method == "Unary"
+    assert meta["x-grpc-web"] == "1" and meta["x-user-agent"].startswith("grpc-web")
+    if text:                                             # base64 on the wire, both ways
+        assert reply.body.isascii() and b"\x00" not in reply.body
+
+
+@pytest.mark.parametrize("text", [False, True], ids=["binary", "text"])
+def test_unary_over_http2(gw: Gateway, h2: H2Client, text: bool) -> None:
+    reply = call_h2(h2, UNARY, [body_of(msg(text="over h2", seq=1), text)], text=text)
+    assert_ok(reply, TEXT if text else WEB)
+    assert decoded(reply.messages[0]).text == "over h2"
+
+
+@pytest.mark.parametrize("text", [False, True], ids=["binary", "text"])
+def test_server_stream(gw: Gateway, h2: H2Client, text: bool) -> None:
+    reply = call_h2(h2, STREAM, [body_of(count(text="tick", times=5), text)], text=text)
+    assert_ok(reply, TEXT if text else WEB)
+    assert [decoded(m).seq for m in reply.messages] == [0, 1, 2, 3, 4]
+    h1 = call_h1(gw.port, STREAM, body_of(count(text="tock", times=3), text), text=text)
+    assert_ok(h1, TEXT if text else WEB)
+    assert [decoded(m).text for m in h1.messages] == ["tock"] * 3
+
+
+def test_text_stream_each_message_decodable_on_arrival(gw: Gateway, h2: H2Client) -> None:
+    """Base64 is padded where a frame ends: the first message can be read before the next."""
+    sid = h2.request(STREAM, method="POST", end=False, headers=[
+        ("content-type", TEXT), ("accept", TEXT)])
+    h2.send_body(sid, body_of(count(text="slow", times=2, gap_ms=1500), True))
+    stream = h2.streams[sid]
+
+    def first() -> bool:
+        body = bytes(stream.body)
+        if len(body) < 8 or len(body) % 4:
+            return False
+        data = b64_groups(body)
+        return len(data) >= 5 and len(data) >= 5 + int.from_bytes(data[1:5], "big")
+
+    h2.until(first, timeout=5)
+    assert not stream.ended                              # the second message is still to come
+    h2.response(sid, timeout=10)
+
+
+def test_large_text_message_spans_upstream_frames(gw: Gateway) -> None:
+    blob = bytes(range(256)) * 400 + b"tail"             # ~100 KiB: many DATA frames
+    reply = call_h1(gw.port, UNARY, body_of(msg(text="big", blob=blob), True), text=True)
+    assert_ok(reply, TEXT)
+    assert decoded(reply.messages[0]).blob == blob
+
+
+# -- errors, trailers-only, metadata ---------------------------------------------------
+@pytest.mark.parametrize("text", [False, True], ids=["binary", "text"])
+def test_error_status_in_trailer_frame(gw: Gateway, text: bool) -> None:
+    reply = call_h1(gw.port, UNARY, body_of(msg(text="x"), text), text=text,
+                    headers={"x-echo-code": "5", "x-echo-message": "no such thing"})
+    assert reply.status == 200
+    assert reply.messages == []
+    assert reply.grpc_status == 5
+    assert reply.trailers["grpc-message"] == "no such thing"
+
+
+def test_trailers_only_becomes_a_trailer_frame(gw: Gateway, h2: H2Client) -> None:
+    headers = {"x-echo-code": "7", "x-echo-message": "denied", "x-echo-trailers-only": "1"}
+    for reply in (call_h1(gw.port, UNARY, body_of(msg(), False), headers=headers),
+                  call_h2(h2, UNARY, [body_of(msg(), True)], text=True, headers=headers)):
+        assert reply.status == 200
+        assert reply.headers["grpc-status"] == "7"       # kept in the head, as Envoy does
+        assert reply.messages == []
+        assert reply.grpc_status == 7
+        assert reply.trailers["grpc-message"] == "denied"
+        assert "content-length" not in reply.headers
+
+
+def test_binary_metadata_both_ways(gw: Gateway) -> None:
+    value = base64.b64encode(b"\x00\x01\x02\xfe").decode()
+    reply = call_h1(gw.port, UNARY, body_of(msg(text="m"), True), text=True,
+                    headers={"x-echo-meta-token-bin": value, "x-echo-meta-plain": "p"})
+    assert_ok(reply, TEXT)
+    assert unpad_b64(reply.headers["x-echo-meta-token-bin"]) == b"\x00\x01\x02\xfe"
+    assert unpad_b64(reply.trailers["x-echo-meta-token-bin"]) == b"\x00\x01\x02\xfe"
+    assert reply.headers["x-echo-meta-plain"] == reply.trailers["x-echo-meta-plain"] == "p"
+
+
+# -- -text request bodies ---------------------------------------------------------------
+def split_every(data: bytes, sizes: list[int]) -> list[bytes]:
+    out, pos, i = [], 0, 0
+    while pos < len(data):
+        size = sizes[i % len(sizes)]
+        out.append(data[pos:pos + size])
+        pos += size
+        i += 1
+    return out
+
+
+def test_text_body_split_across_chunks(gw: Gateway, h2: H2Client) -> None:
+    payload = msg(text="split across every boundary", blob=bytes(range(200)))
+    text = body_of(payload, True)
+    for sizes in ([1], [3], [5, 2], [7, 1, 4]):
+        chunks = split_every(text, sizes)
+        reply = call_h2(h2, UNARY, chunks, text=True)
+        assert_ok(reply, TEXT)
+        assert decoded(reply.messages[0]).blob == bytes(range(200)), sizes
+        h1 = call_h1(gw.port, UNARY, chunks, text=True)          # one HTTP/1.1 chunk each
+        assert_ok(h1, TEXT)
+        assert decoded(h1.messages[0]).text == "split across every boundary"
+
+
+def test_text_body_padded_per_piece(gw: Gateway) -> None:
+    """Clients may encode piece by piece: padding inside the body is allowed."""
+    payload = msg(text="ab")
+    data = frame(payload)
+    body = base64.b64encode(data[:4]) + base64.b64encode(data[4:])
+    assert b"=" in body[:-4]
+    reply = call_h1(gw.port, UNARY, body, text=True)
+    assert_ok(reply, TEXT)
+    assert decoded(reply.messages[0]).text == "ab"
+
+
+@pytest.mark.parametrize("body", [b"AAAA!!!!", b"AAAAAAA", b"AA=A"],
+                         ids=["alphabet", "length", "padding"])
+def test_malformed_base64_is_internal(gw: Gateway, app: GrpcApp, body: bytes) -> None:
+    before = len(app.calls)
+    reply = call_h1(gw.port, UNARY, body, text=True)
+    assert reply.status == 200
+    assert reply.headers["content-type"] == TEXT
+    assert reply.headers["grpc-status"] == "13"          # HTTP 400 in gRPC's mapping
+    assert "base64" in reply.headers["grpc-message"]
+    assert reply.grpc_status == 13
+    assert len(app.calls) == before                      # the upstream handler never ran
+
+
+# -- CORS ----------------------------------------------------------------------------
+def test_cors_preflight_and_exposed_headers(gw: Gateway) -> None:
+    asked = "content-type,x-grpc-web,x-user-agent,grpc-timeout"
+    r = httpx.options(gw.url + UNARY, timeout=5, headers={
+        "origin": ORIGIN, "access-control-request-method": "POST",
+        "access-control-request-headers": asked})
+    assert r.status_code == 204
+    assert r.headers["access-control-allow-origin"] == ORIGIN
+    assert "POST" in r.headers["access-control-allow-methods"]
+    assert r.headers["access-control-allow-headers"] == asked
+    reply = call_h1(gw.port, UNARY, body_of(msg(text="cors"), False),
+                    headers={"origin": ORIGIN})
+    assert_ok(reply, WEB)
+    assert reply.headers["access-control-allow-origin"] == ORIGIN
+    assert reply.headers["access-control-expose-headers"] == "grpc-status,grpc-message"
+
+
+# -- meshgate's own answers ---------------------------------------------------------
+@pytest.mark.parametrize("text", [False, True], ids=["binary", "text"])
+def test_no_route_is_unimplemented(gw: Gateway, h2: H2Client, text: bool) -> None:
+    for reply in (call_h1(gw.port, "/other.Service/Call", body_of(msg(), text), text=text),
+                  call_h2(h2, "/other.Service/Call", [body_of(msg(), text)], text=text)):
+        assert reply.status == 200
+        assert reply.headers["content-type"] == (TEXT if text else WEB)
+        assert reply.headers["grpc-status"] == "12"
+        assert reply.grpc_status == 12
+        assert reply.trailers["grpc-message"] == "Not Found"
+        assert reply.messages == []
+
+
+def test_upstream_down_is_unavailable(gw: Gateway) -> None:
+    reply = call_h1(gw.port, UNARY, body_of(msg(), True), text=True,
+                    headers={"host": "down.example"})
+    assert reply.status == 200
+    assert reply.headers["grpc-status"] == "14"
+    assert reply.grpc_status == 14
+
+
+def test_auth_refusal_is_unauthenticated(gw: Gateway, h2: H2Client) -> None:
+    reply = call_h1(gw.port, UNARY, body_of(msg(), False),
+                    headers={"host": "locked.example", "origin": ORIGIN})
+    assert reply.status == 200
+    assert reply.grpc_status == 16
+    assert reply.headers["grpc-status"] == "16"
+    assert "www-authenticate" in reply.headers           # the policy's headers stay
+    assert reply.headers["access-control-allow-origin"] == ORIGIN   # ... and CORS's
+    over_h2 = call_h2(h2, UNARY, [body_of(msg(), True)], text=True, authority="locked.example")
+    assert over_h2.grpc_status == 16
+
+
+def test_http1_serviceendpoint_passes_grpc_web_through(gw: Gateway) -> None:
+    """Only HTTP/2 serviceEndpoints translate (grpcWeb: auto): others see the request as sent."""
+    r = httpx.post(gw.url + "/echo", content=frame(b"x"), timeout=5, headers={
+        "host": "h1.example", "content-type": WEB})
+    assert r.status_code == 200
+    seen = {k.lower(): v for k, v in json.loads(r.text)["headers"]}
+    assert seen["content-type"] == WEB
+    assert "te" not in seen
+
+
+def test_plain_requests_untouched(gw: Gateway) -> None:
+    """A non-gRPC-Web request on the same route gets plain HTTP answers."""
+    r = httpx.post(gw.url + "/nowhere", content=b"{}", timeout=5,
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 404
+    assert "grpc-status" not in r.headers
+
+
+# -- config --------------------------------------------------------------------------
+def test_grpc_web_true_needs_http2(tmp_path: Path) -> None:
+    config = web_config("http://127.0.0.1:1", "http://127.0.0.1:2")
+    config["pipelines"]["h1"]["policies"][0]["proxy"][0]["action"]["grpcWeb"] = True
+    (tmp_path / "gateway.config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    done = subprocess.run([sys.executable, "-m", "meshgate", "validate", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    said = done.stderr + done.stdout
+    assert done.returncode == 2
+    assert "grpcWeb: true needs serviceEndpoint 'plain' to speak HTTP/2" in said
+    assert "gateway.config.yml:" in said
