@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from tests.conftest import Backend
-from tests.support.gateway import Gateway, free_port
+from tests.support.gateway import Gateway, free_port, wait_until
 from tests.support.grpc_app import BINARY, GrpcApp, stubs
 from tests.support.grpc_web_client import (
     TEXT,
@@ -50,7 +50,13 @@ def app() -> Iterator[GrpcApp]:
         yield grpc_app
 
 
-def web_config(app_url: str, backend_url: str) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def shadow() -> Iterator[GrpcApp]:
+    with GrpcApp(name="shadow") as grpc_app:
+        yield grpc_app
+
+
+def web_config(app_url: str, backend_url: str, shadow_url: str | None = None) -> dict[str, Any]:
     cors = {"cors": [{"action": {"origin": [ORIGIN],
                                  "exposedHeaders": ["grpc-status", "grpc-message"]}}]}
     return {
@@ -58,12 +64,20 @@ def web_config(app_url: str, backend_url: str) -> dict[str, Any]:
             "locked": {"host": "locked.example", "paths": ["/*"]},
             "down": {"host": "down.example", "paths": ["/*"]},
             "h1": {"host": "h1.example", "paths": ["/*"]},
+            "mirror": {"host": "mirror.example", "paths": ["/*"]},
+            "guarded": {"host": "guarded.example", "paths": ["/*"]},
+            "slow": {"host": "slow.example", "paths": ["/*"]},
             "grpc": {"host": "*", "paths": ["/meshgate.test.Echo/*"]},
         },
         "serviceEndpoints": {
             "echo": {"url": app_url, "protocol": "h2c"},
             "down": {"url": f"http://127.0.0.1:{free_port()}", "protocol": "h2c"},
             "plain": {"url": backend_url},
+            "shadow": {"url": shadow_url or app_url, "protocol": "h2c"},
+            # every other first attempt fails to connect: the retry replays the body
+            "guarded": {"urls": [f"http://127.0.0.1:{free_port()}", app_url],
+                        "protocol": "h2c", "loadBalancer": "round-robin",
+                        "retry": {"retryOn": ["connect-failure"], "numRetries": 2}},
         },
         "policies": ["cors", "key-auth", "proxy"],
         "pipelines": {
@@ -76,14 +90,22 @@ def web_config(app_url: str, backend_url: str) -> dict[str, Any]:
                 {"proxy": [{"action": {"serviceEndpoint": "down"}}]}]},
             "h1": {"apiEndpoints": ["h1"], "policies": [
                 {"proxy": [{"action": {"serviceEndpoint": "plain"}}]}]},
+            "mirror": {"apiEndpoints": ["mirror"], "policies": [
+                {"proxy": [{"action": {"serviceEndpoint": "echo",
+                                       "mirror": {"serviceEndpoint": "shadow"}}}]}]},
+            "guarded": {"apiEndpoints": ["guarded"], "policies": [
+                {"proxy": [{"action": {"serviceEndpoint": "guarded"}}]}]},
+            "slow": {"apiEndpoints": ["slow"], "policies": [
+                {"proxy": [{"action": {"serviceEndpoint": "echo", "timeout": 600}}]}]},
         },
     }
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, app: GrpcApp,
+def gw(tmp_path_factory: pytest.TempPathFactory, app: GrpcApp, shadow: GrpcApp,
        backend_mod: Backend) -> Iterator[Gateway]:
-    gateway = Gateway(tmp_path_factory.mktemp("grpcweb"), web_config(app.url, backend_mod.url))
+    gateway = Gateway(tmp_path_factory.mktemp("grpcweb"),
+                      web_config(app.url, backend_mod.url, shadow.url))
     yield gateway
     gateway.stop()
 
@@ -258,6 +280,39 @@ def test_malformed_base64_is_internal(gw: Gateway, app: GrpcApp, body: bytes) ->
     assert "base64" in reply.headers["grpc-message"]
     assert reply.grpc_status == 13
     assert len(app.calls) == before                      # the upstream handler never ran
+
+
+def test_text_body_mirrored_and_decoded_for_both(gw: Gateway, h2: H2Client, app: GrpcApp,
+                                                 shadow: GrpcApp) -> None:
+    text = body_of(msg(text="seen twice"), True)
+    key = f"mirror-{id(text)}"
+    reply = call_h2(h2, UNARY, split_every(text, [3, 2]), text=True, authority="mirror.example",
+                    headers={"content-length": str(len(text)), "x-echo-key": key})
+    assert_ok(reply, TEXT)
+    assert decoded(reply.messages[0]).text == "seen twice"
+    # The copy is a gRPC-Web request of its own, decoded from the client's bytes.
+    wait_until(lambda: any(m.get("x-echo-key") == key for _, m in shadow.calls), timeout=5)
+    assert [c for c, m in app.calls if m.get("x-echo-key") == key] == ["Unary"]
+
+
+def test_retry_replays_the_decoded_body(gw: Gateway, h2: H2Client) -> None:
+    text = body_of(msg(text="again", blob=bytes(range(100))), True)
+    for i in range(4):                     # round robin: half the first attempts find no one
+        reply = call_h2(h2, UNARY, split_every(text, [5, 3]), text=True,
+                        authority="guarded.example")
+        assert_ok(reply, TEXT)
+        assert decoded(reply.messages[0]).blob == bytes(range(100)), i
+    assert 'meshgate_upstream_retries_total{service_endpoint="guarded"}' in gw.metrics()
+
+
+def test_timeout_mid_stream_ends_with_a_trailer_frame(gw: Gateway) -> None:
+    """The response has started: the call still ends as gRPC-Web, not as a broken body."""
+    reply = call_h1(gw.port, STREAM, body_of(count(text="late", times=2, gap_ms=3000), True),
+                    text=True, headers={"host": "slow.example"})
+    assert reply.status == 200
+    assert [decoded(m).text for m in reply.messages] == ["late"]
+    assert reply.grpc_status == 14
+    assert reply.trailers["grpc-message"] == "Gateway Timeout"
 
 
 # -- CORS ----------------------------------------------------------------------------
