@@ -12,19 +12,24 @@ upstream, an auth refusal) as gRPC-Web errors.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import httpx
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from meshgate.protocol.grpc_web import _TextOut, decode, trailer_frame
 from tests.conftest import Backend
-from tests.support.gateway import Gateway, free_port, wait_until
+from tests.support.gateway import Gateway, free_port, proxy_config, wait_until
 from tests.support.grpc_app import BINARY, GrpcApp, stubs
 from tests.support.grpc_web_client import (
     TEXT,
@@ -37,6 +42,7 @@ from tests.support.grpc_web_client import (
     frame,
     unpad_b64,
 )
+from tests.support.h2_origin import H2Origin
 from tests.support.h2client import H2Client
 
 UNARY = "/meshgate.test.Echo/Unary"
@@ -315,6 +321,35 @@ def test_timeout_mid_stream_ends_with_a_trailer_frame(gw: Gateway) -> None:
     assert reply.trailers["grpc-message"] == "Gateway Timeout"
 
 
+# -- what the upstream sees, and answers that are not gRPC ------------------------------
+def test_upstream_request_and_non_grpc_answers(tmp_path: Path) -> None:
+    origin = H2Origin()
+    try:
+        url = f"http://127.0.0.1:{origin.port}"
+        gateway = Gateway(tmp_path, proxy_config(url, service={"protocol": "h2c"}))
+        try:
+            body = body_of(b"hello", True)
+            reply = call_h1(gateway.port, "/echo", [body[:3], body[3:]], text=True)
+            head = origin.seen.requests[-1]
+            assert head[b"content-type"] == b"application/grpc+proto"
+            assert head[b"te"] == b"trailers"
+            assert head[b"grpc-accept-encoding"] == b"identity"
+            assert head[b"x-grpc-web"] == b"1"
+            assert b"content-length" not in head           # the decoded body is shorter
+            # /echo answers 200 without a gRPC content-type: an error, its body the message
+            assert reply.status == 200 and reply.grpc_status == 2   # UNKNOWN
+            assert unquote_to_bytes(reply.trailers["grpc-message"]) == frame(b"hello")
+            assert reply.messages == []
+            failed = call_h1(gateway.port, "/status/503", body_of(b"x", False))
+            assert failed.status == 200
+            assert failed.headers["grpc-status"] == "14"
+            assert failed.trailers == {"grpc-status": "14", "grpc-message": "status"}
+        finally:
+            gateway.stop()
+    finally:
+        origin.stop()
+
+
 # -- CORS ----------------------------------------------------------------------------
 def test_cors_preflight_and_exposed_headers(gw: Gateway) -> None:
     asked = "content-type,x-grpc-web,x-user-agent,grpc-timeout"
@@ -394,3 +429,30 @@ def test_grpc_web_true_needs_http2(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "grpcWeb: true needs serviceEndpoint 'plain' to speak HTTP/2" in said
     assert "gateway.config.yml:" in said
+
+
+# -- the base64 codecs, on their own ------------------------------------------------
+@settings(max_examples=300, deadline=None)
+@given(messages=st.lists(st.binary(max_size=40), max_size=6),
+       cuts=st.lists(st.integers(0, 300), max_size=8))
+def test_text_encoding_decodes_whole_frames_at_any_split(messages: list[bytes],
+                                                         cuts: list[int]) -> None:
+    data = b"".join(frame(m) for m in messages)
+    bounds = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    encoder = _TextOut()
+    out = b"".join(encoder.encode(data[a:b]) for a, b in itertools.pairwise(bounds))
+    assert b64_groups(out) == data                       # every frame out, nothing held back
+    trailer = trailer_frame([(b"grpc-status", b"0")])
+    assert b64_groups(out + encoder.finish(trailer)) == data + trailer
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(st.binary(max_size=20), max_size=6))
+def test_text_decoding_takes_padding_between_pieces(pieces: list[bytes]) -> None:
+    text = b"".join(base64.b64encode(p) for p in pieces)
+    assert decode(text) == b"".join(pieces)
+
+
+@pytest.mark.parametrize("text", [b"AA=A", b"A===", b"=AAA", b"AA==AA=A", b"AAA*", b"AA\nA"])
+def test_text_decoding_refuses_malformed(text: bytes) -> None:
+    assert decode(text) is None
