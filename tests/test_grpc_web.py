@@ -398,6 +398,8 @@ def test_auth_refusal_is_unauthenticated(gw: Gateway, h2: H2Client) -> None:
     assert reply.headers["access-control-allow-origin"] == ORIGIN   # ... and CORS's
     over_h2 = call_h2(h2, UNARY, [body_of(msg(), True)], text=True, authority="locked.example")
     assert over_h2.grpc_status == 16
+    # Metrics count what the answer meant, as for gRPC answers.
+    assert 'api_endpoint="locked",code="401",pipeline="locked"' in gw.metrics()
 
 
 def test_http1_serviceendpoint_passes_grpc_web_through(gw: Gateway) -> None:

@@ -118,36 +118,48 @@ def answer(ex: Exchange, status: int, body: bytes, headers: Headers | None) -> b
     web = variant(ex)
     if web is None:
         return False
-    send_error(ex.responder, ex, web, status, body, headers)
+    send_error(ex.responder, ex, web, status, local_code(status), body, headers)
     return True
 
 
-def send_error(responder: Responder, ex: Exchange, web: Variant, status: int, body: bytes,
-               headers: Headers | None) -> None:
+def local_code(status: int) -> int:
+    """The gRPC status of meshgate's own answer ``status``."""
+    return grpc.status_from_http(status)
+
+
+def send_error(responder: Responder, ex: Exchange, web: Variant, status: int, code: int,
+               body: bytes, headers: Headers | None) -> None:
     """HTTP 200, grpc-status/grpc-message in the head and in a trailer frame.
 
-    The gRPC status is the one ``headers`` carry when they carry one (an
-    answer already made in gRPC's terms), else ``status`` mapped.
+    ``headers`` stay, but an answer already made in gRPC's terms (a
+    ``grpc-status`` among them) keeps its own code and message. Sent through
+    the codec's response calls, not its ``respond``: the request may look
+    like gRPC by now, and a gRPC answer has no body. Metrics count
+    ``status``, what the answer means.
     """
-    code = b"%d" % grpc.status_from_http(status)
+    code_field = b"%d" % code
     message: bytes | None = None
     kept: Headers = []
     for name, value in headers or ():
         if name == b"grpc-status":
-            code = value
+            code_field = value
         elif name == b"grpc-message":
             message = value
         elif name not in _NOT_KEPT:
             kept.append((name, value))
     if message is None:
         message = message_from(body)
-    fields: Headers = [(b"grpc-status", code)]
+    fields: Headers = [(b"grpc-status", code_field)]
     if message:
         fields.append((b"grpc-message", message))
     frame = trailer_frame(fields)
     if web.text_out:
         frame = base64.b64encode(frame)
-    responder.respond(ex, 200, frame, [(b"content-type", web.response_type), *fields, *kept])
+    responder.start_response(ex, 200, [(b"content-type", web.response_type), *fields, *kept],
+                             True, len(frame))
+    ex.status = status
+    responder.send_data(ex, frame)
+    responder.end_response(ex, None)
 
 
 def message_from(body: bytes) -> bytes:
@@ -394,7 +406,7 @@ class WebResponder:
         self.state = _DONE
         given = [(n, v) for n, v in fields if n in _STATUS_FIELDS]
         body = self.collected or b"upstream answered HTTP %d" % status
-        send_error(self.inner, ex, self.web, status, body, given)
+        send_error(self.inner, ex, self.web, status, grpc.status_from_http(status), body, given)
 
     def respond(self, ex: Exchange, status: int, body: bytes,
                 headers: Headers | None = None) -> None:
@@ -402,7 +414,7 @@ class WebResponder:
             return
         state = self.state
         if state == _STREAM:             # mid-stream (a deadline): end the call, not the connection
-            code = b"%d" % grpc.status_from_http(status)
+            code = b"%d" % local_code(status)
             given = [(n, v) for n, v in headers or () if n in _STATUS_FIELDS]
             self._end(ex, given or [(b"grpc-status", code), (b"grpc-message", message_from(body))])
             return
@@ -410,7 +422,7 @@ class WebResponder:
             self.inner.respond(ex, status, body, headers)
             return
         self.state = _DONE
-        send_error(self.inner, ex, self.web, status, body, headers)
+        send_error(self.inner, ex, self.web, status, local_code(status), body, headers)
 
     def abort(self, ex: Exchange) -> None:
         if self.state == _FOREIGN and not ex.status:
