@@ -458,3 +458,11 @@ def test_text_decoding_takes_padding_between_pieces(pieces: list[bytes]) -> None
 @pytest.mark.parametrize("text", [b"AA=A", b"A===", b"=AAA", b"AA==AA=A", b"AAA*", b"AA\nA"])
 def test_text_decoding_refuses_malformed(text: bytes) -> None:
     assert decode(text) is None
+
+
+def test_empty_body_is_still_translated(gw: Gateway) -> None:
+    """No message frame at all: the upstream says so, in gRPC-Web terms."""
+    reply = call_h1(gw.port, UNARY, b"")
+    assert reply.status == 200
+    assert reply.headers["content-type"] == WEB
+    assert reply.grpc_status != 0

@@ -171,10 +171,9 @@ class GrpcWebForward(Forward):
     """
 
     def __call__(self, ex: Exchange) -> bool:
-        if ex.body_expected:
-            web = grpc_web.variant(ex)
-            if web is not None:
-                grpc_web.translate(ex, web)
+        web = grpc_web.variant(ex)
+        if web is not None:
+            grpc_web.translate(ex, web)
         return super().__call__(ex)
 
 
