@@ -12,6 +12,7 @@ upstream, an auth refusal) as gRPC-Web errors.
 from __future__ import annotations
 
 import base64
+import http.client
 import itertools
 import json
 import subprocess
@@ -40,6 +41,7 @@ from tests.support.grpc_web_client import (
     call_h1,
     call_h2,
     frame,
+    parse,
     unpad_b64,
 )
 from tests.support.h2_origin import H2Origin
@@ -466,3 +468,31 @@ def test_empty_body_is_still_translated(gw: Gateway) -> None:
     assert reply.status == 200
     assert reply.headers["content-type"] == WEB
     assert reply.grpc_status != 0
+
+
+def test_binary_request_answered_in_base64_when_accept_asks(gw: Gateway) -> None:
+    reply = call_h1(gw.port, UNARY, body_of(msg(text="b64 please"), False), text=True,
+                    ctype=WEB, headers={"accept": TEXT})
+    assert_ok(reply, TEXT)
+    assert decoded(reply.messages[0]).text == "b64 please"
+
+
+def test_calls_share_a_keep_alive_connection(gw: Gateway) -> None:
+    """Each response ends where its framing says: the next call on the connection works."""
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    try:
+        for i, (kind, extra) in enumerate([(WEB, {}), (TEXT, {}), (WEB, {"x-echo-code": "3"}),
+                                           (TEXT, {"x-echo-code": "9",
+                                                   "x-echo-trailers-only": "1"})] * 2):
+            text = kind == TEXT
+            conn.request("POST", UNARY, body_of(msg(text=f"call {i}"), text),
+                         {"content-type": kind, **extra})
+            r = conn.getresponse()
+            reply = parse(Reply(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()),
+                          text)
+            assert reply.grpc_status == int(extra.get("x-echo-code", "0")), i
+            assert r.getheader("connection") != "close"
+            if not extra:
+                assert decoded(reply.messages[0]).text == f"call {i}"
+    finally:
+        conn.close()
