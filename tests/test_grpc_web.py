@@ -319,7 +319,7 @@ def test_timeout_mid_stream_ends_with_a_trailer_frame(gw: Gateway) -> None:
                     text=True, headers={"host": "slow.example"})
     assert reply.status == 200
     assert [decoded(m).text for m in reply.messages] == ["late"]
-    assert reply.grpc_status == 14
+    assert reply.grpc_status == 4                        # DEADLINE_EXCEEDED, as for gRPC
     assert reply.trailers["grpc-message"] == "Gateway Timeout"
 
 

@@ -40,8 +40,10 @@ carries what the rest of the path needs:
 
 Own answers (no route, a policy's refusal, an upstream that fails) to a
 gRPC-Web request are HTTP 200 with ``grpc-status`` / ``grpc-message`` in
-the head and the trailer frame as the body; the status comes from
-``grpc.status_from_http``, the one table the gRPC answers use too.
+the head and the trailer frame as the body. Their fields are those a gRPC
+call gets (``grpc.local_answer``: one table of codes, one message
+encoding); an upstream's non-gRPC answer is read as a gRPC client reads an
+HTTP status (``grpc.status_from_http``).
 """
 
 from __future__ import annotations
@@ -58,9 +60,6 @@ if TYPE_CHECKING:
 
 _TEXT: Final = b"application/grpc-web-text"
 TRAILER_FLAG: Final = 0x80
-MESSAGE_LIMIT: Final = 1024      # bytes of a non-gRPC answer's body kept as grpc-message
-_NOT_KEPT: Final = frozenset({b"content-type", b"content-length", b"grpc-status",
-                              b"grpc-message", b"grpc-status-details-bin"})
 _STATUS_FIELDS: Final = (b"grpc-status", b"grpc-message", b"grpc-status-details-bin")
 
 
@@ -118,53 +117,35 @@ def answer(ex: Exchange, status: int, body: bytes, headers: Headers | None) -> b
     web = variant(ex)
     if web is None:
         return False
-    send_error(ex.responder, ex, web, status, local_code(status), body, headers)
+    send_error(ex.responder, ex, web, status,
+               grpc.local_answer(status, body, headers, web.response_type))
     return True
 
 
-def local_code(status: int) -> int:
-    """The gRPC status of meshgate's own answer ``status``."""
-    return grpc.status_from_http(status)
+def send_error(responder: Responder, ex: Exchange, web: Variant, status: int,
+               fields: Headers) -> None:
+    """HTTP 200, the fields of a gRPC failure in the head, and its trailer frame.
 
-
-def send_error(responder: Responder, ex: Exchange, web: Variant, status: int, code: int,
-               body: bytes, headers: Headers | None) -> None:
-    """HTTP 200, grpc-status/grpc-message in the head and in a trailer frame.
-
-    ``headers`` stay, but an answer already made in gRPC's terms (a
-    ``grpc-status`` among them) keeps its own code and message. Sent through
-    the codec's response calls, not its ``respond``: the request may look
-    like gRPC by now, and a gRPC answer has no body. Metrics count
-    ``status``, what the answer means.
+    ``fields`` are a Trailers-Only answer's (``grpc.local_answer``: the same
+    codes and messages gRPC calls get). Sent through the codec's response
+    calls, not its ``respond``: the request may look like gRPC by now, and a
+    gRPC answer has no body. Metrics count ``status``, what the answer means.
     """
-    code_field = b"%d" % code
-    message: bytes | None = None
-    kept: Headers = []
-    for name, value in headers or ():
-        if name == b"grpc-status":
-            code_field = value
-        elif name == b"grpc-message":
-            message = value
-        elif name not in _NOT_KEPT:
-            kept.append((name, value))
-    if message is None:
-        message = message_from(body)
-    fields: Headers = [(b"grpc-status", code_field)]
-    if message:
-        fields.append((b"grpc-message", message))
-    frame = trailer_frame(fields)
+    head: Headers = [(b"content-type", web.response_type)]
+    status_fields: Headers = []
+    for item in fields:
+        name = item[0]
+        if name in _STATUS_FIELDS:
+            status_fields.append(item)
+        if name != b"content-type" and name != b"content-length":
+            head.append(item)
+    frame = trailer_frame(status_fields)
     if web.text_out:
         frame = base64.b64encode(frame)
-    responder.start_response(ex, 200, [(b"content-type", web.response_type), *fields, *kept],
-                             True, len(frame))
+    responder.start_response(ex, 200, head, True, len(frame))
     ex.status = status
     responder.send_data(ex, frame)
     responder.end_response(ex, None)
-
-
-def message_from(body: bytes) -> bytes:
-    """A short answer's text as a ``grpc-message`` value."""
-    return grpc.encode_message(body[:MESSAGE_LIMIT].decode("utf-8", "replace").strip())
 
 
 def trailer_frame(fields: Headers) -> bytes:
@@ -376,7 +357,7 @@ class WebResponder:
                     return
             self.inner.send_data(ex, data)
         elif state == _FOREIGN:
-            room = MESSAGE_LIMIT - len(self.collected)
+            room = grpc.MAX_MESSAGE - len(self.collected)
             if room > 0:
                 self.collected += data[:room]
 
@@ -405,8 +386,11 @@ class WebResponder:
         status, fields = self.foreign
         self.state = _DONE
         given = [(n, v) for n, v in fields if n in _STATUS_FIELDS]
-        body = self.collected or b"upstream answered HTTP %d" % status
-        send_error(self.inner, ex, self.web, status, grpc.status_from_http(status), body, given)
+        if not any(n == b"grpc-status" for n, _ in given):
+            # As a gRPC client reads an HTTP status (gRPC's table), with the body's text.
+            text = self.collected.strip() or b"upstream answered HTTP %d" % status
+            given = grpc.trailers_only(grpc.status_from_http(status), text)
+        send_error(self.inner, ex, self.web, status, given)
 
     def respond(self, ex: Exchange, status: int, body: bytes,
                 headers: Headers | None = None) -> None:
@@ -414,15 +398,15 @@ class WebResponder:
             return
         state = self.state
         if state == _STREAM:             # mid-stream (a deadline): end the call, not the connection
-            code = b"%d" % local_code(status)
-            given = [(n, v) for n, v in headers or () if n in _STATUS_FIELDS]
-            self._end(ex, given or [(b"grpc-status", code), (b"grpc-message", message_from(body))])
+            self._end(ex, [(n, v) for n, v in grpc.local_answer(status, body, headers)
+                           if n in _STATUS_FIELDS])
             return
         if state == _DONE or ex.status:
             self.inner.respond(ex, status, body, headers)
             return
         self.state = _DONE
-        send_error(self.inner, ex, self.web, status, local_code(status), body, headers)
+        send_error(self.inner, ex, self.web, status,
+                   grpc.local_answer(status, body, headers, self.web.response_type))
 
     def abort(self, ex: Exchange) -> None:
         if self.state == _FOREIGN and not ex.status:

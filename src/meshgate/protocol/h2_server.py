@@ -57,6 +57,7 @@ from h2.events import (
 from h2.exceptions import ProtocolError
 
 from meshgate.protocol.exchange import Exchange, Headers, ResponseSource, dispatch
+from meshgate.protocol.grpc import is_grpc_request, local_answer
 from meshgate.protocol.h1_head import Refusal
 from meshgate.protocol.h1_response import plain_headers
 from meshgate.protocol.h2_guard import (
@@ -337,6 +338,13 @@ class H2Server(asyncio.Protocol):
             return
         if ex.status:                 # a response already started: only a reset is left
             self.abort(ex)
+            return
+        if ex.method == b"POST" and is_grpc_request(ex.headers):
+            # A gRPC call learns the outcome as a gRPC status: one HEADERS frame
+            # ending the stream (protocol/grpc.py); metrics count ``status``.
+            self.start_response(ex, 200, local_answer(status, body, headers), False, None)
+            ex.status = status
+            self.end_response(ex, None)
             return
         fields = plain_headers(self.ctx.date, headers)
         bodiless = ex.method == b"HEAD" or status in (204, 304)
