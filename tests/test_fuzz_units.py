@@ -90,7 +90,15 @@ def test_encoding_unreserved_characters_does_not_change_the_path(path: bytes,
             encoded += b"%" + (hexa.upper() if data.draw(st.booleans()) else hexa)
         else:
             encoded.append(c)
-    assert normalize(bytes(encoded)) == normalize(path)
+    assert _outcome(normalize, bytes(encoded)) == _outcome(normalize, path)
+
+
+def _outcome(normalize: Any, path: bytes) -> bytes | None:
+    """The normalised path, or None when it is refused (a dot segment with ';', say)."""
+    try:
+        return bytes(normalize(path))
+    except _path_module().BadPath:
+        return None
 
 
 @profile(fast_examples=300, long_examples=50000)
