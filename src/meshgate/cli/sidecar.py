@@ -10,7 +10,9 @@ else -- it needs only the registry address (``--registry`` or
 ``$MESHGATE_REGISTRY``). Bad options or config exit 2.
 
 The registry needs this service's join token (``--token-file``, else
-``$MESHGATE_JOIN_TOKEN``); an unreadable token file exits 2. Port 0 for
+``$MESHGATE_JOIN_TOKEN``); an unreadable token file exits 2. ``--app-protocol``
+and ``--mesh-protocol`` win over the folder's ``sidecar.appProtocol`` and
+``sidecar.meshProtocol``. Port 0 for
 ``--inbound-port`` or ``--outbound-port`` is resolved here, once, to a free
 port: every worker then binds that same port (with SO_REUSEPORT each would
 otherwise get its own), and the inbound one is the port registered.
@@ -22,6 +24,7 @@ import logging
 import os
 import socket
 import tempfile
+from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from typing import Annotated
@@ -33,6 +36,11 @@ from pydantic import ValidationError
 from meshgate.config.loader import ConfigError, find_config_dir, load_config
 from meshgate.config.mesh import SidecarConfig
 from meshgate.registry.tokens import read_token_file
+
+
+class Protocol(StrEnum):
+    http1 = "http1"
+    h2c = "h2c"
 
 
 def sidecar(
@@ -70,6 +78,11 @@ def sidecar(
         help="Admin API port (/metrics, /clusters, /ready); default: none")] = None,
     no_register: Annotated[bool, typer.Option("--no-register",
                                               help="Do not register this instance")] = False,
+    app_protocol: Annotated[Protocol | None, typer.Option(
+        "--app-protocol", help="What the app speaks: http1 (default) or h2c (gRPC)")] = None,
+    mesh_protocol: Annotated[Protocol | None, typer.Option(
+        "--mesh-protocol", help="To other sidecars: h2c (default: calls share a few HTTP/2 "
+                                "connections) or http1")] = None,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1)] = 1,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
 ) -> None:
@@ -92,8 +105,12 @@ def sidecar(
     except OSError as exc:
         typer.echo(f"meshgate sidecar: cannot bind {bind}: {exc.strerror or exc}", err=True)
         raise typer.Exit(1) from None
+    protocols = {key: value.value for key, value in (("appProtocol", app_protocol),
+                                                      ("meshProtocol", mesh_protocol))
+                 if value is not None}
     try:
         side = SidecarConfig.model_validate({
+            **protocols,
             "service": service, "appPort": app_port, "inboundPort": inbound_port,
             "outboundPort": outbound_port, "bind": bind, "address": address,
             "instanceId": instance_id or f"{service}-{socket.gethostname()}-{inbound_port}",
@@ -130,8 +147,16 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
+# What a config folder's ``sidecar`` section may set (the rest is the command line's).
+_FROM_FOLDER = ("outbound", "appProtocol", "meshProtocol")
+
+
 def _overlay(loaded: object, *, side: SidecarConfig, apply: object) -> object:
-    outbound = getattr(loaded.gateway, "sidecar", None)    # type: ignore[attr-defined]
-    if outbound is not None and outbound.outbound:
-        side = side.model_copy(update={"outbound": outbound.outbound})
+    """The folder's ``sidecar`` section gives what the command line left unsaid."""
+    folder = getattr(loaded.gateway, "sidecar", None)    # type: ignore[attr-defined]
+    if folder is not None:
+        update = {key: getattr(folder, key) for key in _FROM_FOLDER
+                  if key in folder.model_fields_set and key not in side.model_fields_set}
+        if update:
+            side = side.model_copy(update=update)
     return apply(loaded, side)    # type: ignore[operator]

@@ -249,6 +249,13 @@ class SidecarConfig(MeshModel):
                                                  "this long before draining (callers update)")
     adminPort: int | None = Field(None, ge=0, le=65535,
                                   description="Admin API (/metrics, /clusters) on bind:port")
+    meshProtocol: Literal["h2c", "http1"] = Field(
+        "h2c", description="Between sidecars: h2c multiplexes every call to an instance whose "
+                           "sidecar registered 'protocol: h2c' onto a few HTTP/2 connections "
+                           "(others get HTTP/1.1); http1 always speaks HTTP/1.1")
+    appProtocol: Literal["http1", "h2c"] = Field(
+        "http1", description="What the local app speaks: http1, or h2c (HTTP/2 by prior "
+                             "knowledge: gRPC servers)")
     outbound: dict[str, Any] = Field(
         default_factory=dict,
         description="serviceEndpoint settings (retry, loadBalancer, healthCheck, timeouts, "

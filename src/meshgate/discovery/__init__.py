@@ -55,6 +55,16 @@ class EndpointSpec:
         return f"{self.scheme}://{self.host}:{self.port}{self.path}"
 
     @property
+    def protocol(self) -> str:
+        """``h2c`` when the instance says its port also takes HTTP/2 by prior
+        knowledge (metadata ``protocol: h2c``, as a meshgate sidecar registers
+        itself), else ``""``: a ``protocol: auto`` serviceEndpoint speaks h2c to it."""
+        for name, value in self.metadata:
+            if name == "protocol" and value.strip().lower() == "h2c":
+                return "h2c"
+        return ""
+
+    @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}{self.path}"

@@ -247,7 +247,7 @@ class DiscoveryManager:
                 "key": spec.key, "host": spec.host, "port": spec.port, "scheme": spec.scheme,
                 "path": spec.path, "weight": spec.weight, "zone": spec.zone,
                 "version": spec.version, "id": spec.id or f"{spec.host}:{spec.port}",
-                "healthy": healthy}
+                "healthy": healthy, "protocol": spec.protocol}
         return list(by_key.values())
 
     def _check_verdict(self, svc: _Service, key: str) -> bool:

@@ -8,10 +8,12 @@ marked by the codec) that passed the pipeline is checked
 ``maxTunnels`` (503 beyond: a tunnel holds two connections for as long as
 its peers like), and sent on a connection of its own to an endpoint the
 target's balancer picks: never a pooled connection, never returned to a
-pool. Retries, circuit breakers and mirroring do not apply to it. The head
-is the proxy's usual one (X-Forwarded-*, ``eg-consumer-id``, path rewrites,
-request id) plus ``Connection: upgrade`` and ``Upgrade: websocket``; the
-``Sec-WebSocket-*`` headers pass as the client sent them.
+pool; to another sidecar that is HTTP/1.1 too, even when the other calls
+to it are h2c streams (its inbound port speaks both). Retries, circuit
+breakers and mirroring do not apply to it. The head is the proxy's usual
+one (X-Forwarded-*, ``eg-consumer-id``, path rewrites, request id) plus
+``Connection: upgrade`` and ``Upgrade: websocket``; the ``Sec-WebSocket-*``
+headers pass as the client sent them.
 """
 
 from __future__ import annotations
@@ -93,11 +95,15 @@ class WebSocketProxy:
         self.active -= 1
 
     async def _connect(self, ex: Exchange, forward: Forward, ep: Endpoint, head: bytes) -> None:
+        from meshgate.upstream.h2_pool import H2Pool
         from meshgate.upstream.pool import Pool
 
         ctx = forward.cluster.ctx
         pool = ep.pool
-        if not isinstance(pool, Pool):  # an HTTP/2 serviceEndpoint: no RFC 8441 upstream
+        # An HTTP/2 serviceEndpoint has no RFC 8441 upstream, unless the port
+        # speaks HTTP/1.1 too (another sidecar's inbound port).
+        if not isinstance(pool, Pool) and not (isinstance(pool, H2Pool)
+                                               and pool.http1_upgrades):
             self._release()
             ex.respond(502, b"Bad Gateway: WebSocket needs an HTTP/1.1 serviceEndpoint\n")
             return

@@ -306,7 +306,8 @@ class Master:
         if side is None or not side.selfRegister or not side.service:
             return
         url = registry_url(self.config) or "http://127.0.0.1:8500"
-        self.registration = InstanceRegistration(side, url)
+        self.registration = InstanceRegistration(side, url,
+                                                 self.config.gateway.server.http2.enabled)
         await self.registration.start()
         log.info("registering %s/%s at %s:%d in %s once the app on port %d answers",
                  side.service, side.instanceId, side.address, side.inboundPort, url,

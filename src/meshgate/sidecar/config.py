@@ -12,7 +12,8 @@ what differs is the config, rewritten by ``apply_sidecar`` after every load
   (then the folder's port is the one registered);
   the Admin API (``/metrics``, ``/clusters``) listens on ``adminPort`` when
   given and the folder has no ``admin`` section;
-* a serviceEndpoint ``local`` points at the app (``appHost:appPort``);
+* a serviceEndpoint ``local`` points at the app (``appHost:appPort``),
+  spoken to in ``appProtocol`` (HTTP/1.1, or h2c for a gRPC server);
 * with no pipelines in the folder, one pipeline ``inbound`` proxies every
   request to ``local``, WebSocket included (a sidecar is transparent) -- so
   a sidecar needs no config at all. A folder's own
@@ -49,7 +50,7 @@ def apply_sidecar(loaded: LoadedConfig, side: SidecarConfig) -> LoadedConfig:
         update["admin"] = AdminConfig.model_validate({"port": side.adminPort, "host": side.bind})
     services = dict(gw.serviceEndpoints)
     services.setdefault(LOCAL, ServiceEndpoint.model_validate(
-        {"url": f"http://{side.appHost}:{side.appPort}"}))
+        {"url": f"http://{side.appHost}:{side.appPort}", "protocol": side.appProtocol}))
     update["serviceEndpoints"] = services
     if not gw.pipelines:
         update["apiEndpoints"] = {**gw.apiEndpoints,

@@ -17,8 +17,20 @@ definition. Requests that arrive before the first endpoint
 set are parked on the cluster (``Cluster.park``) and sent when it arrives, or
 answered 503 if it does not come within the park timeout.
 
+Between sidecars the calls travel as HTTP/2 (``meshProtocol: h2c``, the
+default): a sidecar registers its instance with ``protocol: h2c`` (its
+inbound port takes h2c by prior knowledge beside HTTP/1.1), and the outbound
+serviceEndpoint is ``protocol: auto``, under which such an endpoint gets a
+multiplexed ``H2Pool`` -- a burst of calls shares a few connections -- while
+an instance registered without it (by hand, an app without a sidecar) keeps
+HTTP/1.1. Whatever the app spoke to the outbound port, HTTP/1.1 or h2c, the
+inbound sidecar hands the call to its app in the app's own protocol
+(``appProtocol``), so gRPC's trailers cross both hops.
+
 WebSocket handshakes are tunnelled to the service (``policies/_websocket.py``):
-the outbound port is as transparent as the inbound one.
+the outbound port is as transparent as the inbound one. A handshake to an
+h2c endpoint takes a connection of its own in HTTP/1.1, which a sidecar's
+inbound port also speaks (``H2Pool.http1_upgrades``).
 
 Names that cannot be services (IP literals, ``localhost``, anything with
 characters a DNS label cannot hold) get 404.
@@ -71,7 +83,11 @@ def outbound_service(cfg: SidecarConfig, name: str, registry_url: str | None) ->
         discovery["url"] = registry_url
     if cfg.tokenFile:
         discovery["tokenFile"] = cfg.tokenFile
-    return ServiceEndpoint.model_validate({**cfg.outbound, "discovery": discovery})
+    # auto: h2c to the instances whose registration says their port takes it
+    # (other sidecars), HTTP/1.1 to the rest; ALPN on https ones.
+    protocol = "auto" if cfg.meshProtocol == "h2c" else "http1"
+    return ServiceEndpoint.model_validate({"protocol": protocol, **cfg.outbound,
+                                           "discovery": discovery})
 
 
 class OutboundRouter:

@@ -14,6 +14,11 @@ is registered as soon as its first check passes.
 
 ``stop()`` (SIGTERM) deregisters before the sidecar drains.
 
+The instance's metadata says ``protocol: h2c`` while the inbound port takes
+HTTP/2 by prior knowledge (``server.http2.enabled``, the default): other
+sidecars then send their calls to it as streams over a few connections
+(``sidecar.outbound``), and fall back to HTTP/1.1 for instances without it.
+
 Registry calls carry the join token (``tokenFile``, else
 ``$MESHGATE_JOIN_TOKEN``); "registered" is logged only once the registry
 accepted the instance, and a refusal (no or wrong token, a cap) is logged
@@ -36,13 +41,18 @@ log = logging.getLogger("meshgate.sidecar")
 
 
 class InstanceRegistration:
-    def __init__(self, side: SidecarConfig, registry_url: str) -> None:
+    def __init__(self, side: SidecarConfig, registry_url: str, h2c: bool = True) -> None:
         self.side = side
         self.client = RegistryClient(registry_url, token=client_token(side.tokenFile))
         fields: dict[str, Any] = {"ttl": side.ttl, "zone": side.zone,
                                   "version": side.version, "tags": side.tags}
+        metadata: dict[str, str] = {}
         if side.weight != 1:
-            fields["metadata"] = {"weight": str(side.weight)}
+            metadata["weight"] = str(side.weight)
+        if h2c:
+            metadata["protocol"] = "h2c"
+        if metadata:
+            fields["metadata"] = metadata
         self.registration = Registration(self.client, side.service, side.instanceId,
                                          side.address, side.inboundPort, **fields)
         check = HealthCheck.model_validate({

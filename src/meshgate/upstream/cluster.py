@@ -63,6 +63,7 @@ class Endpoint:
     zone: str = ""        # locality for zone-aware balancing
     version: str = ""
     id: str = ""          # instance id from discovery
+    hint: str = ""        # what discovery says the port speaks besides HTTP/1.1 ("h2c")
     healthy: bool = True  # control plane's view: registry status and active checks
     added: float = 0.0    # loop time this worker first saw it (slow start)
     ejected_until: float = 0.0   # outlier detection: ejected while now < this
@@ -166,9 +167,14 @@ class Cluster:
         now = self.ctx.now if self.by_key or self.seeded else 0.0
         self.seeded = True
         fresh: dict[str, Endpoint] = {}
+        replaced: list[Endpoint] = []
         for spec in specs:
             key = spec["key"]
             ep = self.by_key.get(key) or fresh.get(key)
+            if ep is not None and ep.hint != (spec.get("protocol") or "") \
+                    and self.protocol == "auto" and key not in fresh:
+                replaced.append(ep)      # re-registered speaking otherwise: a new pool
+                ep = None
             if ep is None:
                 ep = self._endpoint(spec, now)
             ep.weight = max(1, int(spec.get("weight", 1)))
@@ -181,6 +187,7 @@ class Cluster:
             ep.healthy = healthy
             fresh[key] = ep
         removed = [ep for key, ep in self.by_key.items() if key not in fresh]
+        removed += replaced
         self.by_key = fresh
         self.endpoints = list(fresh.values())
         self.has_base_path = any(ep.base_path for ep in self.endpoints)
@@ -206,14 +213,18 @@ class Cluster:
         authority = shown if default_port else f"{shown}:{port}"
         path = spec.get("path", "") or ""
         protocol = self.protocol
+        hint = spec.get("protocol") or ""
         pool: EndpointPool
-        if protocol == "http1" or (protocol == "auto" and not secure):
+        if protocol == "auto" and not secure and hint == "h2c":
+            pool = self._h2_pool(host, port, False, False)
+            pool.http1_upgrades = True   # a sidecar's port: HTTP/1.1 beside h2c
+        elif protocol == "http1" or (protocol == "auto" and not secure):
             pool = self._http1_pool(host, port, secure, None)
         else:
             pool = self._h2_pool(host, port, secure, protocol == "auto")
         url = spec.get("url") or f"{scheme}://{authority}{path}"
         return Endpoint(url, host, port, scheme, authority.encode(), path.encode(), pool,
-                        key=spec["key"], added=now)
+                        key=spec["key"], hint=hint, added=now)
 
     def _http1_pool(self, host: str, port: int, secure: bool,
                     alpn: list[str] | None) -> Pool:
@@ -283,6 +294,7 @@ class Cluster:
         return [{"key": ep.key, "url": ep.url, "healthy": ep.healthy,
                  "ejected": bool(ep.ejected_until), "ejectedFor": max(0.0, ep.ejected_until - now),
                  "weight": ep.weight, "zone": ep.zone, "active": ep.active,
+                 "protocol": _spoken(ep.pool),
                  "requests": ep.pool.responses, "errors": ep.pool.errors}
                 for ep in self.endpoints]
 
@@ -290,7 +302,16 @@ class Cluster:
 def _spec_of(ep: Endpoint) -> dict[str, Any]:
     return {"key": ep.key, "host": ep.host, "port": ep.port, "scheme": ep.scheme,
             "path": ep.base_path.decode(), "weight": ep.weight, "zone": ep.zone,
-            "version": ep.version, "id": ep.id, "healthy": ep.healthy}
+            "version": ep.version, "id": ep.id, "healthy": ep.healthy, "protocol": ep.hint}
+
+
+def _spoken(pool: EndpointPool) -> str:
+    """What an endpoint's connections speak, for ``/clusters``."""
+    if isinstance(pool, H2Pool):
+        if pool.fallback is not None:
+            return "http1"
+        return "h2c" if pool.ssl_context is None else "h2"
+    return "http1"
 
 
 def build_cluster(ctx: WorkerContext, name: str, svc: ServiceEndpoint,

@@ -23,6 +23,10 @@ again with them. Idle connections close after the pool's ``idleTimeout``.
 ``http/1.1``; when the first connection settles on HTTP/1.1 the endpoint
 is HTTP/1.1 from then on: this pool hands everything to an ordinary
 ``Pool`` (``fallback``).
+
+``protocol: auto`` on an http endpoint that discovery says takes h2c (a
+sidecar registers ``protocol: h2c``) is h2c by prior knowledge; such a port
+also speaks HTTP/1.1 (``http1_upgrades``), which WebSocket handshakes use.
 """
 
 from __future__ import annotations
@@ -80,6 +84,9 @@ class H2Pool:
         self.closed = False
         self.make_fallback = fallback            # protocol auto: the HTTP/1.1 pool, if needed
         self.fallback: Pool | None = None
+        # The endpoint takes HTTP/1.1 on the same port as well (a sidecar's
+        # inbound port): a WebSocket handshake may go there, on its own connection.
+        self.http1_upgrades = False
         self._serving = False
 
     # -- EndpointPool: load as least-request sees it --------------------------------

@@ -1,0 +1,246 @@
+"""HTTP/2 between sidecars, and gRPC through two of them.
+
+Real processes on loopback, as in ``test_sidecar.py``: ``meshgate
+registry``, the callee's app behind its sidecar, and a caller's sidecar whose
+outbound port the test calls as the app would. Between the two sidecars the
+calls travel as h2c streams over a few connections (the callee registered
+``protocol: h2c``); each app speaks its own protocol to its sidecar: HTTP/1.1
+to a plain backend, h2c to a gRPC server (``--app-protocol h2c``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from meshgate.config.loader import ConfigError, load_config
+from tests import test_sidecar
+from tests.support.gateway import free_port, wait_until
+from tests.support.grpc_app import BINARY, GrpcApp, stubs
+from tests.support.ws_backend import WsBackend
+from tests.test_sidecar import Sidecar, _instances
+
+mesh = test_sidecar.mesh        # the fixture: a registry and sidecars
+BURST = 200
+
+
+def gauge(side: Sidecar, name: str) -> float:
+    """A sidecar's unlabelled gauge on its /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{side.admin}/metrics", timeout=5).text
+    found = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def spoken(side: Sidecar, service: str) -> list[str]:
+    """What the caller's worker speaks to each endpoint of ``service`` (/clusters)."""
+    clusters = httpx.get(f"http://127.0.0.1:{side.admin}/clusters", timeout=5).json()
+    return sorted(ep["protocol"] for ep in clusters[service]["workers"][0])
+
+
+async def _burst(port: int, service: str, path: str, n: int) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    async with httpx.AsyncClient(limits=limits, timeout=20, headers={"host": service}) as client:
+        return list(await asyncio.gather(*(client.get(f"http://127.0.0.1:{port}{path}")
+                                           for _ in range(n))))
+
+
+def burst(side: Sidecar, service: str, path: str, n: int = BURST) -> list[httpx.Response]:
+    """``n`` HTTP/1.1 calls at once from the app to ``service``, each on its own connection."""
+    return asyncio.run(_burst(side.outbound, service, path, n))
+
+
+# -- HTTP/1.1 apps, h2c between the sidecars --------------------------------------------------
+
+def test_a_burst_shares_a_few_h2_connections_between_sidecars(mesh: dict[str, Any]) -> None:
+    users = mesh["backend"]("users0")
+    callee = mesh["sidecar"]("users", users.port)
+    caller = mesh["sidecar"]("web", free_port(), "--no-register")
+    [instance] = wait_until(lambda: _instances(mesh["registry"], "users"), timeout=5)
+    assert instance["metadata"]["protocol"] == "h2c"
+    # 200 calls in flight at once: 200 client connections to the caller's sidecar ...
+    answers = burst(caller, "users", "/slow/300")
+    assert [r.status_code for r in answers] == [200] * BURST
+    assert spoken(caller, "users") == ["h2c"]
+    # ... but between the sidecars, streams on two connections (100 streams each).
+    assert 1 <= gauge(callee, "meshgate_downstream_connections") <= 4
+    # The app still sees HTTP/1.1, bodies and framing intact either way.
+    with httpx.Client(timeout=10, headers={"host": "users"}) as client:
+        out = f"http://127.0.0.1:{caller.outbound}"
+        r = client.post(out + "/echo", content=b"x" * 100_000)
+        assert r.status_code == 200 and r.json()["length"] == 100_000
+        assert r.json()["crc"] == zlib.crc32(b"x" * 100_000)
+        chunks = [b"a" * 70_000, b"b" * 70_000]          # chunked from the app
+        r = client.post(out + "/upload", content=iter(chunks))
+        assert r.json() == {"length": 140_000, "crc": zlib.crc32(b"".join(chunks))}
+        r = client.get(out + "/chunked")
+        assert (r.status_code, r.content) == (200, b"hello world")
+
+
+def test_the_off_switch_speaks_http1_between_sidecars(mesh: dict[str, Any]) -> None:
+    users = mesh["backend"]("users0")
+    callee = mesh["sidecar"]("users", users.port)
+    caller = mesh["sidecar"]("web", free_port(), "--no-register", "--mesh-protocol", "http1")
+    wait_until(lambda: _instances(mesh["registry"], "users"), timeout=5)
+    answers = burst(caller, "users", "/slow/300")
+    assert [r.status_code for r in answers] == [200] * BURST
+    assert spoken(caller, "users") == ["http1"]
+    # One connection per call in flight; the caller keeps up to 64 of them idle.
+    assert gauge(callee, "meshgate_downstream_connections") > 20
+
+
+def test_an_instance_registered_without_the_hint_gets_http1(mesh: dict[str, Any]) -> None:
+    """Registered by hand (no sidecar in front): nothing says it takes h2c."""
+    users = mesh["backend"]("users0")
+    mesh["registry"].put("users", "by-hand", address="127.0.0.1", port=users.port)
+    caller = mesh["sidecar"]("web", free_port(), "--no-register")
+    with httpx.Client(timeout=10, headers={"host": "users"}) as client:
+        r = client.get(f"http://127.0.0.1:{caller.outbound}/name")
+    assert (r.status_code, r.text) == (200, "users0")
+    assert spoken(caller, "users") == ["http1"]
+
+
+def test_an_h2c_app_call_reaches_an_http1_app(mesh: dict[str, Any]) -> None:
+    """The app speaks h2c to its sidecar, the callee's app HTTP/1.1: each hop its own."""
+    from tests.support.h2client import H2Client
+
+    users = mesh["backend"]("users0")
+    mesh["sidecar"]("users", users.port)
+    caller = mesh["sidecar"]("web", free_port(), "--no-register")
+    wait_until(lambda: _instances(mesh["registry"], "users"), timeout=5)
+    with H2Client(caller.outbound) as c:
+        r = c.get("/echo", authority="users")
+    assert r.status == 200
+    assert b'"method": "GET"' in bytes(r.body) and b'"path": "/echo"' in bytes(r.body)
+    assert spoken(caller, "users") == ["h2c"]
+
+
+def test_websocket_takes_http1_beside_the_h2_streams(mesh: dict[str, Any]) -> None:
+    origin = WsBackend()
+    try:
+        mesh["sidecar"]("chat", origin.port)
+        caller = mesh["sidecar"]("web", free_port(), "--no-register")
+        wait_until(lambda: _instances(mesh["registry"], "chat"), timeout=5)
+        # A plain call first: the endpoint's pool is h2c ...
+        r = httpx.get(f"http://127.0.0.1:{caller.outbound}/", headers={"host": "chat"},
+                      timeout=10)
+        assert r.status_code != 502
+        assert spoken(caller, "chat") == ["h2c"]
+        # ... and a handshake to the same endpoint takes an HTTP/1.1 connection of its own.
+        sock = socket.create_connection(("127.0.0.1", caller.outbound), timeout=5)
+        with connect("ws://chat/room", sock=sock, open_timeout=5, max_size=None) as ws:
+            ws.send(b"\x00binary\xff")
+            assert ws.recv(timeout=5) == b"\x00binary\xff"
+        assert origin.handshakes[-1][0] == "/room"
+    finally:
+        origin.stop()
+
+
+def test_the_sidecar_settings_are_checked(tmp_path: Path) -> None:
+    (tmp_path / "gateway.config.yml").write_text(
+        "sidecar:\n  appProtocol: h2c\n  meshProtocol: grpc\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path)
+    message = str(caught.value)
+    assert "gateway.config.yml:3" in message and "meshProtocol" in message
+    assert "'h2c'" in message and "'http1'" in message
+
+
+# -- gRPC through two sidecars --------------------------------------------------------------
+
+@pytest.fixture
+def grpc_mesh(mesh: dict[str, Any]) -> Iterator[tuple[Any, Any, GrpcApp]]:
+    """(stub through the caller's sidecar, pb2, the app) with the echo app behind its own."""
+    pb2, pb2_grpc = stubs()
+    app = GrpcApp(name="echo-1")
+    mesh["sidecar"]("echo", app.port, "--app-protocol", "h2c")
+    caller = mesh["sidecar"]("web", free_port(), "--no-register")
+    wait_until(lambda: _instances(mesh["registry"], "echo"), timeout=5)
+    # The app names the service in :authority, as it would in Host over HTTP/1.1.
+    channel = grpc.insecure_channel(f"127.0.0.1:{caller.outbound}",
+                                    options=[("grpc.default_authority", "echo")])
+    try:
+        yield pb2_grpc.EchoStub(channel), pb2, app
+        assert spoken(caller, "echo") == ["h2c"]
+    finally:
+        channel.close()
+        app.stop()
+
+
+def test_grpc_unary_with_binary_metadata(grpc_mesh: tuple[Any, Any, GrpcApp]) -> None:
+    stub, pb2, app = grpc_mesh
+    blob = bytes(range(256))
+    reply, call = stub.Unary.with_call(
+        pb2.Msg(text="hello", seq=7, blob=blob), timeout=10,
+        metadata=[("x-echo-meta-tag", "plain"), ("x-echo-meta-raw-bin", b"\x00\xff\r\n")])
+    assert (reply.text, reply.seq, reply.blob) == ("hello", 7, blob)
+    initial = dict(call.initial_metadata())
+    trailing = dict(call.trailing_metadata())
+    assert initial["x-echo-meta-raw-bin"] == b"\x00\xff\r\n"
+    assert trailing["x-echo-meta-raw-bin"] == b"\x00\xff\r\n"
+    assert trailing["trace-bin"] == BINARY and trailing["server-name"] == "echo-1"
+    method, seen = app.calls[-1]
+    assert method == "Unary" and seen["x-echo-meta-raw-bin"] == b"\x00\xff\r\n"
+
+
+def test_grpc_streams_every_way(grpc_mesh: tuple[Any, Any, GrpcApp]) -> None:
+    stub, pb2, _ = grpc_mesh
+    replies = list(stub.ServerStream(pb2.Count(text="s", times=5), timeout=10))
+    assert [(m.text, m.seq) for m in replies] == [("s", i) for i in range(5)]
+    reply = stub.ClientStream(iter([pb2.Msg(text=t) for t in "abcd"]), timeout=10)
+    assert (reply.text, reply.seq) == ("abcd", 4)
+    big = b"z" * 300_000             # past every flow-control window on the way
+    out = list(stub.Bidi(iter([pb2.Msg(text=str(i), seq=i, blob=big) for i in range(3)]),
+                         timeout=10))
+    assert [(m.text, m.seq, len(m.blob)) for m in out] == [(str(i), i, len(big))
+                                                           for i in range(3)]
+
+
+@pytest.mark.parametrize("trailers_only", [False, True])
+def test_grpc_errors_keep_their_status_and_trailers(grpc_mesh: tuple[Any, Any, GrpcApp],
+                                                    trailers_only: bool) -> None:
+    stub, pb2, _ = grpc_mesh
+    metadata = [("x-echo-code", "5"), ("x-echo-message", "no such thing: 100%"),
+                ("x-echo-meta-why-bin", b"\x01\x02")]
+    if trailers_only:
+        metadata.append(("x-echo-trailers-only", "1"))
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Unary(pb2.Msg(text="x"), timeout=10, metadata=metadata)
+    error: Any = caught.value
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert error.details() == "no such thing: 100%"
+    trailing = dict(error.trailing_metadata())
+    assert trailing["server-name"] == "echo-1" and trailing["trace-bin"] == BINARY
+    assert trailing["x-echo-meta-why-bin"] == b"\x01\x02"
+
+
+def test_grpc_calls_share_the_connections_between_sidecars(mesh: dict[str, Any]) -> None:
+    pb2, pb2_grpc = stubs()
+    with GrpcApp(name="echo-1", workers=64) as app:
+        callee = mesh["sidecar"]("echo", app.port, "--app-protocol", "h2c")
+        caller = mesh["sidecar"]("web", free_port(), "--no-register")
+        wait_until(lambda: _instances(mesh["registry"], "echo"), timeout=5)
+        channels = [grpc.insecure_channel(f"127.0.0.1:{caller.outbound}",
+                                          options=[("grpc.default_authority", "echo"),
+                                                   ("grpc.use_local_subchannel_pool", 1)])
+                    for _ in range(8)]
+        try:
+            calls = [pb2_grpc.EchoStub(channels[i % 8]).Unary.future(
+                pb2.Msg(text=str(i), seq=i), timeout=20,
+                metadata=[("x-echo-delay-ms", "200")]) for i in range(64)]
+            assert sorted(c.result().seq for c in calls) == list(range(64))
+            # Eight app connections to the caller's sidecar, one between the sidecars.
+            assert gauge(caller, "meshgate_downstream_connections") >= 8
+            assert gauge(callee, "meshgate_downstream_connections") == 1
+        finally:
+            for ch in channels:
+                ch.close()
