@@ -109,6 +109,29 @@ def test_an_instance_registered_without_the_hint_gets_http1(mesh: dict[str, Any]
     assert spoken(caller, "users") == ["http1"]
 
 
+def test_the_hint_follows_the_inbound_ports_http2(mesh: dict[str, Any],
+                                                  tmp_path: Path) -> None:
+    """With HTTP/2 off on its inbound port a sidecar registers no hint and is called over
+    HTTP/1.1; a reload turning it on registers the hint, and callers switch to h2c."""
+    folder = tmp_path / "callee"
+    folder.mkdir()
+    config = folder / "gateway.config.yml"
+    config.write_text("server:\n  http2: {enabled: false}\n")
+    users = mesh["backend"]("users0")
+    mesh["sidecar"]("users", users.port, "--config", str(folder))
+    caller = mesh["sidecar"]("web", free_port(), "--no-register")
+    [instance] = wait_until(lambda: _instances(mesh["registry"], "users"), timeout=5)
+    assert "protocol" not in instance["metadata"]
+    out = f"http://127.0.0.1:{caller.outbound}/name"
+    assert httpx.get(out, headers={"host": "users"}, timeout=10).text == "users0"
+    assert spoken(caller, "users") == ["http1"]
+    config.write_text("server:\n  http2: {enabled: true}\n")
+    wait_until(lambda: _instances(mesh["registry"], "users")[0]["metadata"].get("protocol")
+               == "h2c", timeout=10)
+    wait_until(lambda: spoken(caller, "users") == ["h2c"], timeout=5)
+    assert httpx.get(out, headers={"host": "users"}, timeout=10).text == "users0"
+
+
 def test_an_h2c_app_call_reaches_an_http1_app(mesh: dict[str, Any]) -> None:
     """The app speaks h2c to its sidecar, the callee's app HTTP/1.1: each hop its own."""
     from tests.support.h2client import H2Client

@@ -252,6 +252,8 @@ class Master:
             return False
         self.config = config
         self.reloads += 1
+        if self.registration is not None:
+            self.registration.offer_h2c(config.gateway.server.http2.enabled)
         message = {"op": "reload", "config": encode_config(config)}
         for handle in self.workers.values():
             handle.channel.send(message)

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
 _SERVICE = re.compile(rb"^[a-z0-9]([a-z0-9_.-]{0,252})$")
 _IP = re.compile(rb"^[0-9.]+$|^\[")
+MESH_H2_CONNECTIONS = 16     # default http2.maxConnections per instance called
 
 
 def registry_url(cfg: Any) -> str | None:
@@ -86,8 +87,12 @@ def outbound_service(cfg: SidecarConfig, name: str, registry_url: str | None) ->
     # auto: h2c to the instances whose registration says their port takes it
     # (other sidecars), HTTP/1.1 to the rest; ALPN on https ones.
     protocol = "auto" if cfg.meshProtocol == "h2c" else "http1"
+    # Connections open only as the ones before fill up (100 streams each), so
+    # this cap costs nothing at low load; it keeps a burst from waiting where
+    # HTTP/1.1 (pool.maxConnections: 1024) would have had a connection for it.
+    http2 = {"maxConnections": MESH_H2_CONNECTIONS, **(cfg.outbound.get("http2") or {})}
     return ServiceEndpoint.model_validate({"protocol": protocol, **cfg.outbound,
-                                           "discovery": discovery})
+                                           "http2": http2, "discovery": discovery})
 
 
 class OutboundRouter:

@@ -51,8 +51,7 @@ class InstanceRegistration:
             metadata["weight"] = str(side.weight)
         if h2c:
             metadata["protocol"] = "h2c"
-        if metadata:
-            fields["metadata"] = metadata
+        fields["metadata"] = metadata
         self.registration = Registration(self.client, side.service, side.instanceId,
                                          side.address, side.inboundPort, **fields)
         check = HealthCheck.model_validate({
@@ -99,6 +98,20 @@ class InstanceRegistration:
                 log.warning("app is down: deregistered %s/%s", self.service, self.instance_id)
 
         self.pending = asyncio.get_running_loop().create_task(apply())
+
+    def offer_h2c(self, h2c: bool) -> None:
+        """A reload turned the inbound port's HTTP/2 on or off: tell the registry."""
+        metadata = self.registration.body["metadata"]
+        if h2c == ("protocol" in metadata):
+            return
+        if h2c:
+            metadata["protocol"] = "h2c"
+        else:
+            del metadata["protocol"]
+        if self.registered:
+            self.registration.registered.clear()     # registered again with the new metadata
+            log.info("inbound HTTP/2 %s: registering %s/%s again", "on" if h2c else "off",
+                     self.service, self.instance_id)
 
     async def stop(self) -> None:
         await self.checker.stop()
