@@ -18,6 +18,12 @@ circuit breakers, outlier detection or a latency-aware balancer. The proxy
 then runs the request through a ``Call`` (``upstream/call.py``); an
 unguarded cluster costs nothing of that, and an overall ``requestTimeout``
 without retries is just the one attempt's deadline.
+
+Each endpoint's pool speaks the serviceEndpoint's ``protocol``. Under
+``auto`` an ``http`` endpoint is HTTP/1.1 unless its spec says ``protocol:
+h2c`` (discovery read it from the instance's metadata: another sidecar), and
+then h2c by prior knowledge; an endpoint whose hint changes (re-registered)
+gets a new pool.
 """
 
 from __future__ import annotations
