@@ -243,11 +243,13 @@ class DiscoveryManager:
             seen = by_key.get(spec.key)
             if seen is not None and (seen["healthy"] or not healthy):
                 continue            # the same address twice: keep one, a healthy one
-            by_key[spec.key] = {
+            entry = by_key[spec.key] = {
                 "key": spec.key, "host": spec.host, "port": spec.port, "scheme": spec.scheme,
                 "path": spec.path, "weight": spec.weight, "zone": spec.zone,
                 "version": spec.version, "id": spec.id or f"{spec.host}:{spec.port}",
-                "healthy": healthy, "protocol": spec.protocol}
+                "healthy": healthy}
+            if spec.protocol:        # it takes h2c (a sidecar): see Cluster._endpoint
+                entry["protocol"] = spec.protocol
         return list(by_key.values())
 
     def _check_verdict(self, svc: _Service, key: str) -> bool:
