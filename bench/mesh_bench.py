@@ -15,7 +15,8 @@ a table) plus a check per target:
    one endpoint 10x slower, and one endpoint failing every request behind
    retries and outlier detection (``mesh/traffic.py``);
 3. ``sidecars``  a constant 1,000 req/s direct vs through two sidecars with
-   the registry (``mesh/sidecars.py``);
+   the registry (``mesh/sidecars.py``), HTTP/2 between the sidecars, or
+   HTTP/1.1, or both side by side (``--mesh-protocols h2c,http1``);
 4. ``registry``  ``bench/registry_bench.py`` (watch latency, 10k instances),
    run as it is and its output included.
 
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace, group: procs.ProcGroup) -> int:
                 sections.append(sidecars.run(
                     group, rate=args.rate, seconds=args.paced_duration,
                     warmup=args.paced_warmup, connections=args.paced_connections,
-                    rounds=args.rounds))
+                    rounds=args.rounds, protocols=tuple(args.mesh_protocols)))
             else:
                 sections.append(_registry(group, args.registry_args))
         except (StackError, RuntimeError, ValueError, OSError) as exc:
@@ -161,12 +162,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     add("--paced-duration", type=float, default=10.0, help="sidecars: seconds per path")
     add("--paced-warmup", type=float, default=2.0, help="sidecars: warm-up seconds per path")
     add("--paced-connections", type=int, default=4, help="sidecars: client connections")
+    add("--mesh-protocols", default="h2c",
+        type=lambda s: [p.strip() for p in s.split(",") if p.strip()],
+        help="sidecars: between the sidecars, one path each: h2c (default), http1, or "
+             "h2c,http1")
     add("--registry-args", default="",
         help="extra arguments for bench/registry_bench.py, e.g. '--changes 200'")
     add("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     if unknown := set(args.parts) - set(PARTS):
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    if not args.mesh_protocols or set(args.mesh_protocols) - {"h2c", "http1"}:
+        parser.error("--mesh-protocols: expected h2c, http1 or h2c,http1")
     return args
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -76,6 +77,8 @@ class Stack:
     def __init__(self, group: procs.ProcGroup) -> None:
         self.group = group
         self.mine: list[subprocess.Popen[bytes]] = []
+        # The registry's operator token, which sidecars register with (writes need one).
+        self.token = secrets.token_urlsafe(24)
 
     @staticmethod
     def log(name: str) -> Path:
@@ -138,7 +141,8 @@ class Stack:
         port = targets.free_port()
         argv = [str(targets.meshgate_bin()), "registry", "--port", str(port),
                 "--log-level", "warning"]
-        proc, log = self._start("registry", argv)
+        proc, log = self._start("registry", argv,
+                                env=dict(os.environ, MESHGATE_REGISTRY_TOKEN=self.token))
         wait_for("registry", lambda: get(port, "/v1/health")[0] == 200, proc, log)
         return port
 
@@ -151,7 +155,8 @@ class Stack:
                 "--outbound-port", str(outbound),
                 "--registry", f"http://127.0.0.1:{registry_port}",
                 "--instance-id", f"{service}-{inbound}", "--log-level", "warning", *args]
-        proc, log = self._start(f"sidecar-{service}", argv)
+        proc, log = self._start(f"sidecar-{service}", argv,
+                                env=dict(os.environ, MESHGATE_JOIN_TOKEN=self.token))
         wait_for(f"sidecar {service}", lambda: get(inbound, "/")[0] > 0, proc, log)
         return inbound, outbound, proc
 
