@@ -138,7 +138,7 @@ def run(args: argparse.Namespace, group: procs.ProcGroup) -> int:
     try:
         app = _start_app(stack, args.app_threads)
         registry = stack.registry()
-        _, _, callee = stack.sidecar("echo", app, registry, "--app-protocol", "h2c")
+        stack.sidecar("echo", app, registry, "--app-protocol", "h2c")
         _, outbound, caller = stack.sidecar("caller", targets.free_port(), registry,
                                             "--no-register")
         _ready(f"127.0.0.1:{outbound}", "echo", caller, stack.log("sidecar-caller"))
