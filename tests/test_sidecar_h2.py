@@ -156,7 +156,7 @@ def test_websocket_takes_http1_beside_the_h2_streams(mesh: dict[str, Any]) -> No
         # A plain call first: the endpoint's pool is h2c ...
         r = httpx.get(f"http://127.0.0.1:{caller.outbound}/", headers={"host": "chat"},
                       timeout=10)
-        assert r.status_code != 502
+        assert r.status_code == 426          # the origin's answer to a plain GET
         assert spoken(caller, "chat") == ["h2c"]
         # ... and a handshake to the same endpoint takes an HTTP/1.1 connection of its own.
         sock = socket.create_connection(("127.0.0.1", caller.outbound), timeout=5)
@@ -181,8 +181,9 @@ def test_the_sidecar_settings_are_checked(tmp_path: Path) -> None:
 # -- gRPC through two sidecars --------------------------------------------------------------
 
 @pytest.fixture
-def grpc_mesh(mesh: dict[str, Any]) -> Iterator[tuple[Any, Any, GrpcApp]]:
-    """(stub through the caller's sidecar, pb2, the app) with the echo app behind its own."""
+def grpc_mesh(mesh: dict[str, Any]) -> Iterator[tuple[Any, Any, GrpcApp, Sidecar]]:
+    """(stub through the caller's sidecar, pb2, the app, the caller's sidecar), the echo
+    app behind a sidecar of its own."""
     pb2, pb2_grpc = stubs()
     app = GrpcApp(name="echo-1")
     mesh["sidecar"]("echo", app.port, "--app-protocol", "h2c")
@@ -192,15 +193,14 @@ def grpc_mesh(mesh: dict[str, Any]) -> Iterator[tuple[Any, Any, GrpcApp]]:
     channel = grpc.insecure_channel(f"127.0.0.1:{caller.outbound}",
                                     options=[("grpc.default_authority", "echo")])
     try:
-        yield pb2_grpc.EchoStub(channel), pb2, app
-        assert spoken(caller, "echo") == ["h2c"]
+        yield pb2_grpc.EchoStub(channel), pb2, app, caller
     finally:
         channel.close()
         app.stop()
 
 
-def test_grpc_unary_with_binary_metadata(grpc_mesh: tuple[Any, Any, GrpcApp]) -> None:
-    stub, pb2, app = grpc_mesh
+def test_grpc_unary_with_binary_metadata(grpc_mesh: tuple[Any, Any, GrpcApp, Sidecar]) -> None:
+    stub, pb2, app, caller = grpc_mesh
     blob = bytes(range(256))
     reply, call = stub.Unary.with_call(
         pb2.Msg(text="hello", seq=7, blob=blob), timeout=10,
@@ -213,10 +213,11 @@ def test_grpc_unary_with_binary_metadata(grpc_mesh: tuple[Any, Any, GrpcApp]) ->
     assert trailing["trace-bin"] == BINARY and trailing["server-name"] == "echo-1"
     method, seen = app.calls[-1]
     assert method == "Unary" and seen["x-echo-meta-raw-bin"] == b"\x00\xff\r\n"
+    assert spoken(caller, "echo") == ["h2c"]
 
 
-def test_grpc_streams_every_way(grpc_mesh: tuple[Any, Any, GrpcApp]) -> None:
-    stub, pb2, _ = grpc_mesh
+def test_grpc_streams_every_way(grpc_mesh: tuple[Any, Any, GrpcApp, Sidecar]) -> None:
+    stub, pb2, _, _ = grpc_mesh
     replies = list(stub.ServerStream(pb2.Count(text="s", times=5), timeout=10))
     assert [(m.text, m.seq) for m in replies] == [("s", i) for i in range(5)]
     reply = stub.ClientStream(iter([pb2.Msg(text=t) for t in "abcd"]), timeout=10)
@@ -229,9 +230,9 @@ def test_grpc_streams_every_way(grpc_mesh: tuple[Any, Any, GrpcApp]) -> None:
 
 
 @pytest.mark.parametrize("trailers_only", [False, True])
-def test_grpc_errors_keep_their_status_and_trailers(grpc_mesh: tuple[Any, Any, GrpcApp],
-                                                    trailers_only: bool) -> None:
-    stub, pb2, _ = grpc_mesh
+def test_grpc_errors_keep_their_status_and_trailers(
+        grpc_mesh: tuple[Any, Any, GrpcApp, Sidecar], trailers_only: bool) -> None:
+    stub, pb2, _, _ = grpc_mesh
     metadata = [("x-echo-code", "5"), ("x-echo-message", "no such thing: 100%"),
                 ("x-echo-meta-why-bin", b"\x01\x02")]
     if trailers_only:
