@@ -11,6 +11,7 @@ to a plain backend, h2c to a gRPC server (``--app-protocol h2c``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import zlib
@@ -84,6 +85,37 @@ def test_a_burst_shares_a_few_h2_connections_between_sidecars(mesh: dict[str, An
         assert r.json() == {"length": 140_000, "crc": zlib.crc32(b"".join(chunks))}
         r = client.get(out + "/chunked")
         assert (r.status_code, r.content) == (200, b"hello world")
+
+
+async def _cancel_waves(port: int, waves: int, per_wave: int) -> httpx.Response:
+    """One long call, and meanwhile ``waves`` x ``per_wave`` calls the app gives up on."""
+    limits = httpx.Limits(max_connections=per_wave + 1, max_keepalive_connections=per_wave + 1)
+    out = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(limits=limits, headers={"host": "users"}) as client:
+        kept = asyncio.ensure_future(client.get(out + "/slow/1500", timeout=10))
+        await asyncio.sleep(0.05)
+
+        async def abandoned() -> None:
+            with contextlib.suppress(httpx.TimeoutException):
+                await client.get(out + "/slow/3000", timeout=0.1)
+
+        for _ in range(waves):
+            await asyncio.gather(*(abandoned() for _ in range(per_wave)))
+        return await kept
+
+
+def test_calls_the_app_cancels_cost_no_other_call(mesh: dict[str, Any]) -> None:
+    """400 cancellations within a second are 400 resets on the shared connections; past
+    its budget a connection defers them, so the callee never takes it for a rapid-reset
+    attack (GOAWAY ENHANCE_YOUR_CALM) and the call still in flight on it survives."""
+    users = mesh["backend"]("users0")
+    callee = mesh["sidecar"]("users", users.port)
+    caller = mesh["sidecar"]("web", free_port(), "--no-register")
+    wait_until(lambda: _instances(mesh["registry"], "users"), timeout=5)
+    kept = asyncio.run(_cancel_waves(caller.outbound, 4, 99))
+    assert kept.status_code == 200 and kept.json()["path"] == "/slow/1500"
+    assert "ENHANCE_YOUR_CALM" not in callee.log_path.read_text()
+    assert spoken(caller, "users") == ["h2c"]
 
 
 def test_the_off_switch_speaks_http1_between_sidecars(mesh: dict[str, Any]) -> None:

@@ -41,6 +41,14 @@ stream id) is handed back to the pool, which sends it again elsewhere
 (``H2Owner.unprocessed``). After the head, such an ending aborts the client's
 response. The response deadline is the worker's sweep, as for HTTP/1.1:
 streams in flight sit in ``ctx.upstream_conns``.
+
+Cancelling a stream (the client went away, a deadline, a ``Call`` retrying)
+sends RST_STREAM CANCEL, at most ``RESETS_PER_SECOND`` a second per
+connection: a proxy multiplexing many clients must not look like a rapid
+reset attack, for which a server closes the connection and every innocent
+stream on it. Beyond the budget a cancelled stream stays open, its response
+read and dropped, until it ends or a later second's budget resets it
+(``tick``, from the pool's sweep); it keeps its slot meanwhile.
 """
 
 from __future__ import annotations
@@ -69,6 +77,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("meshgate.upstream.h2")
 
 CONNECTING, READY, DRAINING, CLOSED = "connecting", "ready", "draining", "closed"
+# RST_STREAMs one connection sends per second. Servers defend against rapid
+# reset (CVE-2023-44487) by closing a connection that resets too many streams
+# -- meshgate at server.http2.maxResetsPerSecond, 200 by default -- which would
+# fail every other stream on it; half of that holds even when our second and
+# theirs do not line up.
+RESETS_PER_SECOND: Final = 100
 _TRANSITIONS: Final = {
     CONNECTING: {READY, DRAINING, CLOSED},
     READY: {DRAINING, CLOSED},
@@ -120,6 +134,11 @@ class H2Connection(asyncio.Protocol):
         self.conn_unacked = 0
         self.frames = FrameCut()
         self._queued = False
+        self.resets = 0                   # RST_STREAMs sent since reset_second
+        self.reset_second = 0.0
+        # Cancelled beyond the budget: open, their responses read and dropped,
+        # until they end or ``tick`` has room to reset them.
+        self.deferred: list[H2Stream] = []
         # Resolved once the peer's SETTINGS arrived (READY) or the connection ended.
         self.ready: asyncio.Future[None] = owner.ctx.loop.create_future()
 
@@ -131,6 +150,7 @@ class H2Connection(asyncio.Protocol):
         if not self.ready.done():
             self.ready.set_result(None)
         if state == CLOSED:
+            self.deferred.clear()
             self.owner.gone(self)
             if self.transport is not None:
                 self.transport.close()
@@ -203,10 +223,34 @@ class H2Connection(asyncio.Protocol):
                 self.flush_soon()
 
     def cancel(self, stream: H2Stream) -> None:
+        """Reset the stream, or, over ``RESETS_PER_SECOND``, leave it to ``tick``."""
+        if self.state != CLOSED and stream.stream_id in self.streams \
+                and not self._reset_allowed(self.owner.ctx.now):
+            self.owner.ctx.upstream_conns.discard(stream)
+            self.deferred.append(stream)
+            return
+        self._reset(stream)
+
+    def _reset_allowed(self, now: float) -> bool:
+        if now - self.reset_second >= 1.0:
+            self.reset_second = now
+            self.resets = 0
+        return self.resets < RESETS_PER_SECOND
+
+    def _reset(self, stream: H2Stream) -> None:
         if self._forget(stream) and self.state != CLOSED:
+            self.resets += 1
             with contextlib.suppress(h2.exceptions.H2Error):       # closed on the wire
                 self.h2.reset_stream(stream.stream_id, h2.errors.ErrorCodes.CANCEL)
             self.flush_soon()
+
+    def tick(self, now: float) -> None:
+        """The pool's sweep: reset the deferred streams the budget allows now."""
+        deferred = self.deferred
+        while deferred and self._reset_allowed(now):
+            stream = deferred.pop(0)
+            if self.streams.get(stream.stream_id) is stream:       # not ended meanwhile
+                self._reset(stream)
 
     def _forget(self, stream: H2Stream) -> bool:
         if self.streams.pop(stream.stream_id, None) is None:

@@ -277,6 +277,9 @@ class H2Pool:
         if self.fallback is not None:
             self.fallback.sweep(now)
         limit = now - self.idle_timeout
+        for conn in self.conns:
+            if conn.deferred:
+                conn.tick(now)
         for conn in [c for c in self.conns if not c.streams and c.idle_since < limit]:
             conn.close()
 
