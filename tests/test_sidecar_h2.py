@@ -118,6 +118,31 @@ def test_calls_the_app_cancels_cost_no_other_call(mesh: dict[str, Any]) -> None:
     assert spoken(caller, "users") == ["h2c"]
 
 
+def test_an_app_that_stops_reading_holds_up_no_other_call(mesh: dict[str, Any]) -> None:
+    """A 50 MB answer its caller does not read shares the connection between the sidecars
+    with the other calls: only its own stream stops (its window is not credited)."""
+    users = mesh["backend"]("users0")
+    mesh["sidecar"]("users", users.port)
+    caller = mesh["sidecar"]("web", free_port(), "--no-register")
+    wait_until(lambda: _instances(mesh["registry"], "users"), timeout=5)
+    out = f"http://127.0.0.1:{caller.outbound}"
+    with httpx.Client(timeout=10, headers={"host": "users"}) as client:
+        assert client.get(out + "/name").text == "users0"       # the connection is up
+        stalled = socket.create_connection(("127.0.0.1", caller.outbound), timeout=5)
+        try:
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stalled.sendall(b"GET /bytes/50000000 HTTP/1.1\r\nhost: users\r\n\r\n")
+            assert stalled.recv(64).startswith(b"HTTP/1.1 200")   # answering, then unread
+            for _ in range(20):
+                r = client.get(out + "/echo", timeout=3)
+                assert r.status_code == 200 and r.json()["path"] == "/echo"
+            r = client.get(out + "/bytes/3000000", timeout=5)
+            assert r.status_code == 200 and len(r.content) == 3_000_000
+        finally:
+            stalled.close()
+    assert spoken(caller, "users") == ["h2c"]
+
+
 def test_the_off_switch_speaks_http1_between_sidecars(mesh: dict[str, Any]) -> None:
     users = mesh["backend"]("users0")
     callee = mesh["sidecar"]("users", users.port)
