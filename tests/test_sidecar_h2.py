@@ -225,6 +225,29 @@ def test_websocket_takes_http1_beside_the_h2_streams(mesh: dict[str, Any]) -> No
         origin.stop()
 
 
+def test_the_folders_sidecar_section_sets_both_protocols(mesh: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    pb2, pb2_grpc = stubs()
+    for name, text in (("grpc", "sidecar:\n  appProtocol: h2c\n"),
+                       ("http1", "sidecar:\n  meshProtocol: http1\n")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "gateway.config.yml").write_text(text)
+    users = mesh["backend"]("users0")
+    mesh["sidecar"]("users", users.port)
+    with GrpcApp(name="echo-1") as app:
+        echo = mesh["sidecar"]("echo", app.port, "--config", str(tmp_path / "grpc"))
+        caller = mesh["sidecar"]("web", free_port(), "--no-register", "--config",
+                                 str(tmp_path / "http1"))
+        wait_until(lambda: _instances(mesh["registry"], "users"), timeout=5)
+        r = httpx.get(f"http://127.0.0.1:{caller.outbound}/name", headers={"host": "users"},
+                      timeout=10)
+        assert r.text == "users0" and spoken(caller, "users") == ["http1"]
+        # The echo sidecar speaks h2c to its app: gRPC works through its inbound port.
+        with grpc.insecure_channel(f"127.0.0.1:{echo.inbound}") as channel:
+            reply = pb2_grpc.EchoStub(channel).Unary(pb2.Msg(text="via folder"), timeout=10)
+        assert reply.text == "via folder"
+
+
 def test_the_sidecar_settings_are_checked(tmp_path: Path) -> None:
     (tmp_path / "gateway.config.yml").write_text(
         "sidecar:\n  appProtocol: h2c\n  meshProtocol: grpc\n")
