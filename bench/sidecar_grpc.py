@@ -61,6 +61,7 @@ class Outcome:
     latency_ms: list[float] = field(default_factory=list)
     errors: int = 0
     seconds: float = 0.0
+    sidecar_cpu: float = 0.0        # CPU seconds of both sidecars' processes meanwhile
 
 
 def _stubs() -> tuple[Any, Any]:
@@ -138,9 +139,10 @@ def run(args: argparse.Namespace, group: procs.ProcGroup) -> int:
     try:
         app = _start_app(stack, args.app_threads)
         registry = stack.registry()
-        stack.sidecar("echo", app, registry, "--app-protocol", "h2c")
+        _, _, callee = stack.sidecar("echo", app, registry, "--app-protocol", "h2c")
         _, outbound, caller = stack.sidecar("caller", targets.free_port(), registry,
                                             "--no-register")
+        sidecars = group.tree(callee) + group.tree(caller)
         _ready(f"127.0.0.1:{outbound}", "echo", caller, stack.log("sidecar-caller"))
         paths = {"direct": (f"127.0.0.1:{app}", None),
                  "sidecars (h2c)": (f"127.0.0.1:{outbound}", "echo")}
@@ -151,8 +153,11 @@ def run(args: argparse.Namespace, group: procs.ProcGroup) -> int:
         for r in range(args.rounds):
             for name in names if r % 2 == 0 else names[::-1]:
                 target, authority = paths[name]
+                before = procs.cpu_ticks(sidecars)
                 out = asyncio.run(paced(target, authority, args.rate,
                                         args.duration / args.rounds, args.payload))
+                pooled[name].sidecar_cpu += procs.cpu_seconds_between(
+                    before, procs.cpu_ticks(sidecars))
                 pooled[name].latency_ms += out.latency_ms
                 pooled[name].errors += out.errors
                 pooled[name].seconds += out.seconds
@@ -168,7 +173,8 @@ def _markdown(args: argparse.Namespace, pooled: dict[str, Outcome]) -> str:
     facts = report.machine()
     rows = [f"| {name} | {len(o.latency_ms) + o.errors:,} | "
             f"{(len(o.latency_ms) + o.errors) / o.seconds:,.0f} | {o.errors} | "
-            + " | ".join(f"{pct[name][q]:.3f} ms" for q in (0.5, 0.9, 0.99)) + " |"
+            + " | ".join(f"{pct[name][q]:.3f} ms" for q in (0.5, 0.9, 0.99))
+            + f" | {o.sidecar_cpu / max(1, len(o.latency_ms) + o.errors) * 1e6:,.0f} µs |"
             for name, o in pooled.items()]
     added = {q: pct["sidecars (h2c)"][q] - pct["direct"][q] for q in (0.5, 0.9, 0.99)}
     command = " ".join([".venv/bin/python bench/sidecar_grpc.py",
@@ -184,10 +190,11 @@ def _markdown(args: argparse.Namespace, pooled: dict[str, Outcome]) -> str:
         f"time; {args.duration:g} s per path after a {args.warmup:g} s warm-up, in "
         "alternating slices. *sidecars (h2c)*: caller's `meshgate sidecar` outbound port "
         "(`:authority` echo) -> HTTP/2 -> app's `meshgate sidecar --app-protocol h2c` -> "
-        "app (grpcio).",
+        "app (grpcio). *sidecars' CPU per call*: CPU time of both sidecars' processes "
+        "during the path's slices over its calls (idle upkeep only, on the direct path).",
         "",
-        "| path | calls | calls/s | errors | p50 | p90 | p99 |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| path | calls | calls/s | errors | p50 | p90 | p99 | sidecars' CPU per call |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
         *rows,
         "",
         f"Added by the two sidecars: p50 **+{added[0.5]:.3f} ms**, p90 +{added[0.9]:.3f} ms, "
