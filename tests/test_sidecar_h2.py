@@ -189,6 +189,19 @@ def test_the_hint_follows_the_inbound_ports_http2(mesh: dict[str, Any],
     assert httpx.get(out, headers={"host": "users"}, timeout=10).text == "users0"
 
 
+def test_a_wrong_hint_is_a_prompt_502(mesh: dict[str, Any]) -> None:
+    """Registered by hand as h2c in front of an HTTP/1.1-only server: the preface gets an
+    HTTP/1.1 answer, which ends the connection before any SETTINGS -- a 502, not a hang."""
+    users = mesh["backend"]("users0")
+    mesh["registry"].put("users", "by-hand", address="127.0.0.1", port=users.port,
+                         metadata={"protocol": "h2c"})
+    caller = mesh["sidecar"]("web", free_port(), "--no-register")
+    with httpx.Client(timeout=10, headers={"host": "users"}) as client:
+        r = client.get(f"http://127.0.0.1:{caller.outbound}/name")
+        assert r.status_code == 502 and r.elapsed.total_seconds() < 2
+    assert spoken(caller, "users") == ["h2c"]
+
+
 def test_an_h2c_app_call_reaches_an_http1_app(mesh: dict[str, Any]) -> None:
     """The app speaks h2c to its sidecar, the callee's app HTTP/1.1: each hop its own."""
     from tests.support.h2client import H2Client
@@ -246,6 +259,37 @@ def test_the_folders_sidecar_section_sets_both_protocols(mesh: dict[str, Any],
         with grpc.insecure_channel(f"127.0.0.1:{echo.inbound}") as channel:
             reply = pb2_grpc.EchoStub(channel).Unary(pb2.Msg(text="via folder"), timeout=10)
         assert reply.text == "via folder"
+
+
+def test_a_gateway_with_protocol_auto_speaks_h2c_to_sidecars(mesh: dict[str, Any],
+                                                             gateway_factory: Any) -> None:
+    """Registry discovery and ``protocol: auto``: the gateway reads the same hint, so
+    gRPC reaches an app behind its sidecar, and HTTP/1.1 an HTTP/1.1 app behind its own."""
+    pb2, pb2_grpc = stubs()
+    users = mesh["backend"]("users0")
+    mesh["sidecar"]("users", users.port)
+    with GrpcApp(name="echo-1") as app:
+        mesh["sidecar"]("echo", app.port, "--app-protocol", "h2c")
+        url = mesh["registry"].url
+        gw = gateway_factory({
+            "apiEndpoints": {"echo": {"host": "*", "paths": ["/meshgate.test.Echo/*"]},
+                             "users": {"host": "*", "paths": ["/*"]}},
+            "serviceEndpoints": {
+                name: {"protocol": "auto", "discovery": {"type": "registry", "url": url}}
+                for name in ("users", "echo")},
+            "policies": ["proxy"],
+            "pipelines": {name: {"apiEndpoints": [name], "policies": [
+                {"proxy": [{"action": {"serviceEndpoint": name}}]}]}
+                for name in ("echo", "users")}})
+        wait_until(lambda: httpx.get(gw.url + "/name", timeout=5).text == "users0", timeout=5)
+        with grpc.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+            reply, call = pb2_grpc.EchoStub(channel).Unary.with_call(
+                pb2.Msg(text="through the gateway"), timeout=10)
+        assert reply.text == "through the gateway"
+        assert dict(call.trailing_metadata())["trace-bin"] == BINARY
+    clusters = httpx.get(gw.admin_url + "/clusters", timeout=5).json()
+    assert [ep["protocol"] for ep in clusters["users"]["workers"][0]] == ["h2c"]
+    assert [ep["protocol"] for ep in clusters["echo"]["workers"][0]] == ["h2c"]
 
 
 def test_the_sidecar_settings_are_checked(tmp_path: Path) -> None:
