@@ -28,6 +28,7 @@ from meshgate.config.loader import ConfigError, load_config
 from tests import test_sidecar
 from tests.support.gateway import free_port, wait_until
 from tests.support.grpc_app import BINARY, GrpcApp, stubs
+from tests.support.registry import RegistryProcess
 from tests.support.ws_backend import WsBackend
 from tests.test_sidecar import Sidecar, _instances
 
@@ -304,23 +305,34 @@ def test_the_sidecar_settings_are_checked(tmp_path: Path) -> None:
 
 # -- gRPC through two sidecars --------------------------------------------------------------
 
-@pytest.fixture
-def grpc_mesh(mesh: dict[str, Any]) -> Iterator[tuple[Any, Any, GrpcApp, Sidecar]]:
+@pytest.fixture(scope="module")
+def grpc_mesh(tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[tuple[Any, Any, GrpcApp, Sidecar]]:
     """(stub through the caller's sidecar, pb2, the app, the caller's sidecar), the echo
-    app behind a sidecar of its own."""
+    app behind a sidecar of its own; shared by the gRPC tests, which only make calls."""
+    directory = tmp_path_factory.mktemp("grpc-mesh")
     pb2, pb2_grpc = stubs()
+    registry = RegistryProcess(directory)
     app = GrpcApp(name="echo-1")
-    mesh["sidecar"]("echo", app.port, "--app-protocol", "h2c")
-    caller = mesh["sidecar"]("web", free_port(), "--no-register")
-    wait_until(lambda: _instances(mesh["registry"], "echo"), timeout=5)
-    # The app names the service in :authority, as it would in Host over HTTP/1.1.
-    channel = grpc.insecure_channel(f"127.0.0.1:{caller.outbound}",
-                                    options=[("grpc.default_authority", "echo")])
+    started: list[Sidecar] = []
     try:
-        yield pb2_grpc.EchoStub(channel), pb2, app, caller
+        for service, port, args in (("echo", app.port, ("--app-protocol", "h2c")),
+                                    ("web", free_port(), ("--no-register",))):
+            token = directory / f"{service}.token"
+            token.write_text(registry.join_token(service))
+            started.append(Sidecar(directory, registry.url, service, port,
+                                   "--token-file", str(token), *args))
+        caller = started[-1]
+        wait_until(lambda: _instances(registry, "echo"), timeout=5)
+        # The app names the service in :authority, as it would in Host over HTTP/1.1.
+        with grpc.insecure_channel(f"127.0.0.1:{caller.outbound}",
+                                   options=[("grpc.default_authority", "echo")]) as channel:
+            yield pb2_grpc.EchoStub(channel), pb2, app, caller
     finally:
-        channel.close()
+        for side in started:
+            side.stop()
         app.stop()
+        registry.stop()
 
 
 def test_grpc_unary_with_binary_metadata(grpc_mesh: tuple[Any, Any, GrpcApp, Sidecar]) -> None:
