@@ -404,3 +404,18 @@ def test_grpc_calls_share_the_connections_between_sidecars(mesh: dict[str, Any])
         finally:
             for ch in channels:
                 ch.close()
+
+
+def test_a_service_nobody_serves_is_a_grpc_status(grpc_mesh: tuple[Any, Any, GrpcApp, Sidecar]
+                                                  ) -> None:
+    """The caller's sidecar answers itself (no instance after the wait for the first
+    endpoint set) -- as a gRPC failure the app can read, not a bare 503."""
+    _, pb2, _, caller = grpc_mesh
+    _, pb2_grpc = stubs()
+    options = [("grpc.default_authority", "nobody")]
+    with grpc.insecure_channel(f"127.0.0.1:{caller.outbound}", options=options) as channel, \
+            pytest.raises(grpc.RpcError) as caught:
+        pb2_grpc.EchoStub(channel).Unary(pb2.Msg(text="x"), timeout=10)
+    error: Any = caught.value
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "upstream" in error.details()
