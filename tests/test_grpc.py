@@ -11,6 +11,8 @@ trailers) the peer is ``tests.support.h2client`` or a raw socket instead.
 from __future__ import annotations
 
 import queue
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +21,13 @@ from typing import Any
 import grpc
 import pytest
 
+from meshgate.protocol import grpc as grpc_vocab
 from tests.support.gateway import Gateway, free_port, proxy_config, wait_until
 from tests.support.grpc_app import BINARY, LARGE_MESSAGES, GrpcApp, stubs
+from tests.support.h2_origin import H2Origin
 from tests.support.h2client import H2Client
 from tests.test_tls import Pki
+from tests.test_websocket import counter
 
 MIB = 1 << 20
 pb2, pb2_grpc = stubs()
@@ -216,3 +221,239 @@ def test_client_deadline_is_kept_and_passed_on(rig: Rig) -> None:
     assert time.monotonic() - started < 2
     left = rig.app.remaining[-1]
     assert left is not None and 0 < left < 0.55   # grpc core rounds a deadline up
+
+
+# -- response trailers from an HTTP/1.1 upstream ---------------------------------------
+class TrailerOrigin:
+    """An HTTP/1.1 origin, raw sockets in a thread: every answer is chunked and ends
+    with trailers (``X-Checksum``, ``grpc-status``, and a ``Set-Cookie`` that a
+    trailer may not carry), written in pieces that split the last chunk."""
+
+    RESPONSE = (b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n"
+                b"transfer-encoding: chunked\r\ntrailer: x-checksum, grpc-status\r\n\r\n"
+                b"5\r\nhello\r\n", b"6\r\n world\r\n0\r\nX-Check",
+                b"sum: abc123\r\ngrpc-status: 7\r\nSet-Cookie: no=1\r\n\r\n")
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.requests: list[bytes] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                self.requests.append(head)
+                for piece in self.RESPONSE:
+                    conn.sendall(piece)
+                    time.sleep(0.01)             # separate reads for the gateway
+
+    def stop(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def trailer_origin() -> Iterator[TrailerOrigin]:
+    origin = TrailerOrigin()
+    yield origin
+    origin.stop()
+
+
+def raw_http1(port: int, head: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head.encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def test_http1_upstream_trailers_reach_http2_and_http1_clients(trailer_origin: TrailerOrigin,
+                                                              gateway_factory: Any) -> None:
+    gw = gateway_factory(proxy_config(f"http://127.0.0.1:{trailer_origin.port}"))
+    with H2Client(gw.port) as c:
+        r = c.get("/t")
+    assert r.status == 200 and bytes(r.body) == b"hello world"
+    assert r.trailers == [(b"x-checksum", b"abc123"), (b"grpc-status", b"7")]
+    # An HTTP/1.1 client that takes trailers gets them chunked, the same filtered ones.
+    data = raw_http1(gw.port, "GET /t HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n"
+                              "Connection: close\r\n\r\n")
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert body.endswith(b"\r\n0\r\nx-checksum: abc123\r\ngrpc-status: 7\r\n\r\n")
+    # ... one that did not ask gets none, on the same (reused) upstream connection.
+    data = raw_http1(gw.port, "GET /t HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert data.endswith(b"6\r\n world\r\n0\r\n\r\n")
+    assert trailer_origin.connections == 1 and len(trailer_origin.requests) == 3
+
+
+def test_http1_upstream_trailers_on_a_guarded_cluster(trailer_origin: TrailerOrigin,
+                                                      gateway_factory: Any) -> None:
+    gw = gateway_factory(proxy_config(f"http://127.0.0.1:{trailer_origin.port}",
+                                      service={"retry": {"retryOn": ["5xx"]}}))
+    with H2Client(gw.port) as c:
+        for _ in range(3):
+            r = c.get("/t")
+            assert bytes(r.body) == b"hello world"
+            assert (b"x-checksum", b"abc123") in r.trailers
+    assert trailer_origin.connections == 1
+
+
+# -- grpc-timeout ---------------------------------------------------------------------
+@pytest.fixture
+def h2_origin() -> Iterator[H2Origin]:
+    origin = H2Origin()
+    yield origin
+    origin.stop()
+
+
+def _timed(port: int, path: str, *headers: tuple[str, str]) -> tuple[int, float]:
+    with H2Client(port) as c:
+        started = time.monotonic()
+        r = c.response(c.request(path, "POST", body=b"\x00\x00\x00\x00\x00",
+                                 headers=list(headers)), 10)
+        return r.status, time.monotonic() - started
+
+
+def _sent_timeout(origin: H2Origin) -> float | None:
+    value = origin.seen.requests[-1].get(b"grpc-timeout")
+    return None if value is None else grpc_vocab.parse_timeout(value)
+
+
+@pytest.mark.parametrize("retry", [False, True], ids=["plain", "call"])
+def test_grpc_timeout_bounds_the_deadline(h2_origin: H2Origin, gateway_factory: Any,
+                                          retry: bool) -> None:
+    service: dict[str, Any] = {"protocol": "h2c", "timeout": 20000}
+    if retry:
+        service["retry"] = {"retryOn": ["5xx", "unavailable"], "numRetries": 2}
+    gw = gateway_factory(proxy_config(f"http://127.0.0.1:{h2_origin.port}", service=service))
+    status, took = _timed(gw.port, "/wait/3000", *grpc_headers(("grpc-timeout", "400m")))
+    assert status == 504
+    assert 0.35 < took < 1.0                     # the sweep runs every 250 ms
+    sent = _sent_timeout(h2_origin)
+    assert sent is not None and 0.3 < sent <= 0.4    # what was left of it
+
+
+def test_the_route_timeout_bounds_the_forwarded_grpc_timeout(h2_origin: H2Origin,
+                                                             gateway_factory: Any) -> None:
+    gw = gateway_factory(proxy_config(f"http://127.0.0.1:{h2_origin.port}",
+                                      service={"protocol": "h2c", "timeout": 300}))
+    status, took = _timed(gw.port, "/wait/3000", *grpc_headers(("grpc-timeout", "10S")))
+    assert status == 504 and took < 1.0
+    sent = _sent_timeout(h2_origin)
+    assert sent is not None and sent <= 0.3 + 1e-9
+
+
+@pytest.mark.parametrize("headers", [
+    grpc_headers(("grpc-timeout", "100x")),                      # malformed: ignored
+    grpc_headers(("grpc-timeout", "123456789S")),                # more than 8 digits
+    [("content-type", "text/plain"), ("grpc-timeout", "100m")],  # not a gRPC request
+], ids=["bad-unit", "too-long", "not-grpc"])
+def test_grpc_timeout_that_is_not_a_deadline_is_passed_on(h2_origin: H2Origin,
+                                                          gateway_factory: Any,
+                                                          headers: list[tuple[str, str]]) -> None:
+    gw = gateway_factory(proxy_config(f"http://127.0.0.1:{h2_origin.port}",
+                                      service={"protocol": "h2c"}))
+    status, _ = _timed(gw.port, "/wait/400", *headers)
+    assert status == 200
+    assert h2_origin.seen.requests[-1][b"grpc-timeout"] == dict(headers)["grpc-timeout"].encode()
+
+
+# -- retries on gRPC status codes -----------------------------------------------------------
+@pytest.fixture(scope="module")
+def retrying(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    yield from _rig(pki, tmp_path_factory.mktemp("grpc-retry"), "h2c", retry={
+        "retryOn": ["unavailable", "resource-exhausted"], "numRetries": 2,
+        "backoff": {"baseInterval": 5}})
+
+
+def _attempts(app: GrpcApp, key: str) -> int:
+    return sum(1 for _, meta in app.calls if meta.get("x-echo-key") == key)
+
+
+def test_trailers_only_unavailable_is_retried(retrying: Rig) -> None:
+    reply = retrying.stub().Unary(pb2.Msg(text="again"), timeout=10, metadata=[
+        ("x-echo-code", "14"), ("x-echo-fail-times", "2"), ("x-echo-key", "r1"),
+        ("x-echo-trailers-only", "1")])
+    assert reply.text == "again"
+    assert _attempts(retrying.app, "r1") == 3
+
+
+def test_grpc_retries_stop_at_num_retries(retrying: Rig) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        retrying.stub().Unary(pb2.Msg(text="x"), timeout=10, metadata=[
+            ("x-echo-code", "8"), ("x-echo-key", "r2"), ("x-echo-trailers-only", "1")])
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert _attempts(retrying.app, "r2") == 3
+
+
+def test_streaming_request_bodies_are_replayed(retrying: Rig) -> None:
+    reply = retrying.stub().ClientStream(iter([pb2.Msg(text=t) for t in "xyz"]), timeout=10,
+                                         metadata=[("x-echo-code", "14"),
+                                                   ("x-echo-fail-times", "1"),
+                                                   ("x-echo-key", "r3"),
+                                                   ("x-echo-trailers-only", "1")])
+    assert (reply.text, reply.seq) == ("xyz", 3)
+    assert _attempts(retrying.app, "r3") == 2
+
+
+@pytest.mark.parametrize("metadata", [
+    [("x-echo-code", "5"), ("x-echo-trailers-only", "1")],       # a code not named
+    [("x-echo-code", "14"), ("x-echo-meta-h", "1")],             # not trailers-only
+], ids=["other-code", "after-headers"])
+def test_what_is_not_retried(retrying: Rig, metadata: list[tuple[str, str]]) -> None:
+    key = f"n{len(retrying.app.calls)}"
+    with pytest.raises(grpc.RpcError) as err:
+        retrying.stub().Unary(pb2.Msg(text="x"), timeout=10,
+                              metadata=[*metadata, ("x-echo-key", key)])
+    assert err.value.code().value[0] == int(metadata[0][1])
+    assert _attempts(retrying.app, key) == 1
+
+
+def test_unknown_retry_on_is_refused() -> None:
+    from meshgate.config.mesh import Retry
+    with pytest.raises(ValueError, match="unknown retryOn 'aborted'"):
+        Retry.model_validate({"retryOn": ["unavailable", "aborted"]})
+
+
+# -- metrics ------------------------------------------------------------------------------
+def test_requests_are_counted_by_grpc_status(plain: Rig) -> None:
+    def count(status: str) -> float:
+        return counter(plain.gw, "meshgate_requests_total", grpc_status=status)
+
+    before = {s: count(s) for s in ("0", "14", "9")}
+    stub = plain.stub()
+    stub.Unary(pb2.Msg(text="ok"), timeout=10)
+    for code, extra in (("14", ("x-echo-trailers-only", "1")), ("9", ("x-echo-meta-h", "1"))):
+        with pytest.raises(grpc.RpcError):
+            stub.Unary(pb2.Msg(text="x"), timeout=10, metadata=[("x-echo-code", code), extra])
+    wait_until(lambda: all(count(s) == before[s] + 1 for s in before), timeout=5)
+    lines = [line for line in plain.gw.metrics().splitlines()
+             if line.startswith("meshgate_requests_total{")]
+    assert any('code="200",grpc_status="14"' in line for line in lines)
+    assert not any('grpc_status=""' in line for line in lines)
+
+
+def test_grpc_status_from_http1_trailers_is_counted(trailer_origin: TrailerOrigin,
+                                                    gateway_factory: Any) -> None:
+    gw = gateway_factory(proxy_config(f"http://127.0.0.1:{trailer_origin.port}"))
+    with H2Client(gw.port) as c:
+        assert c.get("/t").trailers
+    wait_until(lambda: counter(gw, "meshgate_requests_total", grpc_status="7") == 1, timeout=5)

@@ -139,7 +139,10 @@ def format_timeout(seconds: float) -> bytes:
     """A ``grpc-timeout`` value for ``seconds`` (rounded up, at most 8 digits)."""
     for unit, scale in ((b"n", 1e-9), (b"u", 1e-6), (b"m", 1e-3), (b"S", 1.0),
                         (b"M", 60.0), (b"H", 3600.0)):
-        amount = -int(-seconds // scale)
+        units = seconds / scale
+        amount = int(units)
+        if units - amount > 1e-6:       # up, but not for a float's last bit (0.3 s is 300m)
+            amount += 1
         if amount < 100_000_000:
             return b"%d%s" % (max(amount, 0), unit)
     return b"99999999H"
