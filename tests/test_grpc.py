@@ -234,7 +234,8 @@ class TrailerOrigin:
                 b"5\r\nhello\r\n", b"6\r\n world\r\n0\r\nX-Check",
                 b"sum: abc123\r\ngrpc-status: 7\r\nSet-Cookie: no=1\r\n\r\n")
 
-    def __init__(self) -> None:
+    def __init__(self, pieces: tuple[bytes, ...] = RESPONSE) -> None:
+        self.pieces = pieces
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.connections = 0
@@ -261,7 +262,7 @@ class TrailerOrigin:
                     buf += data
                 head, _, buf = buf.partition(b"\r\n\r\n")
                 self.requests.append(head)
-                for piece in self.RESPONSE:
+                for piece in self.pieces:
                     conn.sendall(piece)
                     time.sleep(0.01)             # separate reads for the gateway
 
@@ -269,9 +270,16 @@ class TrailerOrigin:
         self.sock.close()
 
 
-@pytest.fixture
-def trailer_origin() -> Iterator[TrailerOrigin]:
-    origin = TrailerOrigin()
+# The same answer with its head split over two reads, and in one read whole.
+_SPLIT_HEAD = (TrailerOrigin.RESPONSE[0][:30], TrailerOrigin.RESPONSE[0][30:],
+               *TrailerOrigin.RESPONSE[1:])
+_ONE_READ = (b"".join(TrailerOrigin.RESPONSE),)
+
+
+@pytest.fixture(params=[TrailerOrigin.RESPONSE, _SPLIT_HEAD, _ONE_READ],
+                ids=["pieces", "split-head", "one-read"])
+def trailer_origin(request: pytest.FixtureRequest) -> Iterator[TrailerOrigin]:
+    origin = TrailerOrigin(request.param)
     yield origin
     origin.stop()
 

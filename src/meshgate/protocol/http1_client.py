@@ -221,6 +221,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_bytes = True
         if not self._resp_started:
             self._rx.append(data)
+        replay = b""
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -233,8 +234,6 @@ class UpstreamConnection(asyncio.Protocol):
                 self._rx_pos = 0
                 self._tapped = True
                 self.parser = httptools.HttpResponseParser(_TrailerTap(self))
-                self.data_received(replay)
-                return
             elif isinstance(cause, _HeadResponseDone):
                 # Bytes after a HEAD response's head are no part of it: not reusable.
                 keep_alive = self.parser.should_keep_alive() and not self._rx
@@ -251,6 +250,9 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 self._fail("protocol", 502, b"Bad Gateway: invalid response from upstream\n")
                 return
+        if replay:                       # read again by the parser that reports trailers
+            self.data_received(replay)
+            return
         if self._resp_done:
             self._settle()
             return
