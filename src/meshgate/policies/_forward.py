@@ -17,7 +17,8 @@ uploads slowly holds its own connection, never one of the serviceEndpoint's
 pool. Longer bodies stream, each read bounded by ``server.bodyTimeout``.
 A gRPC request's body is never held: its messages stream both ways for the
 life of the call (a bidirectional call's next message may wait for the
-previous reply).
+previous reply). gRPC is HTTP/2 only, so an HTTP/1.1 request's headers are
+not searched for its content type.
 
 ``grpc-timeout`` (gRPC requests only, by ``content-type``) is read once, in
 the pass over the headers that builds the first head: it sets
@@ -101,7 +102,7 @@ class Forward:
     def __call__(self, ex: Exchange) -> bool:
         if ex.body_expected and not ex.body_done and ex.body_sink is None \
                 and ex.body_tee is None and self.cluster.ctx.buffer_body \
-                and not is_grpc_type(content_type(ex.headers)):
+                and (ex.http_version != b"2" or not is_grpc_type(content_type(ex.headers))):
             wait = BodyWait(ex, self, self.cluster.ctx.buffer_body)
             ex.attach_body_sink(wait)
             if not wait.released:
