@@ -324,6 +324,19 @@ def test_http1_upstream_trailers_on_a_guarded_cluster(trailer_origin: TrailerOri
     assert trailer_origin.connections == 1
 
 
+def test_upstream_trailer_fields_are_capped(gateway_factory: Any) -> None:
+    many = b"".join(b"x-t%d: %d\r\n" % (i, i) for i in range(150))
+    origin = TrailerOrigin((TrailerOrigin.RESPONSE[0], b"0\r\n" + many + b"\r\n"))
+    try:
+        gw = gateway_factory(proxy_config(f"http://127.0.0.1:{origin.port}"))
+        with H2Client(gw.port) as c:
+            r = c.get("/t")
+        assert bytes(r.body) == b"hello"
+        assert r.trailers == [(b"x-t%d" % i, b"%d" % i) for i in range(100)]
+    finally:
+        origin.stop()
+
+
 # -- grpc-timeout ---------------------------------------------------------------------
 @pytest.fixture
 def h2_origin() -> Iterator[H2Origin]:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
@@ -52,6 +52,9 @@ if TYPE_CHECKING:
     from meshgate.upstream.pool import Pool
 
 log = logging.getLogger("meshgate.upstream")
+
+
+_MAX_TRAILERS: Final = 100
 
 
 class _HeadResponseDone(Exception):
@@ -345,13 +348,16 @@ class UpstreamConnection(asyncio.Protocol):
             raise _HeadResponseDone
 
     def on_trailer(self, name: bytes, value: bytes) -> None:
-        """A field of the trailer section (through ``_TrailerTap``)."""
+        """A field of the trailer section (through ``_TrailerTap``); past
+        ``_MAX_TRAILERS`` of them, the rest are dropped (Envoy's header count)."""
         name = name.lower()
         if name in FORBIDDEN_TRAILERS or name[:1] == b":":
             return
-        if self._trailers is None:
-            self._trailers = []
-        self._trailers.append((name, value))
+        trailers = self._trailers
+        if trailers is None:
+            self._trailers = [(name, value)]
+        elif len(trailers) < _MAX_TRAILERS:
+            trailers.append((name, value))
 
     def on_body(self, body: bytes) -> None:
         ex = self.ex
