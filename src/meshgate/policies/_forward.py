@@ -23,8 +23,11 @@ not searched for its content type.
 ``grpc-timeout`` (gRPC requests only, by ``content-type``) is read once, in
 the pass over the headers that builds the first head: it sets
 ``ex.deadline``, which bounds every attempt's timeout (and a Call's overall
-deadline), and each attempt sends upstream the time that is left of it,
-as Envoy does. A malformed value is passed on untouched and ignored.
+deadline), and each attempt sends upstream the time that is left of it, as
+Envoy does. meshgate's own timeouts are not folded into the value sent: they
+restart with every read of a streaming response, where a deadline the
+service holds would end the stream. A malformed value is passed on
+untouched and ignored.
 
 Compiled with mypyc (see setup.py): keep it fully typed.
 """
@@ -122,19 +125,16 @@ class Forward:
                 ex.responder.respond(ex, 503, b"Service Unavailable: no healthy upstream\n")
             return True
         timeout = self.first_timeout
-        head, chunked = self.head(ex, ep, 0, timeout)
+        head, chunked = self.head(ex, ep)
         if ex.deadline:
             timeout = within(timeout, ex.deadline - ex.started)
         ep.pool.send(ex, head, chunked, timeout)
         return True
 
-    def head(self, ex: Exchange, ep: Endpoint, rid: int = 0,
-             timeout: float = 0.0) -> tuple[bytes, bool]:
+    def head(self, ex: Exchange, ep: Endpoint, rid: int = 0) -> tuple[bytes, bool]:
         """The request head for ``ep``, and whether the body goes chunked.
 
-        ``rid`` keeps one request id over a Call's attempts (0: a new one);
-        ``timeout`` is the attempt's own limit (0: none), which a gRPC
-        request's ``grpc-timeout`` sent upstream does not exceed.
+        ``rid`` keeps one request id over a Call's attempts (0: a new one).
         """
         path = ex.path
         if self.rewrites_path:
@@ -170,12 +170,12 @@ class Forward:
         elif ex.body_length >= 0:
             append(b"content-length: %d\r\n" % ex.body_length)
         if grpc_timeout is not None:
-            append(self._grpc_timeout(ex, grpc_timeout, timeout))
+            append(self._grpc_timeout(ex, grpc_timeout))
         append(self.extra_headers)          # ... and "eg-request-id: <prefix>-"
         append(b"%x\r\n\r\n" % (rid or next(request_ids)))
         return b"".join(lines), chunked
 
-    def _grpc_timeout(self, ex: Exchange, value: bytes, timeout: float) -> bytes:
+    def _grpc_timeout(self, ex: Exchange, value: bytes) -> bytes:
         """The ``grpc-timeout`` line sent upstream: what is left of the call's deadline.
 
         The first head of a gRPC request sets ``ex.deadline`` from it; a value
@@ -188,8 +188,6 @@ class Forward:
                 return b"grpc-timeout: %s\r\n" % value
             ex.deadline = ex.started + seconds
         left = ex.deadline - self.cluster.ctx.loop.time()
-        if timeout and timeout < left:
-            left = timeout
         return b"grpc-timeout: %s\r\n" % format_timeout(max(left, 0.001))
 
     def _rewrite(self, ex: Exchange, ep: Endpoint, path: bytes) -> bytes:

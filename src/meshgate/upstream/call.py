@@ -100,7 +100,7 @@ class Call:
             return True
         self.ep = ep
         timeout = self.proxy.first_timeout
-        head, chunked = self.proxy.head(ex, ep, self.rid, timeout)
+        head, chunked = self.proxy.head(ex, ep, self.rid)
         if ex.deadline:
             timeout = self._take_deadline(timeout)
         ep.pool.send(ex, head, chunked, timeout)
@@ -118,7 +118,7 @@ class Call:
             return
         self.ep = ep
         timeout = self._attempt_timeout()
-        head, chunked = self.proxy.head(ex, ep, self.rid, timeout)
+        head, chunked = self.proxy.head(ex, ep, self.rid)
         if ex.deadline:
             timeout = self._take_deadline(timeout)
         ep.pool.send(ex, head, chunked, timeout)
@@ -263,9 +263,8 @@ class Call:
         return False
 
     def _resend(self, ep: Endpoint) -> None:
-        timeout = self._attempt_timeout()
-        head, chunked = self.proxy.head(self.ex, ep, self.rid, timeout)
-        ep.pool.retry(self.ex, head, chunked, timeout)
+        head, chunked = self.proxy.head(self.ex, ep, self.rid)
+        ep.pool.retry(self.ex, head, chunked, self._attempt_timeout())
 
     # -- retries -----------------------------------------------------------------
     def _may_retry(self, kind: str) -> bool:
