@@ -386,11 +386,25 @@ def test_a_shorter_route_timeout_still_applies(h2_origin: H2Origin,
     assert sent is not None and 9.5 < sent <= 10
 
 
+def test_a_stream_outlives_the_route_timeout_within_its_deadline(
+        gateway_factory: Any) -> None:
+    """The route's timeout restarts with every message; the service is not told it."""
+    with GrpcApp(name="streams") as app:
+        gw = gateway_factory(grpc_config(app.url, "h2c", timeout=400))
+        stub = pb2_grpc.EchoStub(grpc.insecure_channel(f"127.0.0.1:{gw.port}"))
+        stream = stub.ServerStream(pb2.Count(text="s", times=8, gap_ms=150), timeout=10)
+        assert [m.seq for m in stream] == list(range(8))    # 1 s in all
+        assert stream.code() == grpc.StatusCode.OK
+        left = app.remaining[-1]
+        assert left is not None and left > 9
+
+
 @pytest.mark.parametrize("headers", [
     grpc_headers(("grpc-timeout", "100x")),                      # malformed: ignored
     grpc_headers(("grpc-timeout", "123456789S")),                # more than 8 digits
+    grpc_headers(("grpc-timeout", "0m")),                        # none (Envoy: infinite)
     [("content-type", "text/plain"), ("grpc-timeout", "100m")],  # not a gRPC request
-], ids=["bad-unit", "too-long", "not-grpc"])
+], ids=["bad-unit", "too-long", "zero", "not-grpc"])
 def test_grpc_timeout_that_is_not_a_deadline_is_passed_on(h2_origin: H2Origin,
                                                           gateway_factory: Any,
                                                           headers: list[tuple[str, str]]) -> None:

@@ -183,8 +183,8 @@ class Forward:
         passed on as it came.
         """
         if not ex.deadline:
-            seconds = parse_timeout(value)
-            if seconds is None or not is_grpc_type(content_type(ex.headers)):
+            seconds = parse_timeout(value)       # 0 is no deadline, as in Envoy
+            if not seconds or not is_grpc_type(content_type(ex.headers)):
                 return b"grpc-timeout: %s\r\n" % value
             ex.deadline = ex.started + seconds
         left = ex.deadline - self.cluster.ctx.loop.time()
