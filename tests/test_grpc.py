@@ -453,6 +453,16 @@ def test_streaming_request_bodies_are_replayed(retrying: Rig) -> None:
     assert _attempts(retrying.app, "r3") == 2
 
 
+def test_a_body_too_long_to_keep_is_not_retried(retrying: Rig) -> None:
+    """Past retry.maxBodyBytes (64 KiB) the request cannot be replayed: the failure stands."""
+    with pytest.raises(grpc.RpcError) as err:      # a unary call is read whole first
+        retrying.stub().Unary(pb2.Msg(text="x", blob=b"b" * 100_000), timeout=10, metadata=[
+            ("x-echo-code", "14"), ("x-echo-fail-times", "1"), ("x-echo-key", "r4"),
+            ("x-echo-trailers-only", "1")])
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert _attempts(retrying.app, "r4") == 1
+
+
 @pytest.mark.parametrize("metadata", [
     [("x-echo-code", "5"), ("x-echo-trailers-only", "1")],       # a code not named
     [("x-echo-code", "14"), ("x-echo-meta-h", "1")],             # not trailers-only
