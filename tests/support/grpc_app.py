@@ -8,8 +8,8 @@ nothing generated is kept in the tree.
 on 127.0.0.1 (an ephemeral port, plaintext HTTP/2, or TLS with
 ``tls=(key_pem, cert_pem)``) in threads of the test process, and records
 what it saw: each call's method and metadata, the time its deadline left
-(``remaining``, None without one), and the calls whose client went away
-(``cancelled``). Request metadata steers an answer:
+(``remaining``, None without one), and the server streams whose client
+went away before the end (``cancelled``). Request metadata steers an answer:
 
 * ``x-echo-code: N`` (with ``x-echo-message``): the call ends with status N;
   ``x-echo-fail-times: K`` limits that to the first K calls carrying the
