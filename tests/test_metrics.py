@@ -173,6 +173,6 @@ def test_observe_counts_each_key_apart_when_keys_alternate() -> None:
         ex.route, ex.cluster_name, ex.status = route, cluster, status
         metrics.observe(ex, 0.001)
     counts = {key: cell[0] for key, cell in metrics.table.items()}
-    assert counts == {(("a", "p"), "s1", 200): 3, (("b", "p"), "s1", 200): 1,
-                      (("a", "p"), "s1", 503): 1, (("a", "p"), "s2", 200): 1,
-                      (("", ""), "", 404): 1}
+    assert counts == {(("a", "p"), "s1", 200, -1): 3, (("b", "p"), "s1", 200, -1): 1,
+                      (("a", "p"), "s1", 503, -1): 1, (("a", "p"), "s2", 200, -1): 1,
+                      (("", ""), "", 404, -1): 1}

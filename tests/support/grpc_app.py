@@ -5,8 +5,11 @@ a cache folder under the system temp dir and returns ``(pb2, pb2_grpc)``;
 nothing generated is kept in the tree.
 
 ``GrpcApp(name=...)`` serves Echo and the standard ``grpc.health.v1.Health``
-on 127.0.0.1 (an ephemeral port, plaintext HTTP/2) in threads of the test
-process, and records what it saw. Request metadata steers an answer:
+on 127.0.0.1 (an ephemeral port, plaintext HTTP/2, or TLS with
+``tls=(key_pem, cert_pem)``) in threads of the test process, and records
+what it saw: each call's method and metadata, the time its deadline left
+(``remaining``, None without one), and the server streams whose client
+went away before the end (``cancelled``). Request metadata steers an answer:
 
 * ``x-echo-code: N`` (with ``x-echo-message``): the call ends with status N;
   ``x-echo-fail-times: K`` limits that to the first K calls carrying the
@@ -39,6 +42,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 PROTO = Path(__file__).resolve().parents[1] / "data" / "grpc" / "echo.proto"
 BINARY = b"\x00\x01\xff\xfe"
+# Messages up to 16 MiB (grpcio refuses more than 4 MiB by default).
+LARGE_MESSAGES = [("grpc.max_receive_message_length", 16 << 20),
+                  ("grpc.max_send_message_length", 16 << 20)]
 _lock = threading.Lock()
 _stubs: tuple[Any, Any] | None = None
 
@@ -68,20 +74,28 @@ def stubs() -> tuple[Any, Any]:
 
 
 class GrpcApp:
-    def __init__(self, name: str = "app", workers: int = 16) -> None:
+    def __init__(self, name: str = "app", workers: int = 16,
+                 tls: tuple[bytes, bytes] | None = None) -> None:
         pb2, pb2_grpc = stubs()
         self.name = name
         self.calls: list[tuple[str, dict[str, str | bytes]]] = []   # (method, metadata)
+        self.remaining: list[float | None] = []                      # per call, as calls
+        self.cancelled: list[str] = []                               # methods whose client left
         self.failed: dict[str, int] = {}                              # x-echo-key -> failures
         self._lock = threading.Lock()
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
+                                  options=LARGE_MESSAGES)
         pb2_grpc.add_EchoServicer_to_server(_Echo(self, pb2), self.server)
         self.health = health.HealthServicer()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        if tls is None:
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+        else:
+            self.port = self.server.add_secure_port(
+                "127.0.0.1:0", grpc.ssl_server_credentials([tls]))
         self.address = f"127.0.0.1:{self.port}"
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'http' if tls is None else 'https'}://127.0.0.1:{self.port}"
         self.server.start()
 
     def set_serving(self, serving: bool, service: str = "") -> None:
@@ -111,6 +125,8 @@ class _Echo:
         meta = {k: v for k, v in context.invocation_metadata()}
         with self.app._lock:
             self.app.calls.append((method, meta))
+            left = context.time_remaining()
+            self.app.remaining.append(left if left is not None and left < 1e9 else None)
         echoed = [(k, v) for k, v in meta.items() if k.startswith("x-echo-meta-")]
         if echoed and meta.get("x-echo-trailers-only") != "1":
             context.send_initial_metadata(echoed)
@@ -139,10 +155,19 @@ class _Echo:
 
     def ServerStream(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         self._begin("ServerStream", context)
-        for i in range(request.times):
-            if i and request.gap_ms:
-                time.sleep(request.gap_ms / 1000)
-            yield self.pb2.Msg(text=request.text, seq=i)
+        sent = 0
+        try:
+            for i in range(request.times):
+                if i and request.gap_ms:
+                    time.sleep(request.gap_ms / 1000)
+                if not context.is_active():
+                    break
+                yield self.pb2.Msg(text=request.text, seq=i)
+                sent += 1
+        finally:        # left early: grpcio stopped asking, the client cancelled
+            if sent < request.times:
+                with self.app._lock:
+                    self.app.cancelled.append("ServerStream")
 
     def ClientStream(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
         self._begin("ClientStream", context)

@@ -155,7 +155,8 @@ LoadBalancerField = Annotated[
 # -- retries, timeouts, circuit breakers, outliers -----------------------------------
 
 RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx",
-            "retriable-status-codes")
+            "retriable-status-codes", "cancelled", "deadline-exceeded", "internal",
+            "resource-exhausted", "unavailable")
 
 
 class Backoff(MeshModel):

@@ -15,6 +15,19 @@ A request body up to ``server.bufferRequestBody`` bytes is read whole before
 an upstream connection is taken (nginx's request buffering): a client that
 uploads slowly holds its own connection, never one of the serviceEndpoint's
 pool. Longer bodies stream, each read bounded by ``server.bodyTimeout``.
+A gRPC request's body is never held: its messages stream both ways for the
+life of the call (a bidirectional call's next message may wait for the
+previous reply). gRPC is HTTP/2 only, so an HTTP/1.1 request's headers are
+not searched for its content type.
+
+``grpc-timeout`` (gRPC requests only, by ``content-type``) is read once, in
+the pass over the headers that builds the first head: it sets
+``ex.deadline``, which bounds every attempt's timeout (and a Call's overall
+deadline), and each attempt sends upstream the time that is left of it, as
+Envoy does. meshgate's own timeouts are not folded into the value sent: they
+restart with every read of a streaming response, where a deadline the
+service holds would end the stream. A malformed value is passed on
+untouched and ignored.
 
 Compiled with mypyc (see setup.py): keep it fully typed.
 """
@@ -25,6 +38,7 @@ import os
 from typing import TYPE_CHECKING, Any, Final
 
 from meshgate.protocol import grpc_web
+from meshgate.protocol.grpc import content_type, format_timeout, is_grpc_type, parse_timeout
 from meshgate.protocol.hop import HOP_BY_HOP
 from meshgate.upstream.call import Call, request_ids
 
@@ -37,7 +51,8 @@ if TYPE_CHECKING:
 
 # Client headers we never copy verbatim: hop-by-hop, and the ones we rewrite.
 _SPECIAL: Final = HOP_BY_HOP | {b"host", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
-                                b"x-forwarded-host", b"eg-request-id", b"content-length"}
+                                b"x-forwarded-host", b"eg-request-id", b"content-length",
+                                b"grpc-timeout"}
 _ID_PREFIX: Final = b"%x" % (os.getpid() ^ int.from_bytes(os.urandom(4), "big"))
 
 
@@ -90,7 +105,8 @@ class Forward:
 
     def __call__(self, ex: Exchange) -> bool:
         if ex.body_expected and not ex.body_done and ex.body_sink is None \
-                and ex.body_tee is None and self.cluster.ctx.buffer_body:
+                and ex.body_tee is None and self.cluster.ctx.buffer_body \
+                and (ex.http_version != b"2" or not is_grpc_type(content_type(ex.headers))):
             wait = BodyWait(ex, self, self.cluster.ctx.buffer_body)
             ex.attach_body_sink(wait)
             if not wait.released:
@@ -109,8 +125,11 @@ class Forward:
             else:
                 ex.responder.respond(ex, 503, b"Service Unavailable: no healthy upstream\n")
             return True
+        timeout = self.first_timeout
         head, chunked = self.head(ex, ep)
-        ep.pool.send(ex, head, chunked, self.first_timeout)
+        if ex.deadline:
+            timeout = within(timeout, ex.deadline - ex.started)
+        ep.pool.send(ex, head, chunked, timeout)
         return True
 
     def head(self, ex: Exchange, ep: Endpoint, rid: int = 0) -> tuple[bytes, bool]:
@@ -123,7 +142,7 @@ class Forward:
             path = self._rewrite(ex, ep, path)
         lines = [b"%s %s HTTP/1.1\r\n" % (ex.method, path)]
         append = lines.append
-        host = xff = None
+        host = xff = grpc_timeout = None
         special = _SPECIAL
         for item in ex.headers:
             name = item[0]
@@ -133,6 +152,8 @@ class Forward:
                 host = item[1]
             elif name == b"x-forwarded-for":
                 xff = item[1] if xff is None else xff + b", " + item[1]
+            elif name == b"grpc-timeout":
+                grpc_timeout = item[1]
             elif not self.xfwd and name.startswith(b"x-forwarded-"):
                 append(b"%s: %s\r\n" % item)
         host_line = ep.authority if self.change_origin or host is None else host
@@ -149,9 +170,26 @@ class Forward:
             append(b"transfer-encoding: chunked\r\n")
         elif ex.body_length >= 0:
             append(b"content-length: %d\r\n" % ex.body_length)
+        if grpc_timeout is not None:
+            append(self._grpc_timeout(ex, grpc_timeout))
         append(self.extra_headers)          # ... and "eg-request-id: <prefix>-"
         append(b"%x\r\n\r\n" % (rid or next(request_ids)))
         return b"".join(lines), chunked
+
+    def _grpc_timeout(self, ex: Exchange, value: bytes) -> bytes:
+        """The ``grpc-timeout`` line sent upstream: what is left of the call's deadline.
+
+        The first head of a gRPC request sets ``ex.deadline`` from it; a value
+        that is not a gRPC deadline (malformed, or not a gRPC request) is
+        passed on as it came.
+        """
+        if not ex.deadline:
+            seconds = parse_timeout(value)       # 0 is no deadline, as in Envoy
+            if not seconds or not is_grpc_type(content_type(ex.headers)):
+                return b"grpc-timeout: %s\r\n" % value
+            ex.deadline = ex.started + seconds
+        left = ex.deadline - self.cluster.ctx.loop.time()
+        return b"grpc-timeout: %s\r\n" % format_timeout(max(left, 0.001))
 
     def _rewrite(self, ex: Exchange, ep: Endpoint, path: bytes) -> bytes:
         if self.strip_path:
@@ -179,6 +217,12 @@ class GrpcWebForward(Forward):
 
 _XFWD: Final = (b"host: %s\r\nx-forwarded-for: %s\r\nx-forwarded-proto: %s\r\n"
          b"x-forwarded-host: %s\r\n")
+
+
+def within(timeout: float, left: float) -> float:
+    """``timeout`` (0: none) bounded by ``left`` seconds (at least a millisecond)."""
+    left = max(left, 0.001)
+    return left if not timeout or left < timeout else timeout
 
 
 def _strip(pos: int | None, path: bytes) -> bytes:

@@ -93,8 +93,10 @@ class Exchange:
         "body_tee",
         "client_addr",
         "cluster_name",
+        "deadline",
         "done",
         "expect_continue",
+        "grpc_status",
         "headers",
         "http_version",
         "keep_alive",
@@ -152,6 +154,8 @@ class Exchange:
         self.pipeline: Any = None           # the CompiledPipeline
         self.cluster_name = ""              # serviceEndpoint name once proxied
         self.status = 0                     # response status once started
+        self.grpc_status = -1               # a gRPC response's grpc-status, once seen
+        self.deadline = 0.0                 # loop time the response must start by (grpc-timeout)
         self.started = started              # loop.time() when the head arrived
         self.vars: dict[str, Any] | None = None  # policy scratch space, made on demand
         self.done = False

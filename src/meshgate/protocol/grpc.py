@@ -110,6 +110,17 @@ def content_type(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     return None
 
 
+def status_in(fields: list[tuple[bytes, bytes]]) -> int:
+    """The ``grpc-status`` among ``fields`` (a trailers-only head, or trailers); -1 if none.
+
+    A value that is not a number counts as UNKNOWN, as a gRPC client reads it.
+    """
+    for name, value in fields:
+        if name == b"grpc-status":
+            return int(value) if value.isdigit() and len(value) < 4 else UNKNOWN
+    return -1
+
+
 _UNITS: Final = {ord("H"): 3600.0, ord("M"): 60.0, ord("S"): 1.0, ord("m"): 1e-3,
                  ord("u"): 1e-6, ord("n"): 1e-9}
 
@@ -128,7 +139,10 @@ def format_timeout(seconds: float) -> bytes:
     """A ``grpc-timeout`` value for ``seconds`` (rounded up, at most 8 digits)."""
     for unit, scale in ((b"n", 1e-9), (b"u", 1e-6), (b"m", 1e-3), (b"S", 1.0),
                         (b"M", 60.0), (b"H", 3600.0)):
-        amount = -int(-seconds // scale)
+        units = seconds / scale
+        amount = int(units)
+        if units - amount > 1e-6:       # up, but not for a float's last bit (0.3 s is 300m)
+            amount += 1
         if amount < 100_000_000:
             return b"%d%s" % (max(amount, 0), unit)
     return b"99999999H"

@@ -342,7 +342,7 @@ class H2Connection(asyncio.Protocol):
                 touched.append(stream)
         elif isinstance(event, h2.events.ResponseReceived):
             if stream is not None:
-                stream.on_head(event.headers)
+                stream.on_head(event.headers, event.stream_ended is not None)
                 touched.append(stream)
         elif isinstance(event, h2.events.TrailersReceived):
             if stream is not None:

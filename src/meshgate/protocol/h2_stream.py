@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Final
 import h2.exceptions
 from hpack import NeverIndexedHeaderTuple
 
+from meshgate.protocol.grpc import status_in
 from meshgate.protocol.h1_head import FORBIDDEN_TRAILERS
-from meshgate.protocol.http1_client import upstream_failed
+from meshgate.protocol.http1_client import upstream_failed, wants_trailers
 
 if TYPE_CHECKING:
     from meshgate.protocol.exchange import Exchange, Headers
@@ -66,12 +67,6 @@ def request_headers(head: bytes, scheme: bytes, ex: Exchange) -> list[tuple[byte
             break
     return [(b":method", method), (b":scheme", scheme), (b":authority", authority),
             (b":path", path), *fields]
-
-
-def _wants_trailers(ex: Exchange) -> bool:
-    if ex.http_version == b"2":
-        return True
-    return any(n == b"te" and b"trailers" in v.lower() for n, v in ex.headers)
 
 
 class H2Stream:
@@ -166,10 +161,13 @@ class H2Stream:
             upstream_failed(ex, self, "timeout", 504, b"Gateway Timeout\n")
 
     # -- what the connection reports ------------------------------------------
-    def on_head(self, headers: Headers) -> None:
+    def on_head(self, headers: Headers, ended: bool) -> None:
+        """The response head; ``ended``: it ends the stream (a trailers-only gRPC answer)."""
         ex = self.ex
         if ex is None:
             return
+        if ended:
+            ex.grpc_status = status_in(headers)
         status = 0
         block: list[bytes] = []
         length: int | None = None
@@ -190,7 +188,7 @@ class H2Stream:
         self.started = True
         self.kept = None
         has_body = ex.method != b"HEAD" and status != 204 and status != 304
-        if has_body and ex.http_version != b"2" and _wants_trailers(ex):
+        if has_body and ex.http_version != b"2" and wants_trailers(ex):
             length = None                # chunked, so that trailers can follow
         elif length is not None and status != 204:
             block.append(b"content-length: %d\r\n" % length)
@@ -207,8 +205,11 @@ class H2Stream:
             self.conn.credit(self, 0)
 
     def on_trailers(self, headers: Headers) -> None:
-        self.trailers = [(n, v) for n, v in headers
-                         if n[:1] != b":" and n not in FORBIDDEN_TRAILERS]
+        self.trailers = trailers = [(n, v) for n, v in headers
+                                    if n[:1] != b":" and n not in FORBIDDEN_TRAILERS]
+        ex = self.ex
+        if ex is not None:
+            ex.grpc_status = status_in(trailers)
 
     def on_end(self) -> None:
         ex = self.ex
@@ -218,7 +219,7 @@ class H2Stream:
         if not self.started:             # END_STREAM without a final response head
             upstream_failed(ex, self, "protocol", 502, b"Bad Gateway: no response head\n")
             return
-        trailers = self.trailers if self.trailers and _wants_trailers(ex) else None
+        trailers = self.trailers if self.trailers and wants_trailers(ex) else None
         ex.responder.end_response(ex, trailers)
 
     def on_reset(self, refused: bool) -> None:

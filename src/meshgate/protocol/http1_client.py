@@ -23,17 +23,28 @@ loop (``Pool.release``), never from inside a parser callback.
 A reused connection that the upstream closed before any byte of the
 response arrived is retried once on a fresh one when nothing of the request
 body was sent yet (the keep-alive race every proxy meets).
+
+Response trailers (after a chunked body) are relayed when the client can
+take them: an HTTP/2 client, or an HTTP/1.1 one that sent ``TE: trailers``.
+Reading them needs httptools' per-field callback, which costs every
+response's head a Python call per field; so the connection's parser has
+none, and a chunked response whose client wants trailers is read again
+from its first byte by a parser that reports fields (``_TrailerTap``),
+kept until the connection goes back to its pool.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
 from meshgate.protocol.exchange import Exchange, Headers
+from meshgate.protocol.grpc import status_in
+from meshgate.protocol.h1_head import FORBIDDEN_TRAILERS
 from meshgate.protocol.hop import filter_block
 
 if TYPE_CHECKING:
@@ -43,12 +54,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("meshgate.upstream")
 
 
+_MAX_TRAILERS: Final = 100
+
+
 class _HeadResponseDone(Exception):
     """Raised from a callback to stop parsing after a HEAD response's head."""
 
 
 class _BytesAfterResponse(Exception):
     """Raised when the upstream sends more than the response it was asked for."""
+
+
+class _ReadTrailers(Exception):
+    """Raised from a chunked response's head to read it again with a ``_TrailerTap``."""
+
+
+def wants_trailers(ex: Exchange) -> bool:
+    """Whether the client takes response trailers: HTTP/2, or ``TE: trailers``."""
+    if ex.http_version == b"2":
+        return True
+    return any(n == b"te" and b"trailers" in v.lower() for n, v in ex.headers)
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -66,6 +91,8 @@ class UpstreamConnection(asyncio.Protocol):
         "_reusable",
         "_rx",
         "_rx_pos",
+        "_tapped",
+        "_trailers",
         "deadline",
         "ex",
         "forgotten",
@@ -98,6 +125,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._resp_length: int | None = None
         self._interim = False
         self._got_bytes = False
+        self._tapped = False            # the parser is a _TrailerTap's
+        self._trailers: Headers | None = None
         self._closed = False
         self._head_out = b""            # a bodiless request's head, waiting in ctx.batch
         self.forgotten = False          # the pool no longer counts it
@@ -114,6 +143,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._resp_done = False
         self._reusable = False
         self._got_bytes = False
+        self._trailers = None
         self._req_chunked = chunked_body
         self._req_done = not ex.body_expected
         self.timeout = timeout
@@ -194,16 +224,24 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_bytes = True
         if not self._resp_started:
             self._rx.append(data)
+        replay = b""
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _BytesAfterResponse):
                 self._reusable = False
+            elif isinstance(cause, _ReadTrailers):
+                replay = self._rx[0]     # the response from its first byte
+                self._rx = []
+                self._rx_pos = 0
+                self._tapped = True
+                self.parser = httptools.HttpResponseParser(_TrailerTap(self))
             elif isinstance(cause, _HeadResponseDone):
                 # Bytes after a HEAD response's head are no part of it: not reusable.
                 keep_alive = self.parser.should_keep_alive() and not self._rx
                 self.parser = httptools.HttpResponseParser(self)
+                self._tapped = False
                 self._complete(keep_alive)
             else:
                 log.error("upstream response handling failed", exc_info=cause)
@@ -215,6 +253,9 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 self._fail("protocol", 502, b"Bad Gateway: invalid response from upstream\n")
                 return
+        if replay:                       # read again by the parser that reports trailers
+            self.data_received(replay)
+            return
         if self._resp_done:
             self._settle()
             return
@@ -228,6 +269,9 @@ class UpstreamConnection(asyncio.Protocol):
         """After a read that ended the response: pool the connection, or close it."""
         if self._reusable and not self._closed:
             self._reusable = False
+            if self._tapped:             # back to the parser without field callbacks
+                self._tapped = False
+                self.parser = httptools.HttpResponseParser(self)
             self.pool.release(self)
         else:
             self._close()
@@ -277,6 +321,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._rx_pos = end + 4
             self._interim = True     # 100 Continue and friends: we answer those ourselves
             return
+        block, length, chunked = filter_block(raw[raw.find(b"\r\n", start) + 2:end + 2])
+        if chunked and not self._tapped and wants_trailers(ex):
+            self._rx = [raw[start:]]
+            raise _ReadTrailers
         pool = self.pool
         pool.responses += 1
         if status >= 500:
@@ -287,7 +335,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._rx = []
         self._rx_pos = 0
         self._resp_started = True
-        block, length, chunked = filter_block(raw[raw.find(b"\r\n", start) + 2:end + 2])
         self._resp_chunked = chunked
         self._resp_length = length
         head_only = ex.method == b"HEAD"
@@ -299,6 +346,18 @@ class UpstreamConnection(asyncio.Protocol):
             rest = raw[end + 4:]
             self._rx = [rest] if rest else []    # anything after the head: not reusable
             raise _HeadResponseDone
+
+    def on_trailer(self, name: bytes, value: bytes) -> None:
+        """A field of the trailer section (through ``_TrailerTap``); past
+        ``_MAX_TRAILERS`` of them, the rest are dropped (Envoy's header count)."""
+        name = name.lower()
+        if name in FORBIDDEN_TRAILERS or name[:1] == b":":
+            return
+        trailers = self._trailers
+        if trailers is None:
+            self._trailers = [(name, value)]
+        elif len(trailers) < _MAX_TRAILERS:
+            trailers.append((name, value))
 
     def on_body(self, body: bytes) -> None:
         ex = self.ex
@@ -321,7 +380,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._resp_done = True
         self._reusable = self._req_done and keep_alive
         self.ex = None
-        ex.responder.end_response(ex, None)   # HTTP/1.1 upstream trailers are not relayed
+        trailers = self._trailers
+        if trailers is not None:
+            self._trailers = None
+            ex.grpc_status = status_in(trailers)
+        ex.responder.end_response(ex, trailers)
 
     def _fail(self, kind: str, status: int, body: bytes) -> None:
         ex = self.ex
@@ -340,6 +403,27 @@ class UpstreamConnection(asyncio.Protocol):
             self.pool.forget(self)
             if self.transport is not None:
                 self.transport.close()
+
+
+class _TrailerTap:
+    """The parser's protocol while a response's trailers are read: the connection's
+    callbacks, and ``on_header``, which passes trailer fields on (head fields,
+    already read from the raw head, are skipped)."""
+
+    __slots__ = ("conn", "on_body", "on_headers_complete", "on_message_begin",
+                 "on_message_complete")
+
+    def __init__(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        self.on_message_begin: Callable[[], None] = conn.on_message_begin
+        self.on_headers_complete: Callable[[], None] = conn.on_headers_complete
+        self.on_body: Callable[[bytes], None] = conn.on_body
+        self.on_message_complete: Callable[[], None] = conn.on_message_complete
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        conn = self.conn
+        if conn._resp_started:
+            conn.on_trailer(name, value)
 
 
 def upstream_failed(ex: Exchange, conn: Attempt | None, kind: str, status: int,

@@ -1,8 +1,11 @@
 """Request metrics: plain counters on the hot path, Prometheus only when scraped.
 
 Each worker keeps one list of integers per (apiEndpoint, pipeline,
-serviceEndpoint, status): count, sum of seconds, then one slot per latency
-bucket (not cumulative). Recording is a dict lookup, a bisect and three adds.
+serviceEndpoint, status, gRPC status): count, sum of seconds, then one slot
+per latency bucket (not cumulative). Recording is a dict lookup, a bisect and
+three adds. The gRPC status is the ``grpc-status`` a codec saw in the
+response (``ex.grpc_status``, -1 for any response that had none); the
+``grpc_status`` label is left off the series of those.
 ``export()`` turns the table into plain rows the master sums over workers;
 ``Collector`` renders the sum with prometheus_client when /metrics is read.
 """
@@ -26,7 +29,7 @@ if TYPE_CHECKING:
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
            1.0, 2.5, 5.0, 10.0)
 _NO_ROUTE: Final = ("", "")
-LABELS = ["api_endpoint", "pipeline", "service_endpoint", "code"]
+LABELS = ["api_endpoint", "pipeline", "service_endpoint", "code", "grpc_status"]
 
 GAUGES = {
     "meshgate_downstream_connections": "Client connections open",
@@ -85,14 +88,14 @@ LABELLED_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
                                  ("service_endpoint",)),
 }
 
-Row = list[Any]   # [apiEndpoint, pipeline, serviceEndpoint, status, count, sum, *buckets]
+Row = list[Any]   # [apiEndpoint, pipeline, serviceEndpoint, status, grpc, count, sum, *buckets]
 
 
 class Metrics:
     """One per worker."""
 
     def __init__(self) -> None:
-        self.table: dict[tuple[tuple[str, str], str, int], list[float]] = {}
+        self.table: dict[tuple[tuple[str, str], str, int, int], list[float]] = {}
         self.gauges: dict[str, float] = {}
         self.counters: dict[tuple[str, tuple[str, ...]], float] = {}
         self.labelled: dict[tuple[str, tuple[str, ...]], float] = {}   # gauges, set at scrape
@@ -105,7 +108,8 @@ class Metrics:
 
     def observe(self, ex: Exchange, now: float) -> None:
         route = ex.route
-        key = (route.metric_key if route is not None else _NO_ROUTE, ex.cluster_name, ex.status)
+        key = (route.metric_key if route is not None else _NO_ROUTE, ex.cluster_name, ex.status,
+               ex.grpc_status)
         cell = self.table.get(key)
         if cell is None:
             cell = self.table[key] = [0] * (3 + len(BUCKETS))
@@ -115,8 +119,8 @@ class Metrics:
         cell[2 + bisect_left(BUCKETS, elapsed)] += 1
 
     def export(self) -> dict[str, Any]:
-        rows = [[ep, pl, cluster, status, *cell]
-                for ((ep, pl), cluster, status), cell in self.table.items()]
+        rows = [[ep, pl, cluster, status, grpc, *cell]
+                for ((ep, pl), cluster, status, grpc), cell in self.table.items()]
         gauges = dict(self.gauges)
         gauges["meshgate_websocket_tunnels_active"] = self.tunnels
         return {"requests": rows, "gauges": gauges,
@@ -128,7 +132,7 @@ class Metrics:
 
 def merge(exports: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Sum the exports of several workers."""
-    rows: dict[tuple[str, str, str, int], list[float]] = {}
+    rows: dict[tuple[str, str, str, int, int], list[float]] = {}
     gauges: dict[str, float] = {}
     sums: dict[str, dict[tuple[str, tuple[str, ...]], float]] = {"counters": {}, "labelled": {}}
     for export in exports:
@@ -137,8 +141,8 @@ def merge(exports: Iterable[dict[str, Any]]) -> dict[str, Any]:
                 label_key = (name, tuple(labels))
                 acc_map[label_key] = acc_map.get(label_key, 0) + value
         for row in export.get("requests", []):
-            key = (row[0], row[1], row[2], row[3])
-            values = row[4:]
+            key = (row[0], row[1], row[2], row[3], row[4])
+            values = row[5:]
             acc = rows.get(key)
             if acc is None:
                 rows[key] = list(values)
@@ -164,9 +168,11 @@ class Collector:
         hist = HistogramMetricFamily("meshgate_request_duration_seconds",
                                      "Time from request head to end of response",
                                      labels=LABELS)
-        for row in sorted(data["requests"], key=lambda r: (r[0], r[1], r[2], r[3])):
+        for row in sorted(data["requests"], key=lambda r: (r[0], r[1], r[2], r[3], r[4])):
             labels = [str(row[0]), str(row[1]), str(row[2]), str(row[3])]
-            count, total_seconds, buckets = row[4], row[5], row[6:]
+            if row[4] >= 0:              # a gRPC response; others go without the label
+                labels.append(str(row[4]))
+            count, total_seconds, buckets = row[5], row[6], row[7:]
             total.add_metric(labels, count)
             cumulative = []
             running = 0

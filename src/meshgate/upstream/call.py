@@ -8,7 +8,9 @@ class. For a guarded cluster the proxy makes a Call, which sets
 
 * ``response(conn, status)`` when a response head arrives: the outcome is
   recorded (outlier detection, the balancer's latency, per-endpoint stats);
-  a retriable status with a retry left discards the response (the
+  a retriable status (or a trailers-only gRPC answer whose ``grpc-status``,
+  which the codec put in ``ex.grpc_status``, is retriable) with a retry
+  left discards the response (the
   connection is closed) and schedules the next attempt; anything else
   commits -- from then on the response streams to the client untouched;
 * ``failed(conn, kind)`` when no response came (connect failure, reset,
@@ -24,8 +26,9 @@ Retries wait a jittered backoff, go to another endpoint when there is one,
 must fit the retry budget and the ``maxRetries`` breaker, and stop at the
 overall ``requestTimeout`` (504 if it expires before the response starts,
 wherever the request is -- the worker's sweep checks ``ctx.timed_calls``;
-each attempt's timeout is capped by it). ``on_done`` releases the counters
-however the exchange ends.
+each attempt's timeout is capped by it). A gRPC request's deadline
+(``ex.deadline``, from ``grpc-timeout``) becomes the overall deadline when
+it is sooner. ``on_done`` releases the counters however the exchange ends.
 """
 
 from __future__ import annotations
@@ -96,8 +99,11 @@ class Call:
             self._no_endpoint(None)
             return True
         self.ep = ep
+        timeout = self.proxy.first_timeout
         head, chunked = self.proxy.head(ex, ep, self.rid)
-        ep.pool.send(ex, head, chunked, self.proxy.first_timeout)
+        if ex.deadline:
+            timeout = self._take_deadline(timeout)
+        ep.pool.send(ex, head, chunked, timeout)
         return True
 
     def _attempt(self, exclude: Endpoint | None) -> None:
@@ -111,8 +117,11 @@ class Call:
             self._no_endpoint(exclude)
             return
         self.ep = ep
+        timeout = self._attempt_timeout()
         head, chunked = self.proxy.head(ex, ep, self.rid)
-        ep.pool.send(ex, head, chunked, self._attempt_timeout())
+        if ex.deadline:
+            timeout = self._take_deadline(timeout)
+        ep.pool.send(ex, head, chunked, timeout)
 
     def _attempt_timeout(self) -> float:
         """Seconds this attempt (starting now) may take: perTry, capped by the deadline."""
@@ -122,6 +131,20 @@ class Call:
             return per_try
         left = max(0.001, self.deadline - now)
         return min(per_try, left) if per_try else left
+
+    def _take_deadline(self, timeout: float) -> float:
+        """A gRPC deadline (``ex.deadline``, from grpc-timeout): the Call's too, if sooner.
+
+        Returns the attempt's ``timeout`` bounded by it, counted as the codec
+        counts it (from ``sent``).
+        """
+        deadline = self.ex.deadline
+        if not self.deadline or deadline < self.deadline:
+            if not self.deadline and self.policy is not None:
+                self.cluster.ctx.timed_calls.add(self)
+            self.deadline = deadline
+        left = max(0.001, deadline - self.sent)
+        return left if not timeout or left < timeout else timeout
 
     def expire(self) -> None:
         """requestTimeout passed: 504 unless the response has started (it streams on)."""
@@ -185,11 +208,15 @@ class Call:
                 else:
                     outlier.result(ep, status)
         policy = self.policy
-        if (not self.committed and policy is not None and status in policy.statuses
-                and self._may_retry("status")):
-            conn.abort()
-            self._retry_later()
-            return True
+        if not self.committed and policy is not None:
+            ex = self.ex
+            if (status in policy.statuses and self._may_retry("status")) or (
+                    ex.grpc_status >= 0 and ex.grpc_status in policy.grpc_codes
+                    and self._may_retry("grpc")):
+                ex.grpc_status = -1
+                conn.abort()
+                self._retry_later()
+                return True
         self.committed = True
         return False
 
@@ -249,8 +276,8 @@ class Call:
             return False
         if ex.body_expected and self.saved is None:
             return False              # the body was not kept: it cannot be replayed
-        if ex.method not in IDEMPOTENT and kind != "connect-failure":
-            return False
+        if ex.method not in IDEMPOTENT and kind != "connect-failure" and kind != "grpc":
+            return False              # the upstream may have acted on it (gRPC: see retry.py)
         if self.deadline and cluster.ctx.loop.time() >= self.deadline:
             return False
         if not self.retrying:
