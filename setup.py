@@ -20,6 +20,8 @@ COMPILED = [
     "meshgate/protocol/exchange.py",
     "meshgate/protocol/h1_head.py",
     "meshgate/protocol/h1_response.py",
+    "meshgate/protocol/h2_conn.py",
+    "meshgate/protocol/h2_hpack.py",
     "meshgate/protocol/hop.py",
     "meshgate/protocol/http1_client.py",
     "meshgate/protocol/http1_server.py",

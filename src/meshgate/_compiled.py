@@ -17,6 +17,8 @@ MODULES = (
     "meshgate.protocol.exchange",
     "meshgate.protocol.h1_head",
     "meshgate.protocol.h1_response",
+    "meshgate.protocol.h2_conn",
+    "meshgate.protocol.h2_hpack",
     "meshgate.protocol.hop",
     "meshgate.protocol.http1_client",
     "meshgate.protocol.http1_server",
