@@ -21,6 +21,7 @@ COMPILED = [
     "meshgate/protocol/h1_head.py",
     "meshgate/protocol/h1_response.py",
     "meshgate/protocol/h2_conn.py",
+    "meshgate/protocol/h2_head.py",
     "meshgate/protocol/h2_hpack.py",
     "meshgate/protocol/hop.py",
     "meshgate/protocol/http1_client.py",

@@ -18,6 +18,7 @@ MODULES = (
     "meshgate.protocol.h1_head",
     "meshgate.protocol.h1_response",
     "meshgate.protocol.h2_conn",
+    "meshgate.protocol.h2_head",
     "meshgate.protocol.h2_hpack",
     "meshgate.protocol.hop",
     "meshgate.protocol.http1_client",
