@@ -14,6 +14,8 @@ import h2.connection
 import h2.events
 import hpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
@@ -385,3 +387,47 @@ def test_peer_goaway_and_reset_are_reported() -> None:
                                + GoAwayFrame(0, last_stream_id=1).serialize())
     assert kinds(events) == ["StreamReset", "ConnectionTerminated"]
     assert events[0].error_code == 8
+
+
+# -- anything a peer may send ------------------------------------------------------
+frame_bytes = st.builds(
+    lambda kind, flags, sid, body: (len(body).to_bytes(3, "big") + bytes([kind, flags])
+                                    + sid.to_bytes(4, "big") + body),
+    st.integers(0, 10), st.integers(0, 255), st.sampled_from([0, 1, 2, 3, 5, 7, 2**31 - 1]),
+    st.binary(max_size=40))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(frame_bytes, st.binary(max_size=20)), max_size=12),
+       st.integers(1, 64))
+def test_any_bytes_give_events_or_a_protocol_error(pieces: list[bytes], chunk: int) -> None:
+    conn = server(max_streams=4)
+    data = b"".join(pieces)
+    try:
+        for pos in range(0, len(data), chunk):
+            events = conn.receive_data(data[pos:pos + chunk])
+            for event in events:                 # the codec's replies must not break it
+                if isinstance(event, c.RequestReceived):
+                    conn.send_headers(event.stream_id, [(b":status", b"200")])
+                    conn.send_data(event.stream_id, b"x", end_stream=True)
+                elif isinstance(event, c.DataReceived):
+                    conn.acknowledge_received_data(event.flow_controlled_length,
+                                                   event.stream_id)
+    except ProtocolError as exc:
+        (goaway,) = [f for f in frames(conn.data_to_send()) if isinstance(f, GoAwayFrame)]
+        assert goaway.error_code == exc.error_code
+        return
+    frames(conn.data_to_send())                  # what we send parses
+    assert len(conn.streams) <= 4
+
+
+def test_the_opening_settings_say_what_is_configured() -> None:
+    from meshgate.config.model import Http2Settings
+    from meshgate.protocol.h2_guard import new_connection
+
+    cfg = Http2Settings(maxConcurrentStreams=7, connectionWindowSize=1 << 20)
+    conn, opening = new_connection(cfg, connect_protocol=True)
+    settings_sent, update = frames(opening)
+    assert settings_sent.settings == {3: 7, 4: 65535, 5: 16384, 6: 65536, 8: 1}
+    assert (update.stream_id, update.window_increment) == (0, (1 << 20) - 65535)
+    assert conn.max_streams == 14 and conn.recv_window == 1 << 20

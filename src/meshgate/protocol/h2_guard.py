@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from meshgate.protocol.h2_conn import (
+    ENABLE_CONNECT_PROTOCOL,
     INITIAL_WINDOW_SIZE,
     MAX_CONCURRENT_STREAMS,
     MAX_FRAME_SIZE,
@@ -51,8 +52,12 @@ __all__ = ["MAX_UNSENT", "PREFACE", "Budget", "goaway", "new_connection", "pendi
 MAX_UNSENT: Final = 1 << 20
 
 
-def new_connection(cfg: Http2Settings) -> tuple[ServerConnection, bytes]:
-    """(a server-side connection set up from ``cfg``, the bytes to send first)."""
+def new_connection(cfg: Http2Settings, connect_protocol: bool = False,
+                   ) -> tuple[ServerConnection, bytes]:
+    """(a server-side connection set up from ``cfg``, the bytes to send first).
+
+    ``connect_protocol`` advertises SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441).
+    """
     conn = ServerConnection(cfg.maxFrameSize, cfg.initialWindowSize, cfg.connectionWindowSize,
                             cfg.maxHeaderListSize,
                             min(2 * cfg.maxConcurrentStreams, 2**31 - 1))
@@ -62,6 +67,8 @@ def new_connection(cfg: Http2Settings) -> tuple[ServerConnection, bytes]:
         MAX_FRAME_SIZE: cfg.maxFrameSize,
         MAX_HEADER_LIST_SIZE: cfg.maxHeaderListSize,
     }
+    if connect_protocol:
+        advertised[ENABLE_CONNECT_PROTOCOL] = 1
     opening = settings_frame(advertised)
     raise_by = cfg.connectionWindowSize - 65535
     if raise_by > 0:
