@@ -14,8 +14,6 @@ import h2.connection
 import h2.events
 import hpack
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
@@ -28,6 +26,8 @@ from hyperframe.frame import (
     SettingsFrame,
     WindowUpdateFrame,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshgate.protocol import h2_conn as c
 from meshgate.protocol.h2_conn import PREFACE, ProtocolError, ServerConnection
@@ -431,3 +431,18 @@ def test_the_opening_settings_say_what_is_configured() -> None:
     assert settings_sent.settings == {3: 7, 4: 65535, 5: 16384, 6: 65536, 8: 1}
     assert (update.stream_id, update.window_increment) == (0, (1 << 20) - 65535)
     assert conn.max_streams == 14 and conn.recv_window == 1 << 20
+
+
+def test_empty_data_frames_in_a_row_are_calm() -> None:
+    conn = server()
+    conn.receive_data(headers_frame(1, REQUEST))
+    events = conn.receive_data(DataFrame(1, b"").serialize() + DataFrame(1, b"x").serialize()
+                               + DataFrame(1, b"").serialize())
+    assert kinds(events) == ["DataReceived"] * 3          # one at a time is fine
+    fails_with(conn, DataFrame(1, b"").serialize(), c.ENHANCE_YOUR_CALM)
+
+
+def test_a_priority_flood_is_calm() -> None:
+    conn = server()
+    conn.receive_data(headers_frame(1, REQUEST) + PriorityFrame(1).serialize() * 150)
+    fails_with(conn, PriorityFrame(3).serialize() * 60, c.ENHANCE_YOUR_CALM)

@@ -29,6 +29,9 @@ exchange. Defences enforced here rather than after decoding:
   headers included (so empty CONTINUATIONs count too), pass
   ``max_header_list_size``, or whose decoded list does, is ENHANCE_YOUR_CALM
   (CONTINUATION flood, HPACK bomb);
+* frames that carry nothing but cost work (CVE-2019-9518, -9513): more than
+  one empty DATA frame without END_STREAM in a row, or more than 100
+  PRIORITY frames per stream opened, are ENHANCE_YOUR_CALM, as in Envoy;
 * new streams beyond ``max_streams`` open at once end the connection: the
   codec refuses streams past the advertised limit itself (REFUSED_STREAM),
   so only a peer ignoring that setting altogether reaches this cap.
@@ -89,6 +92,9 @@ MAX_WINDOW: Final = (1 << 31) - 1
 DEFAULT_WINDOW: Final = 65535
 DEFAULT_FRAME_SIZE: Final = 16384
 _FRAME_HEAD: Final = 9
+# Frames that cost us work and carry nothing (CVE-2019-9518, -9513); Envoy's limits.
+_EMPTY_FRAMES: Final = 1                 # empty DATA without END_STREAM, in a row
+_PRIORITY_PER_STREAM: Final = 100        # PRIORITY frames per stream opened (+1)
 _RECENT_RESETS: Final = 256              # stream ids we reset, whose late frames are ignored
 
 _HEAD: Final = struct.Struct(">BHBBI")   # length (24 bits as 8 + 16), type, flags, stream id
@@ -228,6 +234,9 @@ class ServerConnection:
         self._block_flags = 0
         self.pending_header_bytes = 0
         self._reset_ids: dict[int, None] = {}   # recently reset streams, oldest first
+        self._empty = 0                         # empty DATA frames in a row
+        self._priority = 0                      # PRIORITY frames received
+        self._opened = 0                        # streams the peer opened
 
     # -- inbound -----------------------------------------------------------------
     def receive_data(self, data: bytes) -> list[object]:
@@ -297,6 +306,9 @@ class ServerConnection:
                 self._fail(PROTOCOL_ERROR, "PRIORITY on stream 0")
             if len(payload) != 5:
                 self._stream_error(sid, FRAME_SIZE_ERROR, events)
+            self._priority += 1
+            if self._priority > _PRIORITY_PER_STREAM * (1 + self._opened):
+                self._fail(ENHANCE_YOUR_CALM, "PRIORITY frames far beyond the streams opened")
         elif kind == GOAWAY:
             if sid:
                 self._fail(PROTOCOL_ERROR, "GOAWAY on a stream")
@@ -330,6 +342,12 @@ class ServerConnection:
             self._credit(size)                # nobody will consume it
             return
         stream.recv_window -= size
+        if size:
+            self._empty = 0
+        elif not flags & END_STREAM:
+            self._empty += 1
+            if self._empty > _EMPTY_FRAMES:
+                self._fail(ENHANCE_YOUR_CALM, "empty DATA frames in a row")
         events.append(DataReceived(sid, data, size))
         if flags & END_STREAM:
             stream.remote_open = False
@@ -396,6 +414,8 @@ class ServerConnection:
             if len(self.streams) >= self.max_streams:
                 self._fail(PROTOCOL_ERROR, "streams over twice the advertised limit")
             self.highest_inbound_stream_id = sid
+            self._opened += 1
+            self._empty = 0
             why = _request_error(fields)
             if why:
                 self._fail(PROTOCOL_ERROR, why)
