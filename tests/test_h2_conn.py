@@ -446,3 +446,16 @@ def test_a_priority_flood_is_calm() -> None:
     conn = server()
     conn.receive_data(headers_frame(1, REQUEST) + PriorityFrame(1).serialize() * 150)
     fails_with(conn, PriorityFrame(3).serialize() * 60, c.ENHANCE_YOUR_CALM)
+
+
+def test_a_large_frame_arriving_in_small_reads_is_joined_once() -> None:
+    conn = server(max_frame_size=1 << 20, initial_window_size=1 << 21,
+                  connection_window=1 << 21)
+    conn.receive_data(headers_frame(1, REQUEST))
+    data = DataFrame(1, b"y" * (1 << 20)).serialize()
+    events: list[Any] = []
+    for pos in range(0, len(data), 1000):
+        events += conn.receive_data(data[pos:pos + 1000])
+        if pos + 1000 < len(data):
+            assert len(conn._parts) == pos // 1000 + 1 and not events    # kept, not joined
+    assert [len(e.data) for e in events] == [1 << 20]

@@ -226,7 +226,9 @@ class ServerConnection:
         self.recv_acked = 0
         self.closed = False
         self._out: list[bytes] = []
-        self._buf = b""
+        self._parts: list[bytes] = []          # bytes of an incomplete frame
+        self._have = 0
+        self._need = 0
         self._preface = False                   # the client preface was read
         self._settled = False                   # its first frame (SETTINGS) was read
         self._block: list[bytes] = []           # an unfinished header block's fragments
@@ -243,25 +245,36 @@ class ServerConnection:
         if self.closed:
             return []
         events: list[object] = []
-        buf = self._buf + data if self._buf else data
+        parts = self._parts
+        if parts:                              # a frame (or the preface) still incomplete
+            parts.append(data)
+            self._have += len(data)
+            if self._have < self._need:        # joined once whole, not once per read
+                return events
+            buf = b"".join(parts)
+            parts.clear()
+        else:
+            buf = data
         pos = 0
         end = len(buf)
         if not self._preface:
             if end < 24:
                 if PREFACE[:end] != buf:
                     self._fail(PROTOCOL_ERROR, "not the HTTP/2 connection preface")
-                self._buf = buf
+                self._keep(buf, 24)
                 return events
             if buf[:24] != PREFACE:
                 self._fail(PROTOCOL_ERROR, "not the HTTP/2 connection preface")
             self._preface = True
             pos = 24
         max_frame = self.max_frame_size
+        need = 3                               # a frame's length is known from 3 bytes
         while end - pos >= 3:
             length = (buf[pos] << 16) | (buf[pos + 1] << 8) | buf[pos + 2]
             if length > max_frame:
                 self._fail(FRAME_SIZE_ERROR, "frame over SETTINGS_MAX_FRAME_SIZE")
-            if end - pos < 9 + length:
+            if end - pos < _FRAME_HEAD + length:
+                need = _FRAME_HEAD + length
                 break
             kind = buf[pos + 3]
             flags = buf[pos + 4]
@@ -270,8 +283,15 @@ class ServerConnection:
             payload = buf[pos + 9:pos + 9 + length]
             pos += 9 + length
             self._frame(kind, flags, sid, payload, events)
-        self._buf = buf[pos:] if pos < end else b""
+        if pos < end and not self.closed:
+            self._keep(buf[pos:], need)
         return events
+
+    def _keep(self, rest: bytes, need: int) -> None:
+        """Hold the start of an incomplete frame until ``need`` bytes of it are in."""
+        self._parts.append(rest)
+        self._have = len(rest)
+        self._need = need
 
     def _frame(self, kind: int, flags: int, sid: int, payload: bytes,
                events: list[object]) -> None:
