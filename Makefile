@@ -27,9 +27,18 @@ $(DEV): pyproject.toml | $(STAMP)
 	$(BIN)/python -m pip install -q -r $(VENV)/dev-requirements.txt
 	touch $(DEV)
 
+# The demo's extras (pyproject.toml's `demo`: grpcio for its gRPC service).
+DEMO_STAMP := $(VENV)/.demo-installed
+
+$(DEMO_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', \
+		'rb'))['project']['optional-dependencies']['demo']))" > $(VENV)/demo-requirements.txt
+	$(BIN)/python -m pip install -q -r $(VENV)/demo-requirements.txt
+	touch $(DEMO_STAMP)
+
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) $(DEMO_STAMP)
 	$(BIN)/python examples/demo.py
 
 test: $(STAMP) $(DEV)

@@ -199,6 +199,24 @@ def test_key_auth_over_http2(backend: Backend, gateway_factory: Any) -> None:
         assert dict(json.loads(bytes(r.body))["headers"])["eg-consumer-id"] == user["id"]
 
 
+def test_refused_requests_give_their_body_window_back(backend: Backend,
+                                                      gateway_factory: Any) -> None:
+    """A body that arrived with a head the pipeline refuses must not shrink the
+    connection window for good: 30 such requests of 50000 bytes exceed it."""
+    gw = gateway_factory(proxy_config(backend.url, policies=[{"key-auth": [{"action": {}}]}]))
+    with H2Client(gw.port) as c:
+        for _ in range(30):
+            c.until(lambda: c.conn.outbound_flow_control_window >= 50000)
+            sid = c.conn.get_next_available_stream_id()
+            c.streams[sid] = Stream()
+            c.conn.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"http"),
+                                      (b":path", b"/upload"), (b":authority", b"gw")])
+            for _ in range(5):              # in the same write as the head
+                c.conn.send_data(sid, b"x" * 10000)
+            c.flush()
+            assert c.response(sid).status == 401
+
+
 # -- connection lifecycle -----------------------------------------------------------
 @pytest.mark.skipif(shutil.which("nghttp") is None, reason="nghttp not installed")
 def test_drain_sends_goaway_and_finishes_streams_in_flight(backend: Backend,

@@ -80,6 +80,20 @@ class H2Client:
             self.send_body(sid, body, end=end)
         return sid
 
+    def extended_connect(self, path: str, protocol: str = "websocket",
+                         headers: list[tuple[str, str]] | None = None,
+                         authority: str = "gw") -> int:
+        """Open a stream with RFC 8441 extended CONNECT (WebSocket over HTTP/2)."""
+        sid = self.conn.get_next_available_stream_id()
+        fields = [(b":method", b"CONNECT"), (b":protocol", protocol.encode()),
+                  (b":scheme", b"http"), (b":path", path.encode()),
+                  (b":authority", authority.encode())]
+        fields += [(k.encode(), v.encode()) for k, v in headers or []]
+        self.streams[sid] = Stream()
+        self.conn.send_headers(sid, fields)
+        self.flush()
+        return sid
+
     def send_body(self, sid: int, body: bytes, end: bool = True,
                   timeout: float = 10) -> None:
         """Send ``body`` as the windows allow (reading WINDOW_UPDATEs meanwhile)."""

@@ -8,7 +8,7 @@ meshgate adds, each optional and each rejecting unknown keys:
 * ``discovery``      where the endpoint set comes from (``type`` names a
   provider in ``meshgate.discovery``; its other keys are that provider's
   params, validated by the provider's own model);
-* ``healthCheck``    active HTTP or TCP checks, as Envoy's health checker;
+* ``healthCheck``    active HTTP, TCP or gRPC checks, as Envoy's health checker;
 * ``loadBalancer``   how an endpoint is chosen (a string is the type);
 * ``retry``          Envoy's retry policy, with a retry budget;
 * ``circuitBreakers`` limits on the whole cluster, as Envoy's thresholds;
@@ -51,9 +51,14 @@ def parse_status_ranges(items: list[str]) -> list[tuple[int, int]]:
 
 
 class HealthCheck(MeshModel):
-    type: Literal["http", "tcp"] = Field("http", description="http: GET path; tcp: connect")
+    type: Literal["http", "tcp", "grpc"] = Field(
+        "http", description="http: GET path; tcp: connect; grpc: grpc.health.v1.Health/Check "
+                            "(protocol h2 or h2c)")
     path: str = Field("/", description="Path of the HTTP check")
-    host: str | None = Field(None, description="Host header of the HTTP check")
+    host: str | None = Field(
+        None, description="Host header of the HTTP check, :authority of the gRPC check")
+    service: str = Field(
+        "", description="gRPC check: the service name asked about ('' = the whole server)")
     expectedStatuses: Annotated[list[str], BeforeValidator(_statuses)] = Field(
         default_factory=lambda: ["200-399"], description="Statuses or ranges that pass")
     interval: Millis = Field(5000, description="Time between checks of a healthy endpoint")
@@ -76,6 +81,18 @@ class HealthCheck(MeshModel):
         if not value.startswith("/"):
             raise ValueError("expected a path starting with '/'")
         return value
+
+    @model_validator(mode="after")
+    def _fields_of_type(self) -> HealthCheck:
+        given = self.model_fields_set
+        if self.type == "grpc":
+            wrong = [k for k in ("path", "expectedStatuses") if k in given]
+            if wrong:
+                raise ValueError(f"{' and '.join(wrong)} do not apply to a grpc check "
+                                 "(it passes on the SERVING status of 'service')")
+        elif "service" in given:
+            raise ValueError("service applies only to type: grpc")
+        return self
 
 
 # -- load balancing --------------------------------------------------------------

@@ -338,6 +338,10 @@ class ServiceEndpoint(EGModel):
             raise ValueError("expected exactly one of 'url' or 'urls'")
         if not dynamic and self.url is None and self.urls is None:
             raise ValueError("expected exactly one of 'url' or 'urls' (or a discovery provider)")
+        check = self.healthCheck
+        if check is not None and check.type == "grpc" and self.protocol not in ("h2", "h2c"):
+            raise ValueError(f"healthCheck type 'grpc' needs protocol 'h2' or 'h2c' (gRPC is "
+                             f"HTTP/2), got protocol {self.protocol!r}")
         wanted = {"h2": "https", "h2c": "http"}.get(self.protocol)
         for url in self.targets if wanted else []:
             if urlsplit(url).scheme != wanted:

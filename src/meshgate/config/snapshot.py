@@ -35,6 +35,9 @@ class Snapshot:
     pipelines: dict[str, CompiledPipeline]
     clusters: dict[str, Cluster]
     cluster_keys: dict[str, str] = field(default_factory=dict)
+    # Some proxy action tunnels WebSocket: HTTP/2 connections advertise
+    # extended CONNECT (RFC 8441) to their clients.
+    websocket: bool = False
 
     @property
     def server(self) -> Any:
@@ -168,4 +171,10 @@ def compile_snapshot(cfg: LoadedConfig, ctx: WorkerContext,
     pipelines = {name: _build_pipeline(name, p, cfg, clusters, ctx.services, ctx.metrics)
                  for name, p in cfg.gateway.pipelines.items()}
     router = Router(_routes(cfg, pipelines))
-    return Snapshot(cfg, router, pipelines, clusters, keys)
+    return Snapshot(cfg, router, pipelines, clusters, keys, _tunnels_websocket(pipelines))
+
+
+def _tunnels_websocket(pipelines: dict[str, CompiledPipeline]) -> bool:
+    from meshgate.policies._websocket import WebSocketProxy
+    return any(isinstance(step.action, WebSocketProxy)
+               for pipeline in pipelines.values() for step in pipeline.steps)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Final
 
+from meshgate.protocol import grpc_web
 from meshgate.protocol.hop import HOP_BY_HOP
 from meshgate.upstream.call import Call, request_ids
 
@@ -160,6 +161,20 @@ class Forward:
         if self.prepend_path and ep.base_path:
             return ep.base_path + (b"" if path == b"/" else path)
         return path
+
+
+class GrpcWebForward(Forward):
+    """A Forward whose gRPC-Web requests go on as gRPC (``protocol/grpc_web.py``).
+
+    Chosen at load for serviceEndpoints that speak HTTP/2 (the proxy's
+    ``grpcWeb``), so that other routes pay nothing for it.
+    """
+
+    def __call__(self, ex: Exchange) -> bool:
+        web = grpc_web.variant(ex)
+        if web is not None:
+            grpc_web.translate(ex, web)
+        return super().__call__(ex)
 
 
 _XFWD: Final = (b"host: %s\r\nx-forwarded-for: %s\r\nx-forwarded-proto: %s\r\n"

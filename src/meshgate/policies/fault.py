@@ -60,9 +60,10 @@ from pydantic import Field, field_validator, model_validator
 
 from meshgate.config.base import ParamsModel
 from meshgate.policies import POLICIES, BuildContext, Outcome, PolicySpec
+from meshgate.protocol.grpc import trailers_only
 
 if TYPE_CHECKING:
-    from meshgate.protocol.exchange import Exchange, Headers
+    from meshgate.protocol.exchange import Exchange
 
 ABORT_BODY = b"fault filter abort"
 _ENVOY = b"x-envoy-fault-"
@@ -274,7 +275,7 @@ class Fault:
         if status is not None:
             ex.respond(status, ABORT_BODY)
         else:
-            ex.respond(200, b"", _grpc_headers(grpc or 0))
+            ex.respond(200, b"", trailers_only(grpc or 0, ABORT_BODY))
         return True
 
     def _admit(self) -> bool:
@@ -283,11 +284,6 @@ class Fault:
             return True
         self.count("meshgate_faults_overflow", ())
         return False
-
-
-def _grpc_headers(code: int) -> Headers:
-    return [(b"content-type", b"application/grpc"), (b"grpc-status", b"%d" % code),
-            (b"grpc-message", ABORT_BODY)]
 
 
 def build(params: FaultParams, ctx: BuildContext) -> Fault:

@@ -21,7 +21,10 @@ cookie match, optionally sticky by ``stickyBy``) instead of
 serviceEndpoint, responses discarded); ``requestTimeout`` (overall deadline,
 covering retries); ``websocket`` (``true`` or ``{idleTimeout, maxTunnels}``:
 WebSocket handshakes are tunnelled, see ``_websocket.py``; off by default, as
-in nginx and Envoy, and then a handshake is served as a plain request).
+in nginx and Envoy, and then a handshake is served as a plain request);
+``grpcWeb`` (``auto``: gRPC-Web requests to a serviceEndpoint of protocol
+``h2``/``h2c`` go on as gRPC, see ``protocol/grpc_web.py``; ``true`` also for
+``auto``; ``false`` passes them through, for upstreams that speak gRPC-Web).
 Clusters with retries, breakers, outlier detection or a
 latency-aware balancer send through a ``Call`` (``upstream/call.py``);
 others with one pool write. The per-request part is ``_forward.py``.
@@ -29,7 +32,7 @@ others with one pool write. The per-request part is ``_forward.py``.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
@@ -37,7 +40,7 @@ from meshgate.config.base import raise_errors, relocate
 from meshgate.config.mesh import HashOn
 from meshgate.config.model import ProxyOptions
 from meshgate.policies import POLICIES, Action, BuildContext, PolicySpec
-from meshgate.policies._forward import Forward
+from meshgate.policies._forward import Forward, GrpcWebForward
 from meshgate.policies._split import Mirror, Split
 from meshgate.policies._websocket import WebSocketParams, with_websocket
 
@@ -99,6 +102,9 @@ class ProxyParams(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict, description="Headers to add")
     websocket: bool | WebSocketParams = Field(
         False, description="Tunnel WebSocket handshakes (true, or idleTimeout / maxTunnels)")
+    grpcWeb: bool | Literal["auto"] = Field(
+        "auto", description="Translate gRPC-Web requests to gRPC: auto (h2/h2c "
+                            "serviceEndpoints), true, or false (pass them through)")
     proxyOptions: Annotated[dict[str, Any], BeforeValidator(
         _known_proxy_options, json_schema_input_type=ProxyOptions)] = Field(
         default_factory=dict, description="Deprecated in EG: overrides the above")
@@ -112,18 +118,30 @@ class ProxyParams(BaseModel):
         return self
 
 
+def forward_to(params: ProxyParams, service: str, ctx: BuildContext) -> Forward:
+    """The Forward for ``service``: one that translates gRPC-Web where ``grpcWeb`` says so."""
+    protocol = ctx.clusters[service].protocol
+    mode = params.grpcWeb
+    if mode is True and protocol == "http1":
+        raise ValueError(f"grpcWeb: true needs serviceEndpoint {service!r} to speak HTTP/2 "
+                         "(protocol h2, h2c or auto); it has protocol http1")
+    if mode is True or (mode == "auto" and protocol in ("h2", "h2c")):
+        return GrpcWebForward(params, service, ctx)
+    return Forward(params, service, ctx)
+
+
 def build_proxy(params: ProxyParams, ctx: BuildContext) -> Action:
     action: Action
     if params.split is not None:
-        split = Split(params, [(Forward(params, t.serviceEndpoint, ctx), t)
+        split = Split(params, [(forward_to(params, t.serviceEndpoint, ctx), t)
                                for t in params.split], ctx)
         action, choose = split, split.choose
     else:
         assert params.serviceEndpoint is not None
-        forward = Forward(params, params.serviceEndpoint, ctx)
+        forward = forward_to(params, params.serviceEndpoint, ctx)
         action, choose = forward, lambda ex: forward
     if params.mirror is not None and params.mirror.percentage > 0:
-        shadow = Forward(params, params.mirror.serviceEndpoint, ctx)
+        shadow = forward_to(params, params.mirror.serviceEndpoint, ctx)
         action = Mirror(action, shadow, params.mirror.percentage, ctx)
     return with_websocket(action, choose, params.websocket, ctx)
 

@@ -214,7 +214,16 @@ class Exchange:
             extra.extend(headers)
 
     def respond(self, status: int, body: bytes, headers: Headers | None = None) -> None:
+        if self.body_expected and _grpc_web_answer(self, status, body, headers):
+            return
         self.responder.respond(self, status, body, headers)
+
+
+def _grpc_web_answer(ex: Exchange, status: int, body: bytes, headers: Headers | None) -> bool:
+    """A gRPC-Web request's local answer as a gRPC-Web error (one always has a body,
+    so requests without one never look)."""
+    from meshgate.protocol.grpc_web import answer
+    return answer(ex, status, body, headers)
 
 
 def dispatch(ex: Exchange, router: Any) -> None:
@@ -229,7 +238,8 @@ def dispatch(ex: Exchange, router: Any) -> None:
         return
     route = router.match(ex.authority, ex.path, ex.method)
     if route is None:
-        ex.responder.respond(ex, 404, b"Not Found\n")
+        if not (ex.body_expected and _grpc_web_answer(ex, 404, b"Not Found\n", None)):
+            ex.responder.respond(ex, 404, b"Not Found\n")
         return
     ex.route = route
     ex.pipeline = route.pipeline

@@ -9,12 +9,34 @@ of the same calls.
 
 This module holds the vocabulary shared by the codecs, the proxy, retries,
 health checks and metrics: the status codes, which requests are gRPC, the
-``grpc-timeout`` header, and the ``grpc-message`` encoding.
+``grpc-timeout`` header, the ``grpc-message`` encoding, and meshgate's own
+answers to a gRPC call.
+
+meshgate's own answers
+----------------------
+An answer meshgate makes itself (no route, no healthy upstream, a timeout, an
+auth refusal, a rate limit, a fault abort, ...) is a short text response with
+an HTTP status. A gRPC client would read only the status, through the
+spec's lossy table (``status_from_http``: a timeout, an overflow and a dead
+upstream all become UNAVAILABLE) and with the text lost. So a gRPC request
+gets the same answer as a gRPC failure instead, as Envoy's local replies do:
+HTTP 200, ``content-type: application/grpc``, ``grpc-status`` and
+``grpc-message`` in the one header block ("Trailers-Only"), no body.
+``local_status`` chooses the code from what meshgate meant -- the HTTP
+status, and where that is ambiguous the answer's body or its
+``x-meshgate-overloaded`` header -- and ``local_answer`` builds the fields,
+keeping the headers the answer came with (``www-authenticate``,
+``retry-after``, rate-limit headers). The codecs' ``respond`` call it for a
+gRPC request; gRPC-Web, which frames the same status differently, can call
+it with its own content type.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from meshgate.protocol.exchange import Headers
 
 # Status codes (grpc/doc/statuscodes.md).
 OK: Final = 0
@@ -58,6 +80,14 @@ GRPC_WEB: Final = b"application/grpc-web"
 
 def status_from_http(status: int) -> int:
     return _FROM_HTTP.get(status, UNKNOWN)
+
+
+def is_grpc_request(headers: Headers) -> bool:
+    """A gRPC call (not gRPC-Web), by the request's ``content-type``."""
+    for name, value in headers:
+        if name == b"content-type":
+            return is_grpc_type(value.lower())
+    return False
 
 
 def is_grpc_type(content_type: bytes | None) -> bool:
@@ -107,6 +137,71 @@ def format_timeout(seconds: float) -> bytes:
 _PLAIN: Final = frozenset(range(0x20, 0x7F)) - {ord("%")}
 
 
-def encode_message(text: str) -> bytes:
+def encode_message(text: str | bytes) -> bytes:
     """``grpc-message``: UTF-8, percent-encoded outside printable ASCII (and '%')."""
-    return b"".join(bytes((b,)) if b in _PLAIN else b"%%%02X" % b for b in text.encode())
+    raw = text.encode() if isinstance(text, str) else text
+    if all(b in _PLAIN for b in raw):
+        return raw
+    return b"".join(bytes((b,)) if b in _PLAIN else b"%%%02X" % b for b in raw)
+
+
+# -- meshgate's own answers ----------------------------------------------------------
+
+# By the HTTP status the answer has for other clients. Where this differs from
+# the client's reading (_FROM_HTTP), meshgate knows more: its 504 is a timeout
+# (DEADLINE_EXCEEDED, which Envoy's router now also sends for its timeouts
+# rather than the 504's UNAVAILABLE), its 429 a quota (RESOURCE_EXHAUSTED, as
+# Envoy's rate_limited_as_resource_exhausted), its 413 / 431 a size limit.
+_LOCAL: Final = {400: INTERNAL, 401: UNAUTHENTICATED, 403: PERMISSION_DENIED,
+                 404: UNIMPLEMENTED, 408: DEADLINE_EXCEEDED, 413: RESOURCE_EXHAUSTED,
+                 429: RESOURCE_EXHAUSTED, 431: RESOURCE_EXHAUSTED, 500: INTERNAL,
+                 501: UNIMPLEMENTED, 502: UNAVAILABLE, 503: UNAVAILABLE,
+                 504: DEADLINE_EXCEEDED}
+# Answers whose status says too little, by their body: a 504 for a connection
+# that was never made is an unreachable upstream, not an expired deadline
+# (upstream/pool.py, upstream/h2_pool.py).
+_BY_BODY: Final = {b"Gateway Timeout: upstream connect timeout\n": UNAVAILABLE}
+# A circuit breaker or a pool queue over its limit (upstream/pool.py Limits.overflow,
+# upstream/h2_pool.py) marks its 503 so, as Envoy marks x-envoy-overloaded.
+OVERLOADED: Final = (b"x-meshgate-overloaded", b"true")
+# Fields of a local answer that a gRPC answer replaces or must not carry.
+_REPLACED: Final = frozenset({b"content-type", b"content-length", b"grpc-status",
+                              b"grpc-message", b"transfer-encoding"})
+MAX_MESSAGE: Final = 1024             # bytes of the answer's text kept as grpc-message
+
+
+def local_status(status: int, body: bytes, headers: Headers | None = None) -> int:
+    """The gRPC status of meshgate's own answer ``status`` / ``body`` / ``headers``."""
+    code = _BY_BODY.get(body)
+    if code is not None:
+        return code
+    if status == 503 and headers and OVERLOADED in headers:
+        return RESOURCE_EXHAUSTED
+    return _LOCAL.get(status, UNKNOWN)
+
+
+def trailers_only(code: int, message: str | bytes, ctype: bytes = GRPC) -> Headers:
+    """The fields of a Trailers-Only gRPC answer (after ``:status: 200``)."""
+    fields: Headers = [(b"content-type", ctype), (b"grpc-status", b"%d" % code)]
+    if message:
+        fields.append((b"grpc-message", encode_message(message)))
+    return fields
+
+
+def local_answer(status: int, body: bytes, headers: Headers | None = None,
+                 ctype: bytes = GRPC) -> Headers:
+    """meshgate's own answer ``status`` / ``body`` as the fields of a gRPC failure.
+
+    Sent with HTTP status 200 and no body. ``headers`` are kept, less framing
+    and content type; an answer that already is gRPC (a ``grpc-status`` among
+    ``headers``: a fault's ``grpcStatus`` abort) is kept as it is.
+    """
+    if headers:
+        for name, _ in headers:
+            if name == b"grpc-status":
+                return headers
+    fields = trailers_only(local_status(status, body, headers),
+                           body[:MAX_MESSAGE].strip(), ctype)
+    if headers:
+        fields.extend(h for h in headers if h[0] not in _REPLACED)
+    return fields

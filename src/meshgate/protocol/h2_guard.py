@@ -56,7 +56,8 @@ def new_connection(cfg: Http2Settings, connect_protocol: bool = False,
                    ) -> tuple[ServerConnection, bytes]:
     """(a server-side connection set up from ``cfg``, the bytes to send first).
 
-    ``connect_protocol`` advertises SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441).
+    ``connect_protocol`` advertises SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441):
+    the client may open WebSocket streams with extended CONNECT.
     """
     conn = ServerConnection(cfg.maxFrameSize, cfg.initialWindowSize, cfg.connectionWindowSize,
                             cfg.maxHeaderListSize,

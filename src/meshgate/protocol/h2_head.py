@@ -17,7 +17,13 @@ same request an HTTP/1.1 client would have sent:
 * ``GATEWAY_ONLY`` and ``x-meshgate-*`` fields are dropped, Cookie fields
   are joined with ``; `` (RFC 9113 8.2.3), ``content-length`` becomes the
   body length the proxy frames with;
-* CONNECT (and so RFC 8441 extended CONNECT) is 501.
+* RFC 8441 extended CONNECT with ``:protocol websocket``, when the codec
+  advertised SETTINGS_ENABLE_CONNECT_PROTOCOL (``websocket``), becomes the
+  request an HTTP/1.1 client's handshake is: a bodiless ``GET`` of ``:path``
+  marked ``tunnel``, carrying a fresh ``Sec-WebSocket-Key`` (RFC 8441 does
+  not use the key; the upstream's HTTP/1.1 handshake needs one, and its
+  ``Sec-WebSocket-Accept`` is checked against it). Another ``:protocol`` is
+  501, and so are extended CONNECT when not advertised and plain CONNECT.
 
 ``response_head`` turns the raw header block a response starts with into
 HTTP/2 fields: names lower-case, connection-specific fields dropped.
@@ -25,6 +31,8 @@ HTTP/2 fields: names lower-case, connection-specific fields dropped.
 
 from __future__ import annotations
 
+import base64
+import os
 from typing import TYPE_CHECKING, Final
 
 from meshgate.protocol.h1_head import FORBIDDEN_TRAILERS, GATEWAY_ONLY, host_only, resolve
@@ -43,7 +51,7 @@ CONNECTION_SPECIFIC: Final = frozenset({
 class Head:
     """A request head as the codec hands it to an Exchange."""
 
-    __slots__ = ("authority", "bad", "headers", "length", "method", "path", "status")
+    __slots__ = ("authority", "bad", "headers", "length", "method", "path", "status", "tunnel")
 
     def __init__(self) -> None:
         self.method = b"GET"
@@ -53,14 +61,20 @@ class Head:
         self.length = -1                  # content-length, -1: none
         self.bad = b""                    # why refused (b"": accepted)
         self.status = 0                   # the refusal's status when not 400/501
+        self.tunnel = False               # an extended CONNECT for WebSocket (RFC 8441)
 
 
-def request_head(fields: Headers, rules: PathRules, max_headers: int) -> Head:
-    """The head of a request whose fields the frame layer decoded and validated."""
+def request_head(fields: Headers, rules: PathRules, max_headers: int,
+                 websocket: bool = False) -> Head:
+    """The head of a request whose fields the frame layer decoded and validated.
+
+    ``websocket``: extended CONNECT for WebSocket was advertised to this client.
+    """
     head = Head()
     path = b""
     authority = b""
     host = b""
+    protocol = b""
     cookies: list[bytes] = []
     headers = head.headers
     for name, value in fields:
@@ -72,7 +86,7 @@ def request_head(fields: Headers, rules: PathRules, max_headers: int) -> Head:
             elif name == b":authority":
                 authority = value
             elif name == b":protocol":
-                head.bad = b"Not Implemented: extended CONNECT is not supported\n"
+                protocol = value
             continue
         if name == b"cookie":
             cookies.append(value)
@@ -97,8 +111,19 @@ def request_head(fields: Headers, rules: PathRules, max_headers: int) -> Head:
         headers.append((b"host", host))
     method = head.method
     if method == b"CONNECT":
-        head.bad = b"Not Implemented: CONNECT is not supported\n"
-        return head
+        if not protocol:
+            head.bad = b"Not Implemented: CONNECT is not supported\n"
+            return head
+        if protocol != b"websocket" or not websocket:
+            head.bad = b"Not Implemented: extended CONNECT is not supported for this protocol\n"
+            return head
+        if head.length > 0:
+            head.bad = b"Bad Request: extended CONNECT with a request body\n"
+            return head
+        method = head.method = b"GET"
+        head.tunnel = True
+        headers[:] = [item for item in headers if item[0] != b"sec-websocket-key"]
+        headers.append((b"sec-websocket-key", base64.b64encode(os.urandom(16))))
     if path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
         head.bad = head.bad or b"Bad Request: :path must be origin-form\n"
         return head

@@ -26,6 +26,12 @@ Flow control, both ways:
   sink that paused us (``pause_body``) or none attached yet leaves the bytes
   unacknowledged, so a client can send no more than the stream window.
 
+WebSocket over HTTP/2 (RFC 8441): an extended CONNECT stream is dispatched
+as a handshake (``ex.upgrade``) and carries an ``h2_tunnel.H2Tunnel``; once
+the upstream accepts (``switch_protocols``) the stream is the tunnel's
+client side. The few places here that test ``stream.tunnel`` hand that
+stream's DATA, END_STREAM, resets and the end of our side to it.
+
 Connection phases for the worker's sweep (``tick``): streams open -- a
 request body that stops for ``bodyTimeout`` is 408 (or a reset once the
 response started), a response the peer gives no window for ``bodyTimeout``
@@ -45,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Final
 from h2.errors import ErrorCodes
 
 from meshgate.protocol.exchange import Exchange, Headers, ResponseSource, dispatch
+from meshgate.protocol.grpc import is_grpc_request, local_answer
 from meshgate.protocol.h1_head import Refusal
 from meshgate.protocol.h1_response import plain_headers
 from meshgate.protocol.h2_conn import (
@@ -72,6 +79,7 @@ from meshgate.protocol.h2_head import (
     response_head,
     response_trailers,
 )
+from meshgate.protocol.h2_tunnel import H2Tunnel, refuse_plain, switch
 from meshgate.protocol.hop import render_block
 
 if TYPE_CHECKING:
@@ -86,7 +94,7 @@ class _Stream:
     """One request stream: its Exchange and what waits to be sent on it."""
 
     __slots__ = ("body_paused", "end", "ex", "head", "id", "out", "out_bytes", "progress",
-                 "source_paused", "trailers", "unacked")
+                 "source_paused", "trailers", "tunnel", "unacked")
 
     def __init__(self, stream_id: int, ex: Exchange, now: float) -> None:
         self.id = stream_id
@@ -100,6 +108,7 @@ class _Stream:
         self.body_paused = False             # the body sink asked for no more
         self.unacked = 0                     # request bytes received, not yet acknowledged
         self.progress = now                  # last time bytes moved on this stream
+        self.tunnel: H2Tunnel | None = None  # an extended CONNECT for WebSocket (h2_tunnel)
 
 
 class H2Server(asyncio.Protocol):
@@ -109,7 +118,10 @@ class H2Server(asyncio.Protocol):
         self.scheme = scheme
         self.outbound = outbound
         self.cfg = cfg = ctx.http2
-        self.conn, self._opening = new_connection(cfg)
+        # Extended CONNECT (RFC 8441) advertised; a context with no config yet has no routes.
+        snapshot = getattr(ctx, "snapshot", None)
+        self.websocket = outbound or (snapshot is not None and snapshot.websocket)
+        self.conn, self._opening = new_connection(cfg, self.websocket)
         self.budget = Budget(cfg)
         self.transport: asyncio.Transport | None = None
         self.peer = b""
@@ -200,15 +212,21 @@ class H2Server(asyncio.Protocol):
             self._refuse(stream_id)
             return None
         ctx = self.ctx
-        head = request_head(event.headers, ctx.path_rules, ctx.max_headers)
+        head = request_head(event.headers, ctx.path_rules, ctx.max_headers, self.websocket)
         ended = event.stream_ended is not None
         now = self._clock()
         ex = Exchange(self, head.method, head.path, head.headers, head.authority, self.scheme,
-                      self.peer, b"2", not ended, now)
+                      self.peer, b"2", not ended and not head.tunnel, now)
         ex.body_length = head.length
         if head.bad:
             ex.pipeline = Refusal(head.bad, head.status)
         stream = _Stream(stream_id, ex, now)
+        if head.tunnel and not head.bad:
+            if ended:
+                ex.pipeline = Refusal(b"Bad Request: extended CONNECT stream ended at once\n")
+            else:
+                ex.upgrade = True
+                stream.tunnel = H2Tunnel(self, stream)
         self.streams[stream_id] = stream
         self.by_ex[ex] = stream
         self.nreq += 1
@@ -227,6 +245,9 @@ class H2Server(asyncio.Protocol):
         stream = self.streams.get(event.stream_id)
         ex = stream.ex if stream is not None else None
         if stream is None or ex is None or ex.done or ex.body_done:
+            if stream is not None and stream.tunnel is not None:
+                stream.tunnel.on_data(event.data, size)
+                return
             if size:                       # nobody reads it: hand the window back
                 self.conn.acknowledge_received_data(size, event.stream_id)
             return
@@ -258,6 +279,8 @@ class H2Server(asyncio.Protocol):
             return
         ex = stream.ex
         if ex.body_done:
+            if stream.tunnel is not None:
+                stream.tunnel.on_end()
             return
         ex.body_done = True
         if ex.body_expected and ex.body_sink is not None and not ex.done:
@@ -273,6 +296,9 @@ class H2Server(asyncio.Protocol):
 
     def _abandon(self, stream: _Stream) -> None:
         """The stream is gone before its exchange ended: stop whoever works for it."""
+        if stream.tunnel is not None:
+            stream.tunnel.lost()
+        self._give_back(stream)
         self.by_ex.pop(stream.ex, None)
         ex = stream.ex
         if ex.done:
@@ -297,6 +323,9 @@ class H2Server(asyncio.Protocol):
         ex.status = status
         stream = self.by_ex.get(ex)
         if stream is not None:
+            if ex.upgrade and 200 <= status < 300:    # no tunnel took this extended CONNECT
+                refuse_plain(self, stream, ex)
+                return
             stream.head = response_head(status, block, ex.response_headers_extra)
 
     def send_data(self, ex: Exchange, data: bytes) -> None:
@@ -331,6 +360,13 @@ class H2Server(asyncio.Protocol):
         if ex.status:                 # a response already started: only a reset is left
             self.abort(ex)
             return
+        if ex.method == b"POST" and is_grpc_request(ex.headers):
+            # A gRPC call learns the outcome as a gRPC status: one HEADERS frame
+            # ending the stream (protocol/grpc.py); metrics count ``status``.
+            self.start_response(ex, 200, local_answer(status, body, headers), False, None)
+            ex.status = status
+            self.end_response(ex, None)
+            return
         fields = plain_headers(self.ctx.date, headers)
         bodiless = ex.method == b"HEAD" or status in (204, 304)
         self.start_response(ex, status, fields, not bodiless,
@@ -362,6 +398,11 @@ class H2Server(asyncio.Protocol):
             self.conn.acknowledge_received_data(stream.unacked, stream.id)
             stream.unacked = 0
             self._queue_write()
+
+    def switch_protocols(self, ex: Exchange, head: bytes
+                         ) -> tuple[asyncio.Transport, bytes] | None:
+        """The upstream accepted an extended CONNECT's handshake: see ``h2_tunnel.switch``."""
+        return switch(self, ex, head)
 
     def set_response_source(self, ex: Exchange, source: ResponseSource | None) -> None:
         ex.source = source
@@ -421,16 +462,28 @@ class H2Server(asyncio.Protocol):
 
     def _sent(self, stream: _Stream) -> None:
         """The response went out whole; a request body still coming is not wanted."""
+        tunnel = stream.tunnel
+        if tunnel is not None and tunnel.on_sent():
+            return                         # a half-closed tunnel: the client may still send
         del self.streams[stream.id]
         self.by_ex.pop(stream.ex, None)
         ex = stream.ex
         if not ex.body_done:
             ex.body_done = True
             self.conn.reset_stream(stream.id, ErrorCodes.NO_ERROR)   # RFC 9113 8.1
+        self._give_back(stream)
         if not self.streams:
             self._idle_since = self.ctx.now
             if self._goaway_at >= 0:
                 self._close()
+
+    def _give_back(self, stream: _Stream) -> None:
+        """Request DATA the stream never acknowledged (buffered before a refusal, read
+        while paused) return to the connection window, which would shrink for good."""
+        if stream.unacked and not self._closing:
+            self.conn.acknowledge_received_data(stream.unacked, stream.id)
+            stream.unacked = 0
+            self._queue_write()
 
     def _pause_source(self, stream: _Stream) -> None:
         source = stream.ex.source

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Final
 import httptools
 
 from meshgate.protocol.exchange import Exchange, Headers, ResponseSource, dispatch
+from meshgate.protocol.grpc import is_grpc_request, local_answer
 from meshgate.protocol.h1_head import (
     FORBIDDEN_TRAILERS,
     TOO_MANY_HEADERS,
@@ -439,6 +440,13 @@ class H1Server(asyncio.Protocol):
             return
         if ex.status:                 # a response already started: only closing is left
             self._close()
+            return
+        if ex.method == b"POST" and is_grpc_request(ex.headers):
+            # gRPC over HTTP/1.1 (a bridge): the status in the head, no body.
+            self.start_response(ex, 200, local_answer(status, body, headers), False, 0)
+            ex.status = status        # metrics count what meshgate answered
+            self.flush(ex)
+            self._finish(ex)
             return
         base = plain_headers(self.ctx.date, headers)
         has_body = ex.method != b"HEAD" and status not in (204, 304) and status >= 200

@@ -46,8 +46,14 @@ On a serviceEndpoint whose ``protocol`` is ``h2`` or ``h2c`` the ``http``
 check speaks HTTP/2 instead (``_h2``): the same GET as a single stream on a
 fresh connection (TLS with ALPN ``h2`` on https endpoints, prior knowledge
 on http ones), passing on the status of its response head. ``_h2_request``
-builds the stream's headers: the place for a gRPC health check to send its
-own request.
+builds the stream's headers.
+
+``grpc`` (``protocol: h2|h2c`` only, which the config enforces) is a unary
+``grpc.health.v1.Health/Check`` call for ``service`` on such a fresh
+connection (``:authority`` from ``host`` as above, ``grpc-timeout`` the
+check's ``timeout``); it passes only on ``:status`` 200, ``grpc-status`` 0
+and a ``SERVING`` answer (``grpc_health``). NOT_SERVING, SERVICE_UNKNOWN,
+another grpc-status, a reset or a GOAWAY are failures like any other.
 
 ``on_change()`` is called synchronously, on the loop, whenever any
 endpoint's ``is_healthy()`` flips; an exception it raises is logged and
@@ -72,6 +78,8 @@ import httptools
 
 from meshgate.config.mesh import HealthCheck, parse_status_ranges
 from meshgate.discovery import EndpointSpec
+from meshgate.protocol import grpc
+from meshgate.upstream import grpc_health
 
 log = logging.getLogger("meshgate.health")
 
@@ -226,6 +234,8 @@ class HealthChecker:
             async with asyncio.timeout(self._timeout):
                 if self.config.type == "tcp":
                     return await self._tcp(target)
+                if self.config.type == "grpc":
+                    return await self._grpc(target)
                 if self.http2:
                     return await self._h2(target)
                 return await self._http(target)
@@ -264,7 +274,9 @@ class HealthChecker:
             return None
         return f"status {status}"
 
-    async def _h2(self, target: EndpointSpec) -> str | None:
+    async def _h2_open(self, target: EndpointSpec) -> tuple[
+            asyncio.StreamReader, asyncio.StreamWriter, h2.connection.H2Connection]:
+        """A fresh HTTP/2 connection (TLS with ALPN ``h2`` on https, else prior knowledge)."""
         tls = None
         server_hostname = None
         if target.scheme == "https":
@@ -275,16 +287,68 @@ class HealthChecker:
             server_hostname = self.config.host or target.host
         reader, writer = await asyncio.open_connection(
             target.host, target.port, ssl=tls, server_hostname=server_hostname)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, header_encoding=None))
+        conn.initiate_connection()
+        return reader, writer, conn
+
+    async def _h2(self, target: EndpointSpec) -> str | None:
+        reader, writer, conn = await self._h2_open(target)
         try:
-            conn = h2.connection.H2Connection(h2.config.H2Configuration(
-                client_side=True, header_encoding=None))
-            conn.initiate_connection()
             conn.send_headers(1, self._h2_request(target), end_stream=True)
             writer.write(conn.data_to_send())
             status = await self._h2_status(conn, reader)
         finally:
             writer.close()
         return self._verdict(status)
+
+    async def _grpc(self, target: EndpointSpec) -> str | None:
+        """``grpc.health.v1.Health/Check`` for ``service`` (see ``grpc_health``)."""
+        reader, writer, conn = await self._h2_open(target)
+        try:
+            conn.send_headers(1, self._grpc_request(target))
+            conn.send_data(1, grpc_health.request_body(self.config.service), end_stream=True)
+            writer.write(conn.data_to_send())
+            answer = grpc_health.GrpcAnswer()
+            error = await self._grpc_read(conn, reader, writer, answer)
+        finally:
+            writer.close()
+        return error if error is not None else answer.verdict()
+
+    def _grpc_request(self, target: EndpointSpec) -> list[tuple[bytes, bytes]]:
+        scheme = b"https" if target.scheme == "https" else b"http"
+        return [(b":method", b"POST"), (b":scheme", scheme),
+                (b":authority", self._host(target).encode("latin-1")),
+                (b":path", grpc_health.PATH),
+                (b"content-type", grpc.GRPC), (b"te", b"trailers"),
+                (b"grpc-timeout", b"%dm" % self.config.timeout),
+                (b"user-agent", b"meshgate-health")]
+
+    @staticmethod
+    async def _grpc_read(conn: h2.connection.H2Connection, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter,
+                         answer: grpc_health.GrpcAnswer) -> str | None:
+        """Feed the stream's events to ``answer`` until it ends; a reason if it broke off."""
+        while True:
+            data = await reader.read(_READ_SIZE)
+            if not data:
+                return "connection closed before the answer ended"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    answer.on_head(event.headers)
+                elif isinstance(event, h2.events.DataReceived):
+                    answer.on_data(event.data)
+                elif isinstance(event, h2.events.TrailersReceived):
+                    answer.on_trailers(event.headers)
+                elif isinstance(event, h2.events.StreamEnded):
+                    return None
+                elif isinstance(event, h2.events.StreamReset):
+                    return f"stream reset ({event.error_code!r})"
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    return f"GOAWAY ({event.error_code!r})"
+            pending = conn.data_to_send()      # SETTINGS and PING acks
+            if pending:
+                writer.write(pending)
 
     def _h2_request(self, target: EndpointSpec) -> list[tuple[bytes, bytes]]:
         scheme = b"https" if target.scheme == "https" else b"http"
