@@ -19,8 +19,10 @@ from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 from hyperframe.frame import (
     ContinuationFrame,
+    DataFrame,
     HeadersFrame,
     PingFrame,
+    PriorityFrame,
     RstStreamFrame,
     SettingsFrame,
 )
@@ -220,4 +222,19 @@ def test_garbage_after_the_preface_ends_only_that_connection(backend: Backend,
         _send(c, b"\xff" * 64)        # a frame of 16 MiB announced: not waited for
         _ended_with(c, ErrorCodes.FRAME_SIZE_ERROR)
     with H2Client(gw.port) as c:
+        assert c.get("/echo").status == 200
+
+
+# -- frames that carry nothing (CVE-2019-9518, CVE-2019-9513) ------------------------
+@pytest.mark.parametrize("flood", ["data", "priority"])
+def test_frames_that_carry_nothing_are_cut(backend: Backend, gateway_factory: Any,
+                                           flood: str) -> None:
+    gw = _gateway(gateway_factory, backend.url)
+    with H2Client(gw.port, answer=False) as c:
+        headers = HeadersFrame(1, _request_block(hpack.Encoder(), b"/slow/2000"))
+        headers.flags.add("END_HEADERS")
+        frame = DataFrame(1, b"") if flood == "data" else PriorityFrame(1, depends_on=0)
+        _send(c, headers.serialize() + frame.serialize() * 1000)
+        _ended_with(c, CALM)
+    with H2Client(gw.port) as c:       # the worker is fine
         assert c.get("/echo").status == 200

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-``h2`` has already refused what RFC 9113 8.2-8.3 makes malformed (upper-case
+The frame layer (``h2_conn``) has refused what RFC 9113 8.2-8.3 makes malformed (upper-case
 names, connection-specific fields, ``te`` other than ``trailers``, unknown,
 repeated or misplaced pseudo-header fields, a missing ``:method``,
 ``:scheme`` or ``:path``, ``:authority`` and ``host`` that disagree): the
@@ -66,7 +66,7 @@ class Head:
 
 def request_head(fields: Headers, rules: PathRules, max_headers: int,
                  websocket: bool = False) -> Head:
-    """The head of a request whose fields ``h2`` decoded and validated.
+    """The head of a request whose fields the frame layer decoded and validated.
 
     ``websocket``: extended CONNECT for WebSocket was advertised to this client.
     """

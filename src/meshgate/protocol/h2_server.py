@@ -5,7 +5,7 @@ Theory of operation
 One ``H2Server`` protocol per client connection, reached by prior knowledge
 on a plaintext listener (``H1Server`` hands the connection over when its
 first read is the connection preface) or by ALPN ``h2`` on a TLS one. The
-``h2`` library parses and frames; each request stream becomes an Exchange
+frame layer (``h2_conn``) parses and frames; each request stream becomes an Exchange
 (``h2_head.request_head``) routed and run by ``exchange.dispatch``, as an
 HTTP/1.1 request is, so the proxy forwards it as its serviceEndpoint says. The codec is then
 the Exchange's ``Responder``, per stream.
@@ -49,10 +49,16 @@ import logging
 from typing import TYPE_CHECKING, Any, Final
 
 from h2.errors import ErrorCodes
-from h2.events import (
+
+from meshgate.protocol.exchange import Exchange, Headers, ResponseSource, dispatch
+from meshgate.protocol.grpc import is_grpc_request, local_answer
+from meshgate.protocol.h1_head import Refusal
+from meshgate.protocol.h1_response import plain_headers
+from meshgate.protocol.h2_conn import (
     ConnectionTerminated,
     DataReceived,
     PingReceived,
+    ProtocolError,
     RemoteSettingsChanged,
     RequestReceived,
     StreamEnded,
@@ -60,18 +66,11 @@ from h2.events import (
     TrailersReceived,
     WindowUpdated,
 )
-from h2.exceptions import ProtocolError
-
-from meshgate.protocol.exchange import Exchange, Headers, ResponseSource, dispatch
-from meshgate.protocol.grpc import is_grpc_request, local_answer
-from meshgate.protocol.h1_head import Refusal
-from meshgate.protocol.h1_response import plain_headers
 from meshgate.protocol.h2_guard import (
     MAX_UNSENT,
     Budget,
     goaway,
     new_connection,
-    oversized_frame,
     pending_header_bytes,
 )
 from meshgate.protocol.h2_head import (
@@ -172,13 +171,7 @@ class H2Server(asyncio.Protocol):
             events: list[Any] = self.conn.receive_data(data)
         except ProtocolError as exc:
             log.debug("HTTP/2 protocol error from %s: %s", self.peer, exc)
-            self._close()
-            return
-        if pending_header_bytes(self.conn) > self.cfg.maxHeaderListSize:
-            self._calm()                   # a header block that never ends (CONTINUATION flood)
-            return
-        if oversized_frame(self.conn, self.cfg.maxFrameSize):
-            self._close_with(ErrorCodes.FRAME_SIZE_ERROR)   # a frame over MAX_FRAME_SIZE
+            self._close()                  # the GOAWAY it queued goes out first
             return
         opened: list[_Stream] = []
         for event in events:
