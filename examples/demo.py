@@ -9,7 +9,8 @@ Theory of operation
 Everything runs on loopback, each child in its own process group:
 
 1. ``meshgate registry`` on a free port (its data in a temporary folder);
-2. the replicas ``users-1``, ``users-2`` and ``invoices-1`` (examples/services),
+2. the replicas ``users-1``, ``users-2``, ``invoices-1`` and the gRPC service
+   ``greeter-1`` (examples/services),
    each beside its own ``meshgate sidecar``, which registers the replica's
    inbound port in the registry. Every app gets ``HTTP_PROXY`` = its sidecar's
    outbound port, so invoices reaches ``http://users`` through the mesh;
@@ -23,7 +24,8 @@ Everything runs on loopback, each child in its own process group:
 Once the gateway answers /ready and sees every replica healthy, the demo
 creates a user with an API key through the Admin API and prints what runs
 where, curl commands, and the ``kill`` command that stops a users replica.
-``--smoke`` instead checks the routes, kills users-1's app with SIGKILL while
+``--smoke`` instead checks the routes and gRPC calls to greeter (through the
+gateway and from invoices-1's sidecar), kills users-1's app with SIGKILL while
 requests keep succeeding (retries hide the sidecar's 502s), waits for the
 sidecar to deregister it on its own (its app check fails twice, about 2 s),
 stops the sidecar with SIGTERM, and checks the rate limit. Ctrl-C (or SIGTERM)
@@ -42,7 +44,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from demo_mesh import Child, DemoError, Mesh, fetch, free_port, say, start_mesh, stop_all
+from demo_mesh import SERVICES, Child, DemoError, Mesh, fetch, free_port, say, start_mesh, stop_all
+
+sys.path.insert(0, str(SERVICES))
+import greeter
 
 RATE_LIMIT = 10        # examples/demo/gateway.config.yml: default max per consumer and minute
 SMOKE_RATE_LIMIT = 25  # --smoke raises it, so the failover requests fit in one window
@@ -121,6 +126,7 @@ class Smoke:
         for url, expected, _, headers in routes(self.mesh, "127.0.0.1", self.key):
             self.check(url, expected, headers)
         self.joined_through_the_mesh()
+        self.grpc_calls()
         served = {self.served_by(f"{self.gw}/users/1") for _ in range(4)}
         self.expect(served == {"users-1", "users-2"}, f"both users replicas answer: {served}")
         self.failover()
@@ -136,6 +142,30 @@ class Smoke:
                     and user.get("servedBy") in ("users-1", "users-2")
                     and isinstance(invoices, list) and len(invoices) == 1,
                     "invoices joined user 2 with the record a users replica sent")
+
+    def grpc_calls(self) -> None:
+        """greeter-1 over gRPC: through the gateway, and from invoices-1's sidecar."""
+        gateway = f"127.0.0.1:{self.mesh.http_port}"
+        outbound = f"127.0.0.1:{self.mesh.replicas['invoices-1'].outbound}"
+        for where, target, authority in (("the gateway", gateway, None),
+                                         ("invoices-1's sidecar", outbound, "greeter")):
+            try:
+                reply = greeter.call(target, "Hello", {"name": "Ada"}, authority=authority)
+                counted = greeter.call(target, "Count", {"to": 3}, authority=authority)
+            except greeter.grpc.RpcError as err:
+                self.expect(False, f"gRPC through {where}: {err.code().name} {err.details()}")
+                continue
+            self.expect(reply == {"message": "Hello, Ada", "servedBy": "greeter-1"}
+                        and [m["n"] for m in counted] == [1, 2, 3],
+                        f"gRPC through {where}: Hello -> {reply}, Count streamed "
+                        f"{len(counted)} messages")
+        try:
+            greeter.call(gateway, "Hello", {})
+            self.expect(False, "a gRPC call without a name fails")
+        except greeter.grpc.RpcError as err:
+            self.expect(err.code() == greeter.grpc.StatusCode.INVALID_ARGUMENT,
+                        f"the app's gRPC status comes back through the gateway: "
+                        f"{err.code().name} {err.details()!r}")
 
     def served_by(self, url: str, keyed: bool = False, host: str | None = None) -> str | None:
         """GET url, expecting 200: the servedBy of the user record in the answer."""
@@ -196,7 +226,7 @@ class Smoke:
 
 def banner(mesh: Mesh, key: str, limit: int) -> str:
     users1 = mesh.replicas["users-1"]
-    lines = ["", "meshgate demo is up: a registry, three replicas with sidecars, one gateway",
+    lines = ["", "meshgate demo is up: a registry, four replicas with sidecars, one gateway",
              "", f"  {'process':<18} {'pid':>7}  listens on"]
     for child, where in mesh.layout():
         lines.append(f"  {child.name:<18} {child.proc.pid:>7}  {where}")
@@ -221,6 +251,10 @@ def banner(mesh: Mesh, key: str, limit: int) -> str:
         f"  kill {users1.sidecar.proc.pid}",
         "      # users-1's sidecar drains and exits (a sidecar killed with -9 cannot",
         "      # deregister: its instance turns critical after its 3 s TTL)",
+        "", "gRPC (greeter-1 behind its sidecar; JSON messages: examples/services/greeter.py):",
+        f"  cd examples/services && ../../.venv/bin/python -c \"import greeter; "
+        f"print(greeter.call('localhost:{mesh.http_port}', 'Hello', {{'name': 'Ada'}}))\"",
+        "      # through the gateway: {'message': 'Hello, Ada', 'servedBy': 'greeter-1'}",
         "", "Rate limit:", f"  {limit_loop}",
         f"      # 200 until the key has made {limit} /invoices calls this minute, then 429",
         "", "Ctrl-C stops everything.", ""]

@@ -45,7 +45,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ROOT / "examples" / "services"
 SIDECAR_CONFIG = "examples/demo/sidecar"     # outbound retries / outlier detection
-REPLICAS = (("users-1", "users"), ("users-2", "users"), ("invoices-1", "invoices"))
+REPLICAS = (("users-1", "users"), ("users-2", "users"), ("invoices-1", "invoices"),
+            ("greeter-1", "greeter"))
+APP_PROTOCOL = {"greeter": "h2c"}    # gRPC apps: their sidecar speaks h2c to them
 SIDECAR_TTL_MS = 3000     # a sidecar killed with SIGKILL turns critical after this
 LISTENING = re.compile(r"listening on http://\S+:(\d+)")
 ROUTINE = re.compile(r'httpx: HTTP Request: |"GET /health ')  # heartbeats, health checks
@@ -262,6 +264,7 @@ def start_mesh(children: list[Child], data_dir: Path, http_port: int, admin_port
             "--app-port", str(app.wait_listening()), "--inbound-port", str(inbound),
             "--outbound-port", str(outbound), "--registry", registry_url,
             "--token-file", str(tokens[service]), "--ttl", str(SIDECAR_TTL_MS),
+            "--app-protocol", APP_PROTOCOL.get(service, "http1"),
             "--config", SIDECAR_CONFIG], LOOPBACK, essential=False)
         children.append(sidecar)
         replicas[name] = Replica(name, service, app, sidecar, inbound, outbound)

@@ -1,6 +1,6 @@
 """The demo (examples/demo.py) end to end, and the example services on their own.
 
-The demo tests run the whole mesh -- registry, three replicas with their
+The demo tests run the whole mesh -- registry, four replicas with their
 sidecars, the gateway -- as real processes, so they are marked slow (each
 takes some 8 s). The service tests start single example services.
 """
@@ -76,6 +76,10 @@ def test_demo_smoke_plays_the_scenario() -> None:
                  "invoices-1's sidecar, Host: users: 10/10 requests succeeded",
                  "after users-1's app died: 20/20 requests succeeded, served by users-2",
                  "users-1's sidecar deregistered it",
+                 "gRPC through the gateway: Hello -> {'message': 'Hello, Ada', "
+                 "'servedBy': 'greeter-1'}, Count streamed 3 messages",
+                 "gRPC through invoices-1's sidecar: Hello",
+                 "the app's gRPC status comes back through the gateway: INVALID_ARGUMENT",
                  "the registry lists ['users-2']",
                  "429 (want 429)"):
         assert line in out, out
@@ -117,7 +121,8 @@ def test_demo_banner_kill_command_and_sigterm_stop_everything() -> None:
         assert proc.poll() is None, text
         pids = {m[1]: int(m[2]) for m in re.finditer(r"^  (\S+)\s+(\d+)  ", text, re.M)}
         assert set(pids) == {"registry", "users-1", "users-1/sidecar", "users-2",
-                             "users-2/sidecar", "invoices-1", "invoices-1/sidecar", "gateway"}
+                             "users-2/sidecar", "invoices-1", "invoices-1/sidecar",
+                             "greeter-1", "greeter-1/sidecar", "gateway"}
         kill = re.search(r"^  kill (\d+)$", text, re.M)
         assert kill is not None and int(kill[1]) == pids["users-1"], text
 
