@@ -20,6 +20,7 @@ COMPILED = [
     "meshgate/protocol/exchange.py",
     "meshgate/protocol/h1_head.py",
     "meshgate/protocol/h1_response.py",
+    "meshgate/protocol/h2_client_conn.py",
     "meshgate/protocol/h2_conn.py",
     "meshgate/protocol/h2_head.py",
     "meshgate/protocol/h2_hpack.py",

@@ -17,6 +17,7 @@ MODULES = (
     "meshgate.protocol.exchange",
     "meshgate.protocol.h1_head",
     "meshgate.protocol.h1_response",
+    "meshgate.protocol.h2_client_conn",
     "meshgate.protocol.h2_conn",
     "meshgate.protocol.h2_head",
     "meshgate.protocol.h2_hpack",

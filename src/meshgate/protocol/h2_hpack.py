@@ -361,7 +361,15 @@ def _put_int(out: bytearray, first: int, prefix: int, value: int) -> None:
 
 
 class Encoder:
-    """Outbound fields: static-table references and literals, never indexed."""
+    """Outbound fields: static-table references and literals, never indexed.
+
+    Names in ``never_indexed`` go out as "never indexed" literals (RFC 7541
+    6.2.3) rather than plain ones, so that the next hop does not index a
+    secret either.
+    """
+
+    def __init__(self, never_indexed: frozenset[bytes] = frozenset()) -> None:
+        self.never_indexed = never_indexed
 
     def encode(self, fields: list[tuple[bytes, bytes]]) -> bytes:
         out = bytearray()
@@ -372,10 +380,11 @@ class Encoder:
                 continue
             name, value = field
             index = _STATIC_NAME.get(name, 0)
+            first = 0x10 if name in self.never_indexed else 0
             if index:
-                _put_int(out, 0, 4, index)
+                _put_int(out, first, 4, index)
             else:
-                out.append(0)
+                out.append(first)
                 _put_int(out, 0, 7, len(name))
                 out += name
             _put_int(out, 0, 7, len(value))
