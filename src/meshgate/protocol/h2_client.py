@@ -57,7 +57,11 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Final, Protocol
 
-from meshgate.protocol import h2_client_conn as h2c
+from meshgate.protocol.h2_client_conn import (
+    ClientConnection,
+    NoAvailableStreamIDError,
+    ResponseReceived,
+)
 from meshgate.protocol.h2_conn import (
     CANCEL,
     REFUSED_STREAM,
@@ -119,8 +123,8 @@ class H2Connection(asyncio.Protocol):
         # Request headers are ours (request_headers: lower-case names, no
         # connection-specific fields, trimmed values) and go out unchecked;
         # the response's are checked by the frame layer.
-        self.h2 = h2c.ClientConnection(max_streams, stream_window,
-                                       never_indexed=NEVER_INDEXED)
+        self.h2 = ClientConnection(max_streams, stream_window,
+                                     never_indexed=NEVER_INDEXED)
         self.our_max = max_streams
         self.max_streams = 1              # until the peer's SETTINGS say more
         self.stream_window = stream_window
@@ -160,7 +164,7 @@ class H2Connection(asyncio.Protocol):
         stream = H2Stream(self, ex, head, chunked, timeout, resends)
         try:
             sid = self.h2.get_next_available_stream_id()
-        except h2c.NoAvailableStreamIDError:
+        except NoAvailableStreamIDError:
             self.close()                    # stream ids used up: new connections take over
             upstream_failed(ex, None, "reset", 502, b"Bad Gateway: upstream stream ids used up\n")
             return
@@ -183,11 +187,11 @@ class H2Connection(asyncio.Protocol):
         """Write as much of the stream's pending body as the windows allow."""
         if self.state == CLOSED:
             return                          # the stream learns from connection_lost
-        h2c = self.h2
+        conn = self.h2
         sid = stream.stream_id
         out = stream.out
         while out:
-            room = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
+            room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
             if room <= 0:
                 break
             data = out[0]
@@ -196,13 +200,13 @@ class H2Connection(asyncio.Protocol):
                 data = data[:room]
             else:
                 out.pop(0)
-            h2c.send_data(sid, data)
+            conn.send_data(sid, data)
         if not out and stream.end_out:
             stream.end_out = False
             if stream.trailers_out:
-                h2c.send_headers(sid, stream.trailers_out, end_stream=True)
+                conn.send_headers(sid, stream.trailers_out, end_stream=True)
             else:
-                h2c.end_stream(sid)
+                conn.end_stream(sid)
         self.flush_soon()
 
     def credit(self, stream: H2Stream, extra: int) -> None:
@@ -326,7 +330,7 @@ class H2Connection(asyncio.Protocol):
             if stream is not None:
                 stream.on_data(event.data, event.flow_controlled_length)
                 touched.append(stream)
-        elif isinstance(event, h2c.ResponseReceived):
+        elif isinstance(event, ResponseReceived):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.on_head(event.headers, event.stream_ended is not None)
