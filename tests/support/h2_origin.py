@@ -12,7 +12,11 @@ for window credit, the response body bytes it wrote. The path chooses the answer
 * ``/trailers``: a body, then the trailers ``grpc-status: 0`` and ``x-sum: 42``;
 * ``/wait/<ms>``: 200 after ``ms`` milliseconds, with the request body if any;
 * ``/hang``: no answer; ``/reset``: RST_STREAM (INTERNAL_ERROR);
-* ``/status/<code>``: that status.
+* ``/status/<code>``: that status;
+* ``/malformed``: a response head with a connection-specific field
+  (``connection: close``), which RFC 9113 8.2.2 makes malformed;
+* ``/early``: 200 with ``early`` as soon as the request head is in, before
+  the request body ends, without resetting the request's side.
 
 ``goaway_after=N``: the first connection, once N streams arrived, sends
 GOAWAY naming the first stream as the last it processes, answers that one
@@ -43,6 +47,8 @@ class Seen:
     trailers: list[list[tuple[bytes, bytes]]] = field(default_factory=list)
     blocked: int = 0                      # times a response waited for window credit
     sent: int = 0                         # response body bytes written
+    received: int = 0                     # request body bytes read
+    ended_early: int = 0                  # request sides ended after an early answer
 
 
 class _Conn:
@@ -91,6 +97,9 @@ class _Conn:
             seen.requests.append(self.heads[sid])
             seen.paths.append(self.heads[sid][b":path"])
             seen.peak_streams = max(seen.peak_streams, len(self.heads))
+            if self.heads[sid][b":path"] in (b"/malformed", b"/early"):
+                self.early(sid)
+                return
             if self.goaway and len(seen.requests) >= self.goaway and not self.last:
                 # A graceful GOAWAY: h2 would refuse to answer the last stream after
                 # its own close_connection(), so the frame is written by hand.
@@ -99,18 +108,36 @@ class _Conn:
                 self.writer.write(hyperframe.frame.GoAwayFrame(
                     0, last_stream_id=self.last, error_code=0).serialize())
         elif isinstance(event, h2.events.DataReceived):
-            self.bodies[event.stream_id] += event.data
+            seen.received += len(event.data)
+            if event.stream_id in self.bodies:
+                self.bodies[event.stream_id] += event.data
             self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         elif isinstance(event, h2.events.TrailersReceived):
             seen.trailers.append(list(event.headers))
         elif isinstance(event, h2.events.StreamEnded):
             sid = event.stream_id
-            if not self.last or sid <= self.last:
+            if sid not in self.bodies:
+                seen.ended_early += 1            # the request's side of an early answer
+            elif not self.last or sid <= self.last:
                 asyncio.get_running_loop().create_task(self.answer(sid))
         elif isinstance(event, h2.events.WindowUpdated):
             for sid, ready in self.windows.items():
                 if event.stream_id in (0, sid):
                     ready.set()
+
+    def early(self, sid: int) -> None:
+        """Answer before the request ends (``/early``), or malformed (``/malformed``)."""
+        self.bodies.pop(sid, None)
+        if self.heads.pop(sid)[b":path"] == b"/malformed":
+            # h2 refuses to send such a head: encoded with its own encoder (its
+            # table stays in step with the peer's) and framed by hand.
+            block = self.h2.encoder.encode([(b":status", b"200"), (b"connection", b"close")])
+            self.flush()
+            self.writer.write(hyperframe.frame.HeadersFrame(
+                sid, block, flags=["END_HEADERS"]).serialize())
+            return
+        self.h2.send_headers(sid, [(b":status", b"200"), (b"content-length", b"5")])
+        self.h2.send_data(sid, b"early", end_stream=True)
 
     async def answer(self, sid: int) -> None:
         head = self.heads[sid]

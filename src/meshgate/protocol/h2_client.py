@@ -344,6 +344,10 @@ class H2Connection(asyncio.Protocol):
             if stream is not None:
                 stream.on_end()
                 self._forget(stream)
+            # A response may end before its request body (RFC 9113 8.1); the
+            # body goes no further, so our side ends too, or the stream would
+            # hold one of the server's concurrent-stream slots for good.
+            self.h2.end_stream(event.stream_id)
         elif isinstance(event, StreamReset):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
