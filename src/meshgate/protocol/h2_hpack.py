@@ -1,4 +1,4 @@
-"""HPACK (RFC 7541) for the downstream HTTP/2 codec: a decoder and an encoder.
+"""HPACK (RFC 7541) for both HTTP/2 frame layers: a decoder and an encoder.
 
 Theory of operation
 -------------------
@@ -19,11 +19,11 @@ at a time: the table, built once from the code (RFC 7541 Appendix B), maps
 one: the shortest code is five bits) and whether stopping there would be a
 valid end -- the padding must be a prefix of EOS, at most seven bits.
 
-The encoder writes responses without touching a dynamic table: a field
-equal to a static entry is one byte (``:status: 200``), a name in the static
-table is referenced by index, anything else is a literal; no Huffman. The
-peer's decoder then holds no state for us, and encoding is a few dict
-lookups and byte appends per field.
+The encoder writes responses (and, upstream, requests) without touching a
+dynamic table: a field equal to a static entry is one byte (``:status:
+200``), a name in the static table is referenced by index, anything else is
+a literal; no Huffman. The peer's decoder then holds no state for us, and
+encoding is a few dict lookups and byte appends per field.
 """
 
 from __future__ import annotations
