@@ -294,6 +294,16 @@ def test_5xx_retried_on_another_stream(origin_factory, gateway_factory) -> None:
     assert origin.seen.connections == 1
 
 
+def test_a_larger_initial_window_from_the_peer_sends_a_waiting_body(origin_factory,
+                                                                    gateway_factory) -> None:
+    # The origin opens with no stream window at all: the body waits until its
+    # SETTINGS raise the window of the streams already open.
+    origin = origin_factory(window=(0, 65535))
+    gw = gateway_factory(h2_config(f"http://127.0.0.1:{origin.port}"))
+    r = httpx.post(gw.url + "/echo", content=b"x" * 5000, timeout=10)
+    assert (r.status_code, r.content) == (200, b"x" * 5000)
+
+
 def test_a_slow_client_stops_the_upstream_stream(origin_factory, gateway_factory) -> None:
     origin = origin_factory()
     gw = gateway_factory(h2_config(f"http://127.0.0.1:{origin.port}"))

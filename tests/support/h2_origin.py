@@ -18,6 +18,10 @@ for window credit, the response body bytes it wrote. The path chooses the answer
 * ``/early``: 200 with ``early`` as soon as the request head is in, before
   the request body ends, without resetting the request's side.
 
+``window=(first, then)``: streams start with ``first`` as their window
+(``SETTINGS_INITIAL_WINDOW_SIZE``); the first request head makes the origin
+send ``then`` as the new initial window, which moves open streams' windows.
+
 ``goaway_after=N``: the first connection, once N streams arrived, sends
 GOAWAY naming the first stream as the last it processes, answers that one
 only, and closes.
@@ -63,6 +67,7 @@ class _Conn:
         self.bodies: dict[int, bytearray] = {}
         self.windows: dict[int, asyncio.Event] = {}
         self.goaway = origin.goaway_after if first else 0
+        self.window_raised = False
         self.last = 0
 
     def flush(self) -> None:
@@ -71,8 +76,10 @@ class _Conn:
             self.writer.write(data)
 
     async def run(self) -> None:
-        self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.origin.max_streams})
+        values = {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.origin.max_streams}
+        if self.origin.window is not None:
+            values[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] = self.origin.window[0]
+        self.h2.local_settings = h2.settings.Settings(client=False, initial_values=values)
         self.h2.initiate_connection()
         self.flush()
         try:
@@ -97,6 +104,10 @@ class _Conn:
             seen.requests.append(self.heads[sid])
             seen.paths.append(self.heads[sid][b":path"])
             seen.peak_streams = max(seen.peak_streams, len(self.heads))
+            window = self.origin.window
+            if window is not None and not self.window_raised:
+                self.window_raised = True
+                self.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window[1]})
             if self.heads[sid][b":path"] in (b"/malformed", b"/early"):
                 self.early(sid)
                 return
@@ -198,8 +209,9 @@ class _Conn:
 
 class H2Origin:
     def __init__(self, max_streams: int = 100, tls: ssl.SSLContext | None = None,
-                 goaway_after: int = 0) -> None:
+                 goaway_after: int = 0, window: tuple[int, int] | None = None) -> None:
         self.max_streams = max_streams
+        self.window = window
         self.tls = tls
         self.goaway_after = goaway_after
         self.seen = Seen()
