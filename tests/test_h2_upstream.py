@@ -22,6 +22,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
 import httpx
 import pytest
 
@@ -240,6 +243,40 @@ def test_rst_stream_is_502_or_retried(origin_factory, gateway_factory) -> None:
     assert origin.seen.paths[before:] == [b"/reset"] * 3
 
 
+def test_a_malformed_response_head_is_502_for_its_stream_only(origin_factory,
+                                                             gateway_factory) -> None:
+    origin = origin_factory()
+    gw = gateway_factory(h2_config(f"http://127.0.0.1:{origin.port}"))
+    r = get(gw, "/malformed")                            # connection: close in HTTP/2
+    assert r.status_code == 502 and "reset" in r.text
+    assert get(gw, "/plain").status_code == 200          # the connection lives on
+    assert origin.seen.connections == 1
+
+
+def test_an_answer_before_the_request_body_ends_closes_our_side(origin_factory,
+                                                              gateway_factory) -> None:
+    origin = origin_factory()
+    gw = gateway_factory(h2_config(f"http://127.0.0.1:{origin.port}"))
+    client = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding=None))
+    client.initiate_connection()
+    client.send_headers(1, [(b":method", b"POST"), (b":scheme", b"http"),
+                            (b":authority", b"x"), (b":path", b"/early"),
+                            (b"content-type", b"application/grpc")])   # not buffered
+    client.send_data(1, b"a" * 10)                       # the request goes on
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(client.data_to_send())
+        ended = False
+        while not ended:
+            chunk = sock.recv(65536)
+            assert chunk
+            events = client.receive_data(chunk)
+            ended = any(isinstance(e, h2.events.StreamEnded) for e in events)
+            sock.sendall(client.data_to_send())
+        # The stream's request side upstream is ended, not left holding a slot.
+        wait_until(lambda: origin.seen.ended_early == 1)
+    assert get(gw, "/plain").status_code == 200
+
+
 def test_no_response_in_time_is_504(origin_factory, gateway_factory) -> None:
     origin = origin_factory()
     gw = gateway_factory(h2_config(f"http://127.0.0.1:{origin.port}", timeout=300))
@@ -255,6 +292,16 @@ def test_5xx_retried_on_another_stream(origin_factory, gateway_factory) -> None:
     assert get(gw, "/status/503").status_code == 503
     assert origin.seen.paths == [b"/status/503"] * 2
     assert origin.seen.connections == 1
+
+
+def test_a_larger_initial_window_from_the_peer_sends_a_waiting_body(origin_factory,
+                                                                    gateway_factory) -> None:
+    # The origin opens with no stream window at all: the body waits until its
+    # SETTINGS raise the window of the streams already open.
+    origin = origin_factory(window=(0, 65535))
+    gw = gateway_factory(h2_config(f"http://127.0.0.1:{origin.port}"))
+    r = httpx.post(gw.url + "/echo", content=b"x" * 5000, timeout=10)
+    assert (r.status_code, r.content) == (200, b"x" * 5000)
 
 
 def test_a_slow_client_stops_the_upstream_stream(origin_factory, gateway_factory) -> None:

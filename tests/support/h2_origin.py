@@ -12,7 +12,15 @@ for window credit, the response body bytes it wrote. The path chooses the answer
 * ``/trailers``: a body, then the trailers ``grpc-status: 0`` and ``x-sum: 42``;
 * ``/wait/<ms>``: 200 after ``ms`` milliseconds, with the request body if any;
 * ``/hang``: no answer; ``/reset``: RST_STREAM (INTERNAL_ERROR);
-* ``/status/<code>``: that status.
+* ``/status/<code>``: that status;
+* ``/malformed``: a response head with a connection-specific field
+  (``connection: close``), which RFC 9113 8.2.2 makes malformed;
+* ``/early``: 200 with ``early`` as soon as the request head is in, before
+  the request body ends, without resetting the request's side.
+
+``window=(first, then)``: streams start with ``first`` as their window
+(``SETTINGS_INITIAL_WINDOW_SIZE``); the first request head makes the origin
+send ``then`` as the new initial window, which moves open streams' windows.
 
 ``goaway_after=N``: the first connection, once N streams arrived, sends
 GOAWAY naming the first stream as the last it processes, answers that one
@@ -43,6 +51,8 @@ class Seen:
     trailers: list[list[tuple[bytes, bytes]]] = field(default_factory=list)
     blocked: int = 0                      # times a response waited for window credit
     sent: int = 0                         # response body bytes written
+    received: int = 0                     # request body bytes read
+    ended_early: int = 0                  # request sides ended after an early answer
 
 
 class _Conn:
@@ -57,6 +67,7 @@ class _Conn:
         self.bodies: dict[int, bytearray] = {}
         self.windows: dict[int, asyncio.Event] = {}
         self.goaway = origin.goaway_after if first else 0
+        self.window_raised = False
         self.last = 0
 
     def flush(self) -> None:
@@ -65,8 +76,10 @@ class _Conn:
             self.writer.write(data)
 
     async def run(self) -> None:
-        self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.origin.max_streams})
+        values = {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.origin.max_streams}
+        if self.origin.window is not None:
+            values[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] = self.origin.window[0]
+        self.h2.local_settings = h2.settings.Settings(client=False, initial_values=values)
         self.h2.initiate_connection()
         self.flush()
         try:
@@ -91,6 +104,13 @@ class _Conn:
             seen.requests.append(self.heads[sid])
             seen.paths.append(self.heads[sid][b":path"])
             seen.peak_streams = max(seen.peak_streams, len(self.heads))
+            window = self.origin.window
+            if window is not None and not self.window_raised:
+                self.window_raised = True
+                self.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window[1]})
+            if self.heads[sid][b":path"] in (b"/malformed", b"/early"):
+                self.early(sid)
+                return
             if self.goaway and len(seen.requests) >= self.goaway and not self.last:
                 # A graceful GOAWAY: h2 would refuse to answer the last stream after
                 # its own close_connection(), so the frame is written by hand.
@@ -99,18 +119,36 @@ class _Conn:
                 self.writer.write(hyperframe.frame.GoAwayFrame(
                     0, last_stream_id=self.last, error_code=0).serialize())
         elif isinstance(event, h2.events.DataReceived):
-            self.bodies[event.stream_id] += event.data
+            seen.received += len(event.data)
+            if event.stream_id in self.bodies:
+                self.bodies[event.stream_id] += event.data
             self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         elif isinstance(event, h2.events.TrailersReceived):
             seen.trailers.append(list(event.headers))
         elif isinstance(event, h2.events.StreamEnded):
             sid = event.stream_id
-            if not self.last or sid <= self.last:
+            if sid not in self.bodies:
+                seen.ended_early += 1            # the request's side of an early answer
+            elif not self.last or sid <= self.last:
                 asyncio.get_running_loop().create_task(self.answer(sid))
         elif isinstance(event, h2.events.WindowUpdated):
             for sid, ready in self.windows.items():
                 if event.stream_id in (0, sid):
                     ready.set()
+
+    def early(self, sid: int) -> None:
+        """Answer before the request ends (``/early``), or malformed (``/malformed``)."""
+        self.bodies.pop(sid, None)
+        if self.heads.pop(sid)[b":path"] == b"/malformed":
+            # h2 refuses to send such a head: encoded with its own encoder (its
+            # table stays in step with the peer's) and framed by hand.
+            block = self.h2.encoder.encode([(b":status", b"200"), (b"connection", b"close")])
+            self.flush()
+            self.writer.write(hyperframe.frame.HeadersFrame(
+                sid, block, flags=["END_HEADERS"]).serialize())
+            return
+        self.h2.send_headers(sid, [(b":status", b"200"), (b"content-length", b"5")])
+        self.h2.send_data(sid, b"early", end_stream=True)
 
     async def answer(self, sid: int) -> None:
         head = self.heads[sid]
@@ -171,8 +209,9 @@ class _Conn:
 
 class H2Origin:
     def __init__(self, max_streams: int = 100, tls: ssl.SSLContext | None = None,
-                 goaway_after: int = 0) -> None:
+                 goaway_after: int = 0, window: tuple[int, int] | None = None) -> None:
         self.max_streams = max_streams
+        self.window = window
         self.tls = tls
         self.goaway_after = goaway_after
         self.seen = Seen()

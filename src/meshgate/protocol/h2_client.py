@@ -3,14 +3,14 @@
 Theory of operation
 -------------------
 ``H2Connection`` is the asyncio Protocol of one upstream connection, driving
-the ``h2`` library (client side, headers kept as bytes). Each proxied
+the client side of our own frame layer (``h2_client_conn``). Each proxied
 Exchange becomes an ``H2Stream``: its request head is the HTTP/1.1 head the
 proxy built (``Forward.head``), turned into pseudo-headers and a header list
 without the connection-specific fields (``request_headers``); framing is
 HTTP/2's own, so nothing in that list can change where the request ends.
 
-GOAWAY is ours to handle (``h2_frames``): GOAWAY frames are taken out of
-the inbound bytes before h2 sees them, and ours are written by hand.
+A GOAWAY leaves the frame layer's state open, so the streams it lets
+finish (up to its last stream id) do.
 
 The connection's life is one state machine (``_TRANSITIONS``):
 CONNECTING (preface sent, the peer's SETTINGS not seen yet) -> READY
@@ -54,20 +54,27 @@ read and dropped, until it ends or a later second's budget resets it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
-from hyperframe.frame import GoAwayFrame
-
-from meshgate.protocol.h2_frames import FrameCut
-from meshgate.protocol.h2_stream import H2Stream, request_headers
+from meshgate.protocol.h2_client_conn import (
+    ClientConnection,
+    NoAvailableStreamIDError,
+    ResponseReceived,
+)
+from meshgate.protocol.h2_conn import (
+    CANCEL,
+    REFUSED_STREAM,
+    ConnectionTerminated,
+    DataReceived,
+    ProtocolError,
+    RemoteSettingsChanged,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
+from meshgate.protocol.h2_stream import NEVER_INDEXED, H2Stream, request_headers
 from meshgate.protocol.http1_client import upstream_failed
 
 if TYPE_CHECKING:
@@ -114,16 +121,10 @@ class H2Connection(asyncio.Protocol):
         self.state = CONNECTING
         self.transport: asyncio.Transport | None = None
         # Request headers are ours (request_headers: lower-case names, no
-        # connection-specific fields, trimmed values): h2 need not check them again.
-        # The response's are checked.
-        self.h2 = h2.connection.H2Connection(config=h2.config.H2Configuration(
-            client_side=True, header_encoding=None, validate_outbound_headers=False,
-            normalize_outbound_headers=False))
-        self.h2.local_settings = h2.settings.Settings(client=True, initial_values={
-            h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: stream_window,
-        })
+        # connection-specific fields, trimmed values) and go out unchecked;
+        # the response's are checked by the frame layer.
+        self.h2 = ClientConnection(max_streams, stream_window,
+                                     never_indexed=NEVER_INDEXED)
         self.our_max = max_streams
         self.max_streams = 1              # until the peer's SETTINGS say more
         self.stream_window = stream_window
@@ -132,7 +133,6 @@ class H2Connection(asyncio.Protocol):
         self.streams: dict[int, H2Stream] = {}
         self.idle_since = owner.ctx.now
         self.conn_unacked = 0
-        self.frames = FrameCut()
         self._queued = False
         self.resets = 0                   # RST_STREAMs sent since reset_second
         self.reset_second = 0.0
@@ -162,18 +162,14 @@ class H2Connection(asyncio.Protocol):
     def open_stream(self, ex: Exchange, head: bytes, chunked: bool, timeout: float,
                     scheme: bytes, resends: int) -> None:
         stream = H2Stream(self, ex, head, chunked, timeout, resends)
-        sid = self.h2.get_next_available_stream_id()
         try:
-            self.h2.send_headers(sid, request_headers(head, scheme, ex),
-                                 end_stream=not ex.body_expected)
-        except h2.exceptions.NoAvailableStreamIDError:
+            sid = self.h2.get_next_available_stream_id()
+        except NoAvailableStreamIDError:
             self.close()                    # stream ids used up: new connections take over
             upstream_failed(ex, None, "reset", 502, b"Bad Gateway: upstream stream ids used up\n")
             return
-        except h2.exceptions.H2Error as exc:
-            log.debug("request refused by the HTTP/2 codec: %s", exc)
-            upstream_failed(ex, None, "protocol", 502, b"Bad Gateway: invalid request head\n")
-            return
+        self.h2.send_headers(sid, request_headers(head, scheme, ex),
+                             end_stream=not ex.body_expected)
         stream.stream_id = sid
         self.streams[sid] = stream
         ctx = self.owner.ctx
@@ -191,11 +187,11 @@ class H2Connection(asyncio.Protocol):
         """Write as much of the stream's pending body as the windows allow."""
         if self.state == CLOSED:
             return                          # the stream learns from connection_lost
-        h2c = self.h2
+        conn = self.h2
         sid = stream.stream_id
         out = stream.out
         while out:
-            room = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
+            room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
             if room <= 0:
                 break
             data = out[0]
@@ -204,13 +200,13 @@ class H2Connection(asyncio.Protocol):
                 data = data[:room]
             else:
                 out.pop(0)
-            h2c.send_data(sid, data)
+            conn.send_data(sid, data)
         if not out and stream.end_out:
             stream.end_out = False
             if stream.trailers_out:
-                h2c.send_headers(sid, stream.trailers_out, end_stream=True)
+                conn.send_headers(sid, stream.trailers_out, end_stream=True)
             else:
-                h2c.end_stream(sid)
+                conn.end_stream(sid)
         self.flush_soon()
 
     def credit(self, stream: H2Stream, extra: int) -> None:
@@ -218,8 +214,7 @@ class H2Connection(asyncio.Protocol):
         if stream.unacked >= self.stream_window // 2 or (extra and stream.unacked):
             n, stream.unacked = stream.unacked, 0
             if stream.stream_id in self.streams:
-                with contextlib.suppress(h2.exceptions.H2Error):   # closed meanwhile
-                    self.h2.increment_flow_control_window(n, stream.stream_id)
+                self.h2.increment_flow_control_window(n, stream.stream_id)
                 self.flush_soon()
 
     def cancel(self, stream: H2Stream) -> None:
@@ -240,8 +235,7 @@ class H2Connection(asyncio.Protocol):
     def _reset(self, stream: H2Stream) -> None:
         if self._forget(stream) and self.state != CLOSED:
             self.resets += 1
-            with contextlib.suppress(h2.exceptions.H2Error):       # closed on the wire
-                self.h2.reset_stream(stream.stream_id, h2.errors.ErrorCodes.CANCEL)
+            self.h2.reset_stream(stream.stream_id, CANCEL)
             self.flush_soon()
 
     def tick(self, now: float) -> None:
@@ -308,19 +302,16 @@ class H2Connection(asyncio.Protocol):
                 ex.responder.resume_body(ex)
 
     def data_received(self, data: bytes) -> None:
-        data, goaways = self.frames.feed(data)
         try:
-            events = self.h2.receive_data(data) if data else []
-        except h2.exceptions.ProtocolError as exc:
+            events = self.h2.receive_data(data)
+        except ProtocolError as exc:
             log.info("HTTP/2 protocol error from upstream: %s", exc)
-            self.send_queued()             # h2 queued a GOAWAY naming the error
+            self.send_queued()             # the frame layer queued a GOAWAY naming the error
             self._fail_all()
             return
         touched: list[H2Stream] = []
         for event in events:
             self._event(event, touched)
-        for payload in goaways:
-            self._goaway(payload)
         for stream in touched:
             ex = stream.ex
             if ex is not None:
@@ -329,48 +320,64 @@ class H2Connection(asyncio.Protocol):
                     stream.deadline = self.owner.ctx.now + stream.timeout
         self.send_queued()
 
-    def _event(self, event: Any, touched: list[H2Stream]) -> None:
-        sid = getattr(event, "stream_id", 0)
-        stream = self.streams.get(sid) if sid else None
-        if isinstance(event, h2.events.DataReceived):
+    def _event(self, event: object, touched: list[H2Stream]) -> None:
+        if isinstance(event, DataReceived):
             self.conn_unacked += event.flow_controlled_length
             if self.conn_unacked >= self.connection_window // 2:
                 self.h2.increment_flow_control_window(self.conn_unacked)
                 self.conn_unacked = 0
+            stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.on_data(event.data, event.flow_controlled_length)
                 touched.append(stream)
-        elif isinstance(event, h2.events.ResponseReceived):
+        elif isinstance(event, ResponseReceived):
+            stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.on_head(event.headers, event.stream_ended is not None)
                 touched.append(stream)
-        elif isinstance(event, h2.events.TrailersReceived):
+        elif isinstance(event, TrailersReceived):
+            stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.on_trailers(event.headers)
-        elif isinstance(event, h2.events.StreamEnded):
+        elif isinstance(event, StreamEnded):
+            stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.on_end()
                 self._forget(stream)
-        elif isinstance(event, h2.events.StreamReset):
+            # A response may end before its request body (RFC 9113 8.1); the
+            # body goes no further, so our side ends too, or the stream would
+            # hold one of the server's concurrent-stream slots for good.
+            self.h2.end_stream(event.stream_id)
+        elif isinstance(event, StreamReset):
+            stream = self.streams.get(event.stream_id)
             if stream is not None:
                 self._forget(stream)
-                stream.on_reset(event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM)
-        elif isinstance(event, h2.events.WindowUpdated):
-            for waiting in ([stream] if sid else list(self.streams.values())):
-                if waiting is not None and (waiting.out or waiting.end_out):
-                    waiting._push()
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
-            peer = self.h2.remote_settings.max_concurrent_streams
-            self.max_streams = min(self.our_max, peer)
+                stream.on_reset(event.error_code == REFUSED_STREAM)
+        elif isinstance(event, WindowUpdated):
+            self._push_waiting(event.stream_id)
+        elif isinstance(event, RemoteSettingsChanged):
+            self.max_streams = min(self.our_max, self.h2.peer_max_streams)
             if self.state == CONNECTING:
                 self._to(READY)
             if self.state == READY:
                 self.owner.room(self)
+            self._push_waiting(0)           # a larger initial window may free bodies
+        elif isinstance(event, ConnectionTerminated):
+            self._goaway(event.last_stream_id, event.error_code)
 
-    def _goaway(self, payload: bytes) -> None:
+    def _push_waiting(self, sid: int) -> None:
+        """Send the bodies that waited for window: stream ``sid``'s, or all (0)."""
+        if sid:
+            stream = self.streams.get(sid)
+            waiting = [] if stream is None else [stream]
+        else:
+            waiting = list(self.streams.values())
+        for stream in waiting:
+            if stream.out or stream.end_out:
+                stream._push()
+
+    def _goaway(self, last_stream_id: int, code: int) -> None:
         """No new streams; those the peer never processed go elsewhere."""
-        last_stream_id = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
-        code = int.from_bytes(payload[4:8], "big")
         if code:
             log.info("upstream sent GOAWAY with error code %d", code)
         self._to(DRAINING)
@@ -398,8 +405,8 @@ class H2Connection(asyncio.Protocol):
         if self.state == CLOSED:
             return
         if self.streams and self.transport is not None:
+            self.h2.close_connection()
             self.send_queued()
-            self.transport.write(GoAwayFrame(0, last_stream_id=0).serialize())
             self._to(DRAINING)
         else:
             self._to(CLOSED)

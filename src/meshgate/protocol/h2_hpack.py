@@ -1,4 +1,4 @@
-"""HPACK (RFC 7541) for the downstream HTTP/2 codec: a decoder and an encoder.
+"""HPACK (RFC 7541) for both HTTP/2 frame layers: a decoder and an encoder.
 
 Theory of operation
 -------------------
@@ -19,11 +19,11 @@ at a time: the table, built once from the code (RFC 7541 Appendix B), maps
 one: the shortest code is five bits) and whether stopping there would be a
 valid end -- the padding must be a prefix of EOS, at most seven bits.
 
-The encoder writes responses without touching a dynamic table: a field
-equal to a static entry is one byte (``:status: 200``), a name in the static
-table is referenced by index, anything else is a literal; no Huffman. The
-peer's decoder then holds no state for us, and encoding is a few dict
-lookups and byte appends per field.
+The encoder writes responses (and, upstream, requests) without touching a
+dynamic table: a field equal to a static entry is one byte (``:status:
+200``), a name in the static table is referenced by index, anything else is
+a literal; no Huffman. The peer's decoder then holds no state for us, and
+encoding is a few dict lookups and byte appends per field.
 """
 
 from __future__ import annotations
@@ -361,7 +361,15 @@ def _put_int(out: bytearray, first: int, prefix: int, value: int) -> None:
 
 
 class Encoder:
-    """Outbound fields: static-table references and literals, never indexed."""
+    """Outbound fields: static-table references and literals, never indexed.
+
+    Names in ``never_indexed`` go out as "never indexed" literals (RFC 7541
+    6.2.3) rather than plain ones, so that the next hop does not index a
+    secret either.
+    """
+
+    def __init__(self, never_indexed: frozenset[bytes] = frozenset()) -> None:
+        self.never_indexed = never_indexed
 
     def encode(self, fields: list[tuple[bytes, bytes]]) -> bytes:
         out = bytearray()
@@ -372,10 +380,11 @@ class Encoder:
                 continue
             name, value = field
             index = _STATIC_NAME.get(name, 0)
+            first = 0x10 if name in self.never_indexed else 0
             if index:
-                _put_int(out, 0, 4, index)
+                _put_int(out, first, 4, index)
             else:
-                out.append(0)
+                out.append(first)
                 _put_int(out, 0, 7, len(name))
                 out += name
             _put_int(out, 0, 7, len(value))

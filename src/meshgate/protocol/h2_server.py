@@ -48,13 +48,16 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Final
 
-from h2.errors import ErrorCodes
-
 from meshgate.protocol.exchange import Exchange, Headers, ResponseSource, dispatch
 from meshgate.protocol.grpc import is_grpc_request, local_answer
 from meshgate.protocol.h1_head import Refusal
 from meshgate.protocol.h1_response import plain_headers
 from meshgate.protocol.h2_conn import (
+    CANCEL,
+    ENHANCE_YOUR_CALM,
+    INTERNAL_ERROR,
+    NO_ERROR,
+    REFUSED_STREAM,
     ConnectionTerminated,
     DataReceived,
     PingReceived,
@@ -87,7 +90,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshgate.http2")
 
-_CALM: Final = int(ErrorCodes.ENHANCE_YOUR_CALM)
+_CALM: Final = ENHANCE_YOUR_CALM
 
 
 class _Stream:
@@ -233,7 +236,7 @@ class H2Server(asyncio.Protocol):
         return stream
 
     def _refuse(self, stream_id: int) -> None:
-        self.conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+        self.conn.reset_stream(stream_id, REFUSED_STREAM)
         if not self.budget.reset():
             self._calm()
 
@@ -379,7 +382,7 @@ class H2Server(asyncio.Protocol):
         """The response cannot be completed: the client learns by a reset stream."""
         stream = self.by_ex.get(ex)
         if stream is not None:
-            self._reset(stream, ErrorCodes.INTERNAL_ERROR)
+            self._reset(stream, INTERNAL_ERROR)
         else:
             self._finish(ex)
 
@@ -470,7 +473,7 @@ class H2Server(asyncio.Protocol):
         ex = stream.ex
         if not ex.body_done:
             ex.body_done = True
-            self.conn.reset_stream(stream.id, ErrorCodes.NO_ERROR)   # RFC 9113 8.1
+            self.conn.reset_stream(stream.id, NO_ERROR)   # RFC 9113 8.1
         self._give_back(stream)
         if not self.streams:
             self._idle_since = self.ctx.now
@@ -603,5 +606,5 @@ class H2Server(asyncio.Protocol):
                 ex.body_done = True
                 self.respond(ex, 408, b"Request Timeout: request body too slow\n")
             elif reading or stream.out:    # a body that stopped, a window never opened
-                self._reset(stream, ErrorCodes.CANCEL)
+                self._reset(stream, CANCEL)
         self._queue_write()

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-import h2.exceptions
-from hpack import NeverIndexedHeaderTuple
-
 from meshgate.protocol.grpc import status_in
 from meshgate.protocol.h1_head import FORBIDDEN_TRAILERS
 from meshgate.protocol.http1_client import upstream_failed, wants_trailers
@@ -33,10 +30,10 @@ _CONNECTION_SPECIFIC: Final = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
     b"te", b"host", b"http2-settings",
 })
-# Streams of many clients share a connection, so HPACK's table must not let
-# one client probe another's secrets (RFC 7541 7.1.3); and a value new in every
-# request would only push the useful entries out of the table.
-_NEVER_INDEXED: Final = frozenset({b"authorization", b"proxy-authorization", b"cookie",
+# Sent as "never indexed" literals (the connection's encoder keeps no dynamic
+# table at all): the next hop must not index them either, or one client could
+# probe another's secrets through its table (RFC 7541 7.1.3).
+NEVER_INDEXED: Final = frozenset({b"authorization", b"proxy-authorization", b"cookie",
                                    b"eg-request-id"})
 _NOT_RELAYED: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection",
                                  b"transfer-encoding", b"upgrade", b"te", b"trailer"})
@@ -57,8 +54,6 @@ def request_headers(head: bytes, scheme: bytes, ex: Exchange) -> list[tuple[byte
         value = value.strip()
         if name == b"host":
             authority = value
-        elif name in _NEVER_INDEXED:
-            fields.append(NeverIndexedHeaderTuple(name, value))
         elif name not in _CONNECTION_SPECIFIC:
             fields.append((name, value))
     for name, value in ex.headers:           # gRPC and friends ask for trailers
@@ -123,11 +118,7 @@ class H2Stream:
 
     def _push(self) -> None:
         """Send what the windows allow; pause the client while anything waits."""
-        try:
-            self.conn.send_body(self)
-        except h2.exceptions.H2Error:
-            self.ex = None           # the stream is gone; its reset or the close reports
-            return
+        self.conn.send_body(self)    # a stream gone meanwhile: its reset or the close reports
         ex = self.ex
         if ex is None:
             return

@@ -50,9 +50,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Final
 
-from h2.errors import ErrorCodes
-
 from meshgate.protocol.h1_response import plain_headers
+from meshgate.protocol.h2_conn import NO_ERROR
 from meshgate.protocol.h2_head import response_head
 from meshgate.protocol.hop import render_block
 
@@ -110,7 +109,7 @@ class H2Tunnel(asyncio.Transport):
             return True
         if not self.client_ended:
             self.client_ended = True
-            self.server.conn.reset_stream(self.stream.id, ErrorCodes.NO_ERROR)
+            self.server.conn.reset_stream(self.stream.id, NO_ERROR)
         return False
 
     def lost(self) -> None:

@@ -53,7 +53,9 @@ builds the stream's headers.
 connection (``:authority`` from ``host`` as above, ``grpc-timeout`` the
 check's ``timeout``); it passes only on ``:status`` 200, ``grpc-status`` 0
 and a ``SERVING`` answer (``grpc_health``). NOT_SERVING, SERVICE_UNKNOWN,
-another grpc-status, a reset or a GOAWAY are failures like any other.
+another grpc-status, a reset or a GOAWAY that leaves the stream unprocessed
+are failures like any other (one that lets it finish is not). Both speak
+through our client frame layer (``h2_client_conn``).
 
 ``on_change()`` is called synchronously, on the loop, whenever any
 endpoint's ``is_healthy()`` flips; an exception it raises is logged and
@@ -71,14 +73,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import h2.config
-import h2.connection
-import h2.events
 import httptools
 
 from meshgate.config.mesh import HealthCheck, parse_status_ranges
 from meshgate.discovery import EndpointSpec
 from meshgate.protocol import grpc
+from meshgate.protocol.h2_client_conn import ClientConnection, ResponseReceived
+from meshgate.protocol.h2_conn import (
+    ConnectionTerminated,
+    DataReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+)
 from meshgate.upstream import grpc_health
 
 log = logging.getLogger("meshgate.health")
@@ -275,7 +282,7 @@ class HealthChecker:
         return f"status {status}"
 
     async def _h2_open(self, target: EndpointSpec) -> tuple[
-            asyncio.StreamReader, asyncio.StreamWriter, h2.connection.H2Connection]:
+            asyncio.StreamReader, asyncio.StreamWriter, ClientConnection]:
         """A fresh HTTP/2 connection (TLS with ALPN ``h2`` on https, else prior knowledge)."""
         tls = None
         server_hostname = None
@@ -287,8 +294,7 @@ class HealthChecker:
             server_hostname = self.config.host or target.host
         reader, writer = await asyncio.open_connection(
             target.host, target.port, ssl=tls, server_hostname=server_hostname)
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=True, header_encoding=None))
+        conn = ClientConnection()
         conn.initiate_connection()
         return reader, writer, conn
 
@@ -325,7 +331,7 @@ class HealthChecker:
                 (b"user-agent", b"meshgate-health")]
 
     @staticmethod
-    async def _grpc_read(conn: h2.connection.H2Connection, reader: asyncio.StreamReader,
+    async def _grpc_read(conn: ClientConnection, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter,
                          answer: grpc_health.GrpcAnswer) -> str | None:
         """Feed the stream's events to ``answer`` until it ends; a reason if it broke off."""
@@ -334,18 +340,18 @@ class HealthChecker:
             if not data:
                 return "connection closed before the answer ended"
             for event in conn.receive_data(data):
-                if isinstance(event, h2.events.ResponseReceived):
+                if isinstance(event, ResponseReceived):
                     answer.on_head(event.headers)
-                elif isinstance(event, h2.events.DataReceived):
+                elif isinstance(event, DataReceived):
                     answer.on_data(event.data)
-                elif isinstance(event, h2.events.TrailersReceived):
+                elif isinstance(event, TrailersReceived):
                     answer.on_trailers(event.headers)
-                elif isinstance(event, h2.events.StreamEnded):
+                elif isinstance(event, StreamEnded):
                     return None
-                elif isinstance(event, h2.events.StreamReset):
-                    return f"stream reset ({event.error_code!r})"
-                elif isinstance(event, h2.events.ConnectionTerminated):
-                    return f"GOAWAY ({event.error_code!r})"
+                elif isinstance(event, StreamReset):
+                    return f"stream reset (error code {event.error_code})"
+                elif isinstance(event, ConnectionTerminated) and event.last_stream_id < 1:
+                    return f"GOAWAY (error code {event.error_code})"
             pending = conn.data_to_send()      # SETTINGS and PING acks
             if pending:
                 writer.write(pending)
@@ -358,7 +364,7 @@ class HealthChecker:
                 (b"user-agent", b"meshgate-health"), (b"accept", b"*/*")]
 
     @staticmethod
-    async def _h2_status(conn: h2.connection.H2Connection,
+    async def _h2_status(conn: ClientConnection,
                          reader: asyncio.StreamReader) -> int | None:
         seen = 0
         while True:
@@ -369,9 +375,10 @@ class HealthChecker:
             if seen > _MAX_HEAD:
                 raise ValueError("response head too long")
             for event in conn.receive_data(data):
-                if isinstance(event, h2.events.ResponseReceived):
+                if isinstance(event, ResponseReceived):
                     return int(dict(event.headers)[b":status"])
-                if isinstance(event, h2.events.StreamReset | h2.events.ConnectionTerminated):
+                if isinstance(event, StreamReset) or (
+                        isinstance(event, ConnectionTerminated) and event.last_stream_id < 1):
                     return None
 
     def _host(self, target: EndpointSpec) -> str:
