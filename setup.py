@@ -26,6 +26,7 @@ COMPILED = [
     "meshgate/protocol/h2_head.py",
     "meshgate/protocol/h2_stream.py",
     "meshgate/protocol/h2_hpack.py",
+    "meshgate/protocol/h2_server.py",
     "meshgate/protocol/hop.py",
     "meshgate/protocol/http1_client.py",
     "meshgate/protocol/http1_server.py",

@@ -329,9 +329,10 @@ class _Transport:
 
 
 def test_response_trailers_end_the_stream() -> None:
-    # The HTTP/1.1 upstream codec does not relay trailers, so this drives the
-    # Responder directly, as an upstream that has them (HTTP/2, gRPC) will.
+    # The codec's own filtering, driven directly: whatever an upstream codec
+    # hands it, connection-specific fields leave neither the head nor the trailers.
     import asyncio
+    from types import SimpleNamespace
 
     import h2.config
     import h2.connection
@@ -343,9 +344,14 @@ def test_response_trailers_end_the_stream() -> None:
 
     loop = asyncio.new_event_loop()
     try:
-        server = H2Server(WorkerContext(loop, Metrics()))
         seen: list[Any] = []
-        server._dispatch = seen.append        # type: ignore[method-assign]
+        pipeline = SimpleNamespace(run=seen.append)         # the route: keeps the exchange
+        ctx = WorkerContext(loop, Metrics())
+        ctx.snapshot = SimpleNamespace(                     # type: ignore[assignment]
+            websocket=False,
+            router=SimpleNamespace(match=lambda *_: SimpleNamespace(pipeline=pipeline,
+                                                                    metric_key=("t", "t"))))
+        server = H2Server(ctx)
         transport = _Transport()
         server.connection_made(transport)     # type: ignore[arg-type]
         client = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding=None))

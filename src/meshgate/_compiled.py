@@ -23,6 +23,7 @@ MODULES = (
     "meshgate.protocol.h2_head",
     "meshgate.protocol.h2_stream",
     "meshgate.protocol.h2_hpack",
+    "meshgate.protocol.h2_server",
     "meshgate.protocol.hop",
     "meshgate.protocol.http1_client",
     "meshgate.protocol.http1_server",
